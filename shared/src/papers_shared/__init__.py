@@ -1,0 +1,1 @@
+"""papers_shared."""
