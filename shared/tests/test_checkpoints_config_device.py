@@ -1,0 +1,127 @@
+import dataclasses
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from papers_shared import checkpoints as ck
+from papers_shared.config import ConfigError, load_config, parse_overrides, save_config
+from papers_shared.device import Timer, get_device, kernel_available, seed_everything, tensor_bytes, time_fn
+
+
+def test_atomic_save_roundtrip(tmp_path):
+    state = {"w": torch.arange(6.0).view(2, 3), "step": 3}
+    p = ck.atomic_save(state, tmp_path / "a" / "s.pt")
+    out = ck.load_checkpoint(p)
+    assert torch.equal(out["w"], state["w"]) and out["step"] == 3
+    assert not [f for f in os.listdir(tmp_path / "a") if f.endswith(".tmp")]
+
+
+def test_atomic_save_survives_crash(tmp_path, monkeypatch):
+    path = tmp_path / "s.pt"
+    ck.atomic_save({"v": 1}, path)
+
+    class Boom:
+        def __reduce__(self):
+            raise RuntimeError("simulated crash while writing")
+
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        ck.atomic_save({"v": 2, "bad": Boom()}, path)
+    assert ck.load_checkpoint(path)["v"] == 1  # old file intact
+    assert not [f for f in os.listdir(tmp_path) if f.endswith(".tmp")]  # temp cleaned
+
+
+def test_load_missing_and_corrupt(tmp_path):
+    with pytest.raises(FileNotFoundError, match="not found"):
+        ck.load_checkpoint(tmp_path / "none.pt")
+    (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(RuntimeError, match="could not read"):
+        ck.load_checkpoint(tmp_path / "bad.pt")
+
+
+def test_safetensors_roundtrip(tmp_path):
+    t = {"a": torch.randn(3, 4).t(), "b": torch.tensor([1, 2], dtype=torch.int8)}
+    ck.save_safetensors(t, tmp_path / "x.safetensors", metadata={"k": "v"})
+    out, meta = ck.load_safetensors(tmp_path / "x.safetensors")
+    assert torch.equal(out["a"], t["a"]) and out["b"].dtype == torch.int8 and meta == {"k": "v"}
+    with pytest.raises(TypeError):
+        ck.save_safetensors({"a": 1}, tmp_path / "y.safetensors")
+
+
+def test_manager_keeps_latest_and_restores_rng(tmp_path):
+    mgr = ck.CheckpointManager(tmp_path / "c", keep=2)
+    assert mgr.load_latest() is None
+    for step in (1, 2, 3):
+        torch.manual_seed(step)
+        mgr.save(step, {"x": torch.tensor(step)})
+    assert sorted(p.name for p in (tmp_path / "c").glob("ckpt-*.pt")) == [
+        "ckpt-000000002.pt",
+        "ckpt-000000003.pt",
+    ]
+    expected = torch.rand(3)  # what follows the RNG state saved at step 3
+    torch.manual_seed(999)
+    state = mgr.load_latest()
+    assert state["step"] == 3 and torch.equal(torch.rand(3), expected)
+
+
+@dataclasses.dataclass
+class Inner:
+    lr: float = 0.1
+    layers: list[int] = dataclasses.field(default_factory=lambda: [1, 2])
+
+
+@dataclasses.dataclass
+class Cfg:
+    name: str = "x"
+    steps: int = 10
+    flag: bool = False
+    mode: str | None = None
+    inner: Inner = dataclasses.field(default_factory=Inner)
+
+
+def test_config_yaml_overrides_and_base(tmp_path):
+    (tmp_path / "base.yaml").write_text("steps: 5\ninner:\n  lr: 0.5\n")
+    (tmp_path / "c.yaml").write_text("_base_: base.yaml\nname: run\n")
+    cfg = load_config(Cfg, tmp_path / "c.yaml", ["inner.layers=[3,4]", "flag=true", "steps=7"])
+    assert cfg == Cfg(name="run", steps=7, flag=True, inner=Inner(lr=0.5, layers=[3, 4]))
+    save_config(cfg, tmp_path / "out.yaml")
+    assert load_config(Cfg, tmp_path / "out.yaml") == cfg
+
+
+def test_config_errors(tmp_path):
+    with pytest.raises(ConfigError, match="unknown config key.*stepz.*valid keys"):
+        load_config(Cfg, overrides=["stepz=3"])
+    with pytest.raises(ConfigError, match="inner.lrr"):
+        load_config(Cfg, overrides=["inner.lrr=3"])
+    with pytest.raises(ConfigError, match="expected an int"):
+        load_config(Cfg, overrides=["steps=abc"])
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(Cfg, tmp_path / "missing.yaml")
+    with pytest.raises(ConfigError, match="key=value"):
+        parse_overrides(["steps"])
+
+
+def test_device_and_seed():
+    assert get_device("cpu").type == "cpu"
+    assert get_device("auto").type in ("cpu", "cuda", "mps")
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="CUDA is not available"):
+            get_device("cuda")
+    seed_everything(3)
+    a = torch.rand(2)
+    seed_everything(3)
+    assert torch.equal(a, torch.rand(2))
+    with pytest.raises(ValueError):
+        seed_everything(-1)
+    with pytest.raises(ValueError):
+        kernel_available("flash")
+    with Timer("cpu") as t:
+        sum(range(1000))
+    assert t.seconds >= 0
+    assert len(time_fn(lambda: None, repeats=3)) == 3
+    assert tensor_bytes(torch.nn.Linear(3, 2)) == (6 + 2) * 4
+
+
+def test_paths_are_pathlike(tmp_path):
+    assert isinstance(ck.atomic_write_text(tmp_path / "t.txt", "hi"), Path)
