@@ -232,11 +232,11 @@ def _build_torchvision(name: str, spec: ModelSpec, pretrained: bool, download: b
     cached = os.path.join(torch.hub.get_dir(), "checkpoints", filename)
     if not os.path.exists(cached) and not download:
         raise FileNotFoundError(_weights_help(name, f"expected {filename} in the torch hub cache"))
-    model = builder(weights=None)
     try:
         state = weights.get_state_dict(progress=False, check_hash=False)
     except Exception as err:  # network errors come in many types (URLError, OSError, HTTPError, ...)
         raise RuntimeError(_weights_help(name, f"download of {weights.url} failed: {err}")) from err
+    model = builder(weights=None)
     model.load_state_dict(state)
     return model, f"torchvision:{type(weights).__name__}.{weights.name}"
 
