@@ -136,12 +136,12 @@ def transfer_matrix(
         attack_factory: ``source_model -> attack``; the attack is called as ``attack(images, labels)``.
             Generative attacks ignore the source model.
         data: batches ``(images, labels)`` or ``(images, labels, targets)`` (DataLoader, list, or a
-            single tuple of tensors). Labels are the true classes.
+            single tuple of tensors).
         protocol: one of :data:`PROTOCOLS`.
         targets: for the sub-source / all-source protocols, the target classes: for each target the
             images whose label equals it are dropped and the rest are attacked towards it (one row
             per target). ``None`` with 3-tuples: per-image targets (NIPS'17). ``None`` with pairs:
-            untargeted.
+            the labels are targets if ``attack.targeted``, else true labels (untargeted).
         attack_name, eps, steps: recorded in the rows (default: taken from the attack object).
         include_white_box: also score the source model on its own examples.
 
@@ -168,7 +168,7 @@ def transfer_matrix(
             victim_items = [(k, v) for k, v in victims.items() if include_white_box or k != src_name]
             if include_white_box and src_name not in victims:
                 victim_items.append((src_name, src_model))
-            targeted = target is not None
+            targeted = target is not None or bool(getattr(attack, "targeted", False))
             for batch in _batches(data):
                 images, labels = batch[0], batch[1]
                 if target is not None:
