@@ -79,6 +79,8 @@ def _preset_kwargs(name: str) -> dict:
         kw.update(m1=2, m2=2)
     if name == "sinifgsm":
         kw.update(num_scales=3)
+    if name == "vmifgsm":
+        kw.update(n_neighbors=3)
     return kw
 
 
@@ -170,6 +172,16 @@ def test_sinifgsm_single_scale_without_momentum_equals_ifgsm(model):
     a = A.SINIFGSM(model, num_scales=1, decay=0.0, **kw)(x, y)
     b = A.IFGSM(model, **kw)(x, y)
     assert torch.equal(a, b)
+
+
+def test_vmifgsm_without_neighbourhood_equals_mifgsm(model):
+    x, y = _batch()
+    kw = {"eps": EPS, "alpha": 1 / 255, "steps": 4}
+    a = A.VMIFGSM(model, n_neighbors=1, beta=0.0, seed=0, **kw)(x, y)
+    b = A.MIFGSM(model, **kw)(x, y)
+    assert torch.equal(a, b)
+    c = A.VMIFGSM(model, n_neighbors=2, beta=1.5, seed=0, **kw)(x, y)
+    assert not torch.equal(c, b)
 
 
 def test_admix_without_mixing_equals_mifgsm(model):
@@ -283,28 +295,48 @@ def test_non_scalar_loss_is_rejected(model):
 
 
 def test_hooks_can_be_overridden(model):
-    """An IBTA-style subclass: per-call state in setup(), a two-branch objective."""
+    """An IBTA-style subclass: noisy companion drawn once in setup(), a second branch built from
+    state.delta inside objective() (with DI on both branches), counted model calls."""
 
     class TwoBranch(A.IterativeAttack):
+        def __init__(self, *args, lam=0.1, gamma=0.1, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.lam, self.gamma, self.draws, self.calls = lam, gamma, 0, 0
+
         def setup(self, x, labels):
-            self.state.extra["x_noisy"] = torch.clamp(x + 0.05, 0, 1)
-            self.state.extra["calls"] = 0
+            if self.lam == 0 and self.gamma == 0:
+                return  # no companion: consume no random numbers, so the run equals the baseline
+            self.draws += 1
+            noise = torch.randn(x.shape, generator=self.state.generator)
+            self.state.extra["x_noisy"] = torch.clamp(x + 0.1 * noise, 0, 1)
 
         def forward(self, x_in):
-            self.state.extra["calls"] += 1
+            self.calls += 1
             return super().forward(x_in)
 
         def objective(self, z, labels, x_in):
-            delta = x_in - self.state.x
-            z_noisy = self.forward(torch.clamp(self.state.extra["x_noisy"] + delta, 0, 1))
-            base = self.base_objective(z, labels, x_in) + 0.1 * self.base_objective(z_noisy, labels, x_in)
-            return base - 0.1 * A.symmetric_kl(z, z_noisy, w_qp=0.1)
+            if self.lam == 0 and self.gamma == 0:
+                return self.base_objective(z, labels, x_in)
+            z_noisy = self.forward(
+                self.transform(self.perturb(self.state.extra["x_noisy"], self.state.delta))
+            )
+            base = self.base_objective(z, labels, x_in) + self.gamma * self.base_objective(
+                z_noisy, labels, x_in
+            )
+            return base - self.lam * A.symmetric_kl(z, z_noisy, w_qp=self.gamma)
 
     x, y = _batch()
-    atk = TwoBranch(model, eps=EPS, steps=4)
+    kw = {"eps": EPS, "steps": 4, "di": True, "seed": 0}
+    atk = TwoBranch(model, lam=5.0, gamma=1.0, **kw)
     adv = atk(x, y)
     assert (adv - x).abs().max() <= EPS + 1e-6
-    assert atk.state is None  # state is cleared after the call
+    assert atk.draws == 1 and atk.state is None  # setup once per call; state cleared afterwards
+    assert atk.calls == 2 * kw["steps"]
+    base = A.DIFGSM(model, **kw)(x, y)
+    assert not torch.equal(adv, base)  # the second branch changes the gradient
+    plain = TwoBranch(model, lam=0.0, gamma=0.0, **kw)
+    assert torch.equal(plain(x, y), base)
+    assert plain.calls == kw["steps"] and plain.draws == 0
 
     class Frozen(A.IterativeAttack):
         def objective(self, z, labels, x_in):

@@ -65,6 +65,7 @@ __all__ = [
     "PoTrip",
     "RAPIBTA",
     "SINIFGSM",
+    "VMIFGSM",
     "create_attack",
     "presets",
     "register_preset",
@@ -75,7 +76,13 @@ LossFn = Callable[[Tensor, Tensor], Tensor]
 
 @dataclass
 class AttackState:
-    """Per-call state visible to the hooks as ``self.state``."""
+    """Per-call state visible to the hooks as ``self.state``.
+
+    ``delta`` is the perturbation leaf that the current gradient is taken against (it requires
+    grad inside :meth:`IterativeAttack.gradient`), so an overridden ``objective`` can build extra
+    branches such as ``perturb(x_other, self.state.delta)`` whose gradient reaches ``delta``.
+    ``momentum`` is the buffer after the previous step (``None`` before the first step).
+    """
 
     x: Tensor
     labels: Tensor
@@ -84,6 +91,7 @@ class AttackState:
     step: int = 0
     pass_index: int = 0
     momentum: Tensor | None = None
+    delta: Tensor | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -226,8 +234,9 @@ class IterativeAttack:
     def __call__(self, images: Tensor, labels: Tensor | int, *, true_labels: Tensor | None = None) -> Tensor:
         """Return adversarial images for ``images`` (labels = targets when ``targeted``).
 
-        ``true_labels`` (optional) are the clean labels, used by losses that need both (Po+Trip);
-        when missing they default to the model's clean predictions.
+        ``true_labels`` (optional) are the clean labels, used by losses that need both (the Po+Trip
+        triplet term; :class:`PoTrip` falls back to the model's clean predictions, the plain
+        ``loss="po_trip"`` skips the triplet term without them).
         """
         images = check_images(images)
         out_device, out_dtype = images.device, images.dtype
@@ -320,6 +329,8 @@ class IterativeAttack:
         delta = delta.detach().requires_grad_(True)
         total: Tensor | None = None
         weight = 0
+        if self.state is not None:
+            self.state.delta = delta
         for p in range(self.passes):
             if self.state is not None:
                 self.state.pass_index = p
@@ -563,6 +574,57 @@ class SINIFGSM(IterativeAttack):
         if m is not None:
             x = x + self.alpha * self.decay * m
         return super().transform(scale_copies(x, self.num_scales))
+
+
+class VMIFGSM(IterativeAttack):
+    """VMI-FGSM (Wang and He, "Enhancing the Transferability of Adversarial Attacks through Variance
+    Tuning", CVPR 2021).
+
+    The step uses ``g(x_adv) + v`` where ``v`` is the previous step's variance term: the mean
+    gradient at ``n_neighbors`` points ``x_adv + r``, ``r ~ U[-beta*eps, beta*eps]``, minus the
+    gradient at ``x_adv``. Paper defaults: ``n_neighbors = 20``, ``beta = 1.5``, eps 16/255, 10 steps,
+    alpha 1.6/255, ``decay = 1`` (spec ibta §4, "should" baselines).
+    """
+
+    name = "vmifgsm"
+    reference = "Wang and He, CVPR 2021"
+
+    def __init__(
+        self,
+        model: nn.Module,
+        eps: float = 16 / 255,
+        alpha: float = 1.6 / 255,
+        steps: int = 10,
+        targeted: bool = False,
+        decay: float = 1.0,
+        n_neighbors: int = 20,
+        beta: float = 1.5,
+        **kwargs: Any,
+    ) -> None:
+        kwargs.setdefault("mi", True)
+        super().__init__(model, eps, alpha, steps, targeted, decay=decay, **kwargs)
+        if int(n_neighbors) != n_neighbors or n_neighbors < 1:
+            raise ValueError(f"n_neighbors must be a positive integer, got {n_neighbors!r}")
+        self.n_neighbors = int(n_neighbors)
+        self.beta = check_eps(beta, "beta")
+
+    def setup(self, x: Tensor, labels: Tensor) -> None:
+        if self.state is not None:
+            self.state.extra["variance"] = torch.zeros_like(x)
+
+    def gradient(self, x: Tensor, delta: Tensor, labels: Tensor) -> Tensor:
+        assert self.state is not None
+        g = super().gradient(x, delta, labels)
+        radius = self.beta * self.eps
+        neighbours = torch.zeros_like(g)
+        for _ in range(self.n_neighbors):
+            r = draw_uniform(
+                tuple(x.shape), -radius, radius, generator=self._gen(), device=x.device, dtype=x.dtype
+            )
+            neighbours = neighbours + super().gradient(x, delta.detach() + r, labels)
+        variance = self.state.extra["variance"]
+        self.state.extra["variance"] = neighbours / self.n_neighbors - g
+        return g + variance
 
 
 class Admix(IterativeAttack):
@@ -905,6 +967,7 @@ PRESETS: dict[str, type[IterativeAttack]] = {
     "difgsm": DIFGSM,
     "tifgsm": TIFGSM,
     "sinifgsm": SINIFGSM,
+    "vmifgsm": VMIFGSM,
     "admix": Admix,
     "ssa": SSA,
     "logit": LogitAttack,
