@@ -140,6 +140,7 @@ class ContinualRunner:
         metric_fns: extra per-domain metrics ``fn(peft_model, tokenizer, domain, eval_dataset) -> float`` computed
             on the deployed adapter (e.g. win rate with a reward model).
         probe_dataset / probe_every: record gradient weights during training (:class:`GradientWeightProbe`).
+        quiet: drop trl's log printing and progress bars (the logs stay in ``log_history``).
     """
 
     def __init__(
@@ -162,6 +163,7 @@ class ContinualRunner:
         probe_dataset: Dataset | None = None,
         probe_every: int = 0,
         callbacks: Sequence[TrainerCallback] | None = None,
+        quiet: bool = False,
     ) -> None:
         from peft import LoraConfig, PeftModel
 
@@ -211,6 +213,7 @@ class ContinualRunner:
         self.probe_dataset = probe_dataset
         self.probe_every = probe_every
         self.callbacks = list(callbacks or [])
+        self.quiet = quiet
         # State
         self.domains: list[str] = []
         self.memory: list[dict[str, torch.Tensor]] = []
@@ -324,6 +327,11 @@ class ContinualRunner:
             train_dataset = concatenate_datasets(self._joint_pool)
         fast_init, slow_init, leader = self._initial_state(k)
         trainer = self._trainer(name, train_dataset, k, None)
+        if self.quiet:
+            from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+            trainer.remove_callback(PrinterCallback)
+            trainer.remove_callback(ProgressCallback)
         pm = trainer.model
         probe = None
         if self.probe_dataset is not None and self.probe_every > 0:
@@ -374,6 +382,8 @@ class ContinualRunner:
 
     def _weights_for_stage(self) -> list[float]:
         k = len(self.memory)
+        if self.method == "merge_dpo":
+            return [1.0 / k] * k
         if self.method != "cofs":
             return [0.0] * (k - 1) + [1.0]
         if isinstance(self.weights, list):
