@@ -26,6 +26,11 @@ def _logits(out) -> Tensor:
     return out.logits if hasattr(out, "logits") else out
 
 
+def _call(fn: Callable, x, **kw):
+    """``fn(x, **kw)``, or ``fn(**x, **kw)`` for dict inputs (tokenised text)."""
+    return fn(**x, **kw) if isinstance(x, Mapping) else fn(x, **kw)
+
+
 @torch.no_grad()
 def score_loader(
     forward: Callable[[Tensor], Tensor], loader: Iterable, metric: Callable | None = None
@@ -61,7 +66,9 @@ def evaluate_merge(
         params = dict(static if static is not None else result.params(task))
         if overrides and task in overrides:
             params.update(overrides[task])
-        out[task] = score_loader(lambda x, p=params: run_params(module, p, x), loader, metric)
+        out[task] = score_loader(
+            lambda x, p=params: _call(lambda *a, **k: run_params(module, p, *a, **k), x), loader, metric
+        )
     out["avg"] = sum(out[t] for t in loaders) / len(loaders)
     return out
 
@@ -77,7 +84,9 @@ def evaluate_switched(
     out = {}
     for task, loader in loaders.items():
         ov = overrides.get(task) if overrides else None
-        out[task] = score_loader(lambda x, t=task, o=ov: model(x, weights=t, overrides=o), loader, metric)
+        out[task] = score_loader(
+            lambda x, t=task, o=ov: _call(model, x, weights=t, overrides=o), loader, metric
+        )
     out["avg"] = sum(out[t] for t in loaders) / len(loaders)
     return out
 
@@ -98,9 +107,9 @@ def evaluate_auto_switch(
         ws = []
 
         def fwd(x, o=ov, ws=ws):
-            y = auto(x, overrides=o)
+            y = _call(auto, x, overrides=o)
             w = auto.last_weights
-            ws.append((w if w.dim() == 2 else w.expand(x.shape[0], -1)).cpu())
+            ws.append((w if w.dim() == 2 else w.expand(_logits(y).shape[0], -1)).cpu())
             return y
 
         out[task] = score_loader(fwd, loader, metric)
