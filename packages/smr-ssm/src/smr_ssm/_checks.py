@@ -1,0 +1,71 @@
+"""Input validation shared by the layers and models (clear errors on bad shapes, dtypes, NaN/inf).
+
+The finiteness check costs one reduction per call; :func:`set_validation` turns the value checks off
+(shape and dtype checks always run) for GPU runs where the host synchronisation matters.
+"""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["check_finite", "check_sequence", "check_timesteps", "set_validation", "validation_enabled"]
+
+_VALUE_CHECKS = True
+
+
+def set_validation(enabled: bool) -> None:
+    """Enable or disable the NaN/inf value checks (shape and dtype checks always run)."""
+    global _VALUE_CHECKS
+    _VALUE_CHECKS = bool(enabled)
+
+
+def validation_enabled() -> bool:
+    return _VALUE_CHECKS
+
+
+def check_finite(x: torch.Tensor, name: str) -> None:
+    if _VALUE_CHECKS and not torch.isfinite(x).all():
+        bad = (~torch.isfinite(x)).sum().item()
+        raise ValueError(f"{name} contains {bad} NaN/inf value(s)")
+
+
+def check_sequence(u: torch.Tensor, channels: int, name: str = "u", transposed: bool = False) -> None:
+    """``u`` must be a real floating tensor ``(batch, length, channels)`` (``(batch, channels, length)``
+    when ``transposed``) with finite values."""
+    if not isinstance(u, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(u).__name__}")
+    layout = "(batch, channels, length)" if transposed else "(batch, length, channels)"
+    ch_dim = 1 if transposed else 2
+    if u.ndim != 3 or u.shape[ch_dim] != channels:
+        raise ValueError(f"{name} must be {layout} with channels={channels}; got shape {tuple(u.shape)}")
+    if not u.is_floating_point():
+        raise TypeError(f"{name} must be a real floating-point tensor; got dtype {u.dtype}")
+    if u.numel() == 0:
+        raise ValueError(f"{name} is empty: shape {tuple(u.shape)}")
+    check_finite(u, name)
+
+
+def check_timesteps(timesteps: torch.Tensor | None, batch: int, length: int) -> torch.Tensor | None:
+    """Relative sampling steps ``tau_k > 0`` of shape ``(batch, length)`` or ``(length,)``.
+
+    ``tau_k = (t_k - t_{k-1}) / base_step``: the step a model was trained with is ``tau = 1``; a
+    layer discretises position ``k`` with ``Delta_k = Delta * tau_k`` (spec §2). Returns a
+    ``(batch, length)`` view.
+    """
+    if timesteps is None:
+        return None
+    if not isinstance(timesteps, torch.Tensor):
+        raise TypeError(f"timesteps must be a torch.Tensor, got {type(timesteps).__name__}")
+    if not timesteps.is_floating_point():
+        raise TypeError(f"timesteps must be floating point; got dtype {timesteps.dtype}")
+    if timesteps.ndim == 1:
+        timesteps = timesteps.unsqueeze(0).expand(batch, -1)
+    if timesteps.ndim != 2 or timesteps.shape[1] != length or timesteps.shape[0] not in (1, batch):
+        raise ValueError(
+            f"timesteps must be (batch={batch}, length={length}) or (length,); got {tuple(timesteps.shape)}"
+        )
+    if _VALUE_CHECKS:
+        check_finite(timesteps, "timesteps")
+        if not (timesteps > 0).all():
+            raise ValueError("timesteps must be strictly positive (relative sampling steps)")
+    return timesteps.expand(batch, length)
