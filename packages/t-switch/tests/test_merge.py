@@ -121,3 +121,25 @@ def test_lora_product_vs_factors():
     assert torch.allclose(F[b_name] @ F[a_name], mixed, atol=1e-6)  # B(w) A(w)
     assert prod(x, weights=w).shape == fac(x, weights=w).shape == (3, 2)
     assert torch.allclose(prod(x, weights="a"), fac(x, weights="a"), atol=1e-6)  # one-hot: identical
+
+
+def test_fusion_bench_style_pool(tiny):
+    from t_switch.integrations.fusion_bench import t_switch_from_pool
+
+    pre, fts = tiny
+
+    class Pool:  # the duck-typed part of fusion_bench.BaseModelPool
+        model_names = list(fts)
+
+        def load_model(self, name):
+            return fts[name]
+
+        def load_pretrained_model(self):
+            return pre
+
+    res = t_switch_from_pool(Pool(), drop_ratio=0.6)
+    x = torch.randn(2, 6)
+    assert list(res.switches) == list(fts)
+    assert res.switched(x, weights="t1").shape == (2, 3)
+    with pytest.raises(TypeError, match="model pool"):
+        t_switch_from_pool(object())

@@ -68,7 +68,7 @@ class DigitsMLP(nn.Module):
 
 
 def _train(model, params, x, y, epochs, lr, batch_size, gen):
-    opt = torch.optim.Adam(params, lr=lr)
+    opt = torch.optim.Adam(params, lr=lr, foreach=True)
     loss_fn = nn.CrossEntropyLoss()
     model.train()
     for _ in range(epochs):
