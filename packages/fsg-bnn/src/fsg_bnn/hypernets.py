@@ -1,0 +1,153 @@
+"""Hypernetworks ("meta nets") that generate the gradient of the pre-quantized weights.
+
+MetaQuant's coordinate-wise nets (spec §4) and FSG's two nets (spec §3.4-3.5):
+
+* :class:`FCGrad`: ``G = FC2(FC1(g))`` (1 -> h -> 1, no bias).
+* :class:`MultiFC`: ``G = g * MLP(W~)`` (bias-free linear layers, no activation by default); FSG's
+  **fast net** is a 3-layer MultiFC (``FastNet``).
+* :class:`LSTMFC`: ``G = g * FC(LSTM(x))``, every weight entry a batch element, hidden state carried
+  across iterations by the caller.
+* :class:`SlowNet`: FSG's **slow net**: a sequence model (Mamba by default; S4 / S5 for the ablations)
+  over the HGS sequence with the layer's **LRE** token prepended (spec §3.3-3.4).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn as nn
+
+from fsg_bnn.ssm import MambaBlock, S4SequenceModel, S5SequenceModel
+
+__all__ = ["FCGrad", "FastNet", "LSTMFC", "MultiFC", "SlowNet", "NONLINEARITIES"]
+
+NONLINEARITIES = (None, "relu", "tanh")
+
+
+def _act(name: str | None) -> nn.Module | None:
+    if name not in NONLINEARITIES:
+        raise ValueError(f"unknown nonlinearity {name!r}; use one of {list(NONLINEARITIES)}")
+    return {"relu": nn.ReLU(), "tanh": nn.Tanh()}.get(name) if name else None
+
+
+def _check_column(x: torch.Tensor, who: str) -> None:
+    if x.ndim != 2 or x.shape[1] != 1:
+        raise ValueError(f"{who} expects a column of coordinates (N, 1); got {tuple(x.shape)}")
+
+
+class MultiFC(nn.Module):
+    """``num_layers`` bias-free linear layers ``1 -> h -> ... -> h -> 1`` (MetaQuant's
+    ``MetaDesignedMultiFC``), optional ReLU/Tanh between them (none by default, spec §3.5)."""
+
+    def __init__(self, hidden: int = 100, num_layers: int = 3, nonlinearity: str | None = None) -> None:
+        super().__init__()
+        if num_layers < 1 or hidden < 1:
+            raise ValueError("MultiFC needs num_layers >= 1 and hidden >= 1")
+        layers: list[nn.Module] = []
+        for i in range(num_layers):
+            fan_in = 1 if i == 0 else hidden
+            fan_out = 1 if i == num_layers - 1 else hidden
+            layers.append(nn.Linear(fan_in, fan_out, bias=False))
+            act = _act(nonlinearity) if i < num_layers - 1 else None
+            if act is not None:
+                layers.append(act)
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _check_column(x, "MultiFC")
+        return self.net(x)
+
+
+FastNet = MultiFC
+
+
+class FCGrad(MultiFC):
+    """MetaQuant's FC-Grad: ``G = FC2(FC1(g))`` (two bias-free layers on the gradient itself)."""
+
+    def __init__(self, hidden: int = 100, nonlinearity: str | None = None) -> None:
+        super().__init__(hidden, 2, nonlinearity)
+
+
+class LSTMFC(nn.Module):
+    """MetaQuant's LSTMFC: ``LSTM(1 -> h)`` over a short sequence per coordinate (length 1, or 2 for
+    the "merge" variant), then ``Linear(h -> 1)`` on the last hidden state.
+
+    ``forward(x, hidden)`` with ``x`` of shape ``(steps, N, 1)`` returns ``(out (N, 1), (h, c))``.
+    """
+
+    def __init__(self, hidden: int = 100) -> None:
+        super().__init__()
+        self.hidden = hidden
+        self.lstm = nn.LSTM(input_size=1, hidden_size=hidden, num_layers=1)
+        self.fc = nn.Linear(hidden, 1)
+
+    def forward(self, x: torch.Tensor, hidden: tuple[torch.Tensor, torch.Tensor] | None = None):
+        if x.ndim != 3 or x.shape[-1] != 1:
+            raise ValueError(f"LSTMFC expects (steps, N, 1); got {tuple(x.shape)}")
+        _, (h, c) = self.lstm(x, hidden)
+        return self.fc(h[-1]), (h, c)
+
+
+SlowKind = Literal["mamba", "s4", "s5"]
+
+
+class SlowNet(nn.Module):
+    """FSG's slow net (spec §3.3-3.4): ``out = Seq([E[l]; H_l])[:, 1:]``.
+
+    ``E = nn.Embedding(num_layers, 1)`` (N(0, 1) init) holds one Layer Recognition Embedding per
+    binarized layer; it is prepended at position 0 and the output there is dropped, so the output has
+    the input's length. Because the model is causal, the token acts as a layer-specific initial
+    condition. ``use_lre=False`` skips the token (ablation). Sequences of several layers can be
+    batched: ``layer_idx`` is then a ``(batch,)`` tensor.
+
+    ``kind="mamba"``: one :class:`MambaBlock(d_model=1, d_state, d_conv, expand)` (defaults 16, 8, 100);
+    ``"s4"`` / ``"s5"``: the ablation sequence models.
+    """
+
+    def __init__(
+        self,
+        num_layers: int,
+        kind: SlowKind = "mamba",
+        d_state: int = 16,
+        d_conv: int = 8,
+        expand: int = 100,
+        use_lre: bool = True,
+        s4_d_model: int = 100,
+        s5_dim: int = 8,
+        s5_state: int = 8,
+        backend: str = "auto",
+        chunk_size: int | None = None,
+    ) -> None:
+        super().__init__()
+        if num_layers < 1:
+            raise ValueError(f"num_layers must be >= 1, got {num_layers}")
+        self.kind, self.use_lre, self.num_layers = kind, use_lre, num_layers
+        self.layer_embedding = nn.Embedding(num_layers, 1)
+        if kind == "mamba":
+            self.model: nn.Module = MambaBlock(
+                1, d_state, d_conv, expand, backend=backend, chunk_size=chunk_size
+            )
+        elif kind == "s4":
+            self.model = S4SequenceModel(s4_d_model, d_state, backend=backend, chunk_size=chunk_size)
+        elif kind == "s5":
+            self.model = S5SequenceModel(s5_dim, s5_state, backend=backend, chunk_size=chunk_size)
+        else:
+            raise ValueError(f"unknown slow-net kind {kind!r}; use 'mamba', 's4' or 's5'")
+
+    def forward(self, seq: torch.Tensor, layer_idx: int | torch.Tensor) -> torch.Tensor:
+        if seq.ndim != 3 or seq.shape[-1] != 1:
+            raise ValueError(f"SlowNet expects a (batch, length, 1) sequence; got {tuple(seq.shape)}")
+        if not torch.isfinite(seq).all():
+            raise ValueError("SlowNet input contains NaN or inf (a non-finite gradient reached the HGS)")
+        if not self.use_lre:
+            return self.model(seq)
+        idx = torch.as_tensor(layer_idx, device=seq.device, dtype=torch.long).reshape(-1)
+        if idx.numel() == 1 and seq.shape[0] > 1:
+            idx = idx.expand(seq.shape[0])
+        if idx.numel() != seq.shape[0]:
+            raise ValueError(f"layer_idx has {idx.numel()} entries for a batch of {seq.shape[0]} sequences")
+        if (idx < 0).any() or (idx >= self.num_layers).any():
+            raise IndexError(f"layer index out of range 0..{self.num_layers - 1}: {idx.tolist()}")
+        token = self.layer_embedding(idx).unsqueeze(1).to(seq.dtype)  # (batch, 1, 1)
+        return self.model(torch.cat([token, seq], dim=1))[:, 1:]
