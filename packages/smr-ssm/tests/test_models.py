@@ -18,6 +18,7 @@ def tiny(**kw):
     return SSMConfig(**base)
 
 
+@pytest.mark.slow
 def test_causal_lm_loss_save_load_and_trainer(tmp_path):
     from transformers import AutoModelForCausalLM, Trainer, TrainingArguments
 

@@ -105,15 +105,20 @@ def test_cuda_backend_on_cpu_raises_clearly():
         selective_scan(u, u, -torch.ones(2, 3), torch.randn(1, 3, 5), torch.randn(1, 3, 5), backend="cuda")
 
 
-@pytest.mark.slow
 def test_importing_smr_ssm_never_imports_mamba_ssm():
+    # a fresh interpreter for the light modules (transformers is slow to import without bytecode caches)
     code = (
-        "import sys, smr_ssm, smr_ssm.models, smr_ssm.ops, smr_ssm.layers; "
-        "from smr_ssm import SSMForCausalLM; "
-        "assert 'mamba_ssm' not in sys.modules, 'mamba_ssm imported'; "
-        "assert 'selective_scan_cuda' not in sys.modules"
+        "import sys, smr_ssm, smr_ssm.ops, smr_ssm.layers, smr_ssm.blocks, smr_ssm.nss, smr_ssm.trainer; "
+        "assert 'mamba_ssm' not in sys.modules and 'selective_scan_cuda' not in sys.modules; "
+        "assert 'transformers' not in sys.modules, 'import smr_ssm pulled in transformers'"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+    # and in this process, after the transformers models and a CPU selective scan have run
+    import smr_ssm.models  # noqa: F401
+
+    u = torch.randn(1, 2, 5)
+    selective_scan(u, u.abs(), -torch.ones(2, 3), torch.randn(1, 3, 5), torch.randn(1, 3, 5))
+    assert "mamba_ssm" not in sys.modules
 
 
 @pytest.mark.gpu

@@ -1,0 +1,216 @@
+"""Non-stable-state (NSS) diagnostics and the sampling-shift experiment (spec §3.2, §3.7, §8).
+
+Train on one sampling grid, evaluate on (a) the same grid, (b) uniformly faster/slower grids and (c) a
+jittered non-uniform grid; report the error per condition, the degradation ratio
+``MSE_(b|c) / MSE_(a)`` and the NSS indicator ``max_k ||x_k|| / median_k ||x_k||`` of the first
+block's hidden state. The models never see the sampling times (spec §3.3): SMR has to infer the
+effective step from the input history.
+"""
+
+from __future__ import annotations
+
+import statistics
+from typing import Any
+
+import torch
+from torch import nn
+
+from papers_shared.device import seed_everything
+from smr_ssm.config import NSSConfig, TrainConfig
+from smr_ssm.data.nonuniform import regression_batch, sample_signals
+
+__all__ = [
+    "build_conditions",
+    "nss_ratio",
+    "run_nss",
+    "sampling_shift_eval",
+    "state_norms",
+    "train_nss_model",
+]
+
+
+def state_norms(layer: nn.Module, u: torch.Tensor, timesteps: torch.Tensor | None = None) -> torch.Tensor:
+    """Hidden-state norm ``||x_k||`` per position ``(B, L)`` of a host (anything with ``states``) or of an
+    :class:`~smr_ssm.blocks.SSMBlock` (its input normalisation applied first, as in its forward)."""
+    from smr_ssm.blocks import SSMBlock
+
+    if isinstance(layer, SSMBlock):
+        u = layer.norm(u) if layer.prenorm else u
+        layer = layer.mixer
+    if not hasattr(layer, "states"):
+        raise TypeError(
+            f"{type(layer).__name__} exposes no hidden states (hosts with .states: S4D, S5, MegaEMA)"
+        )
+    x = layer.states(u, timesteps)
+    return x.abs().pow(2).flatten(2).sum(-1).sqrt()
+
+
+def nss_ratio(norms: torch.Tensor) -> torch.Tensor:
+    """``max_k ||x_k|| / median_k ||x_k||`` per sequence (spec §8 NSS indicator)."""
+    return norms.max(dim=1).values / norms.median(dim=1).values.clamp_min(1e-12)
+
+
+def build_conditions(cfg: NSSConfig, n: int, seed: int) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Test signals per condition: ``same`` (training grid), ``step_<s>`` (uniform grid of step ``s``),
+    ``jitter`` (``Delta_k ~ base_step * U[1 - jitter, 1 + jitter]``). Each has ``L + 1`` samples."""
+    common = dict(
+        base_step=cfg.base_step,
+        n_components=cfg.n_components,
+        freq_range=tuple(cfg.freq_range),
+        amp_range=tuple(cfg.amp_range),
+    )
+    conds = {"same": sample_signals(n, cfg.length + 1, "uniform", seed=seed, **common)}
+    for i, s in enumerate(cfg.test_steps):
+        conds[f"step_{s:g}"] = sample_signals(
+            n, cfg.length + 1, "scaled", scale=s / cfg.base_step, seed=seed + 1 + i, **common
+        )
+    conds["jitter"] = sample_signals(n, cfg.length + 1, "jitter", jitter=cfg.jitter, seed=seed + 99, **common)
+    return conds
+
+
+@torch.no_grad()
+def sampling_shift_eval(
+    model: nn.Module,
+    conditions: dict[str, tuple[torch.Tensor, torch.Tensor]],
+    base_step: float,
+    norm_sequences: int | None = 32,
+) -> dict[str, dict[str, float]]:
+    """MSE per condition for a regression model, and the NSS indicator of its first block on the first
+    ``norm_sequences`` sequences (``None``: all; ``0``: skipped)."""
+    model.eval()
+    out = {}
+    for name, (values, times) in conditions.items():
+        batch = regression_batch(values, times, base_step)
+        pred = model(input_values=batch["input_values"]).logits
+        res = {"mse": torch.mean((pred - batch["labels"]) ** 2).item()}
+        if norm_sequences != 0:
+            h = model.model.embed(input_values=batch["input_values"][:norm_sequences])
+            res["state_norm_ratio"] = nss_ratio(state_norms(model.model.layers[0], h)).mean().item()
+        out[name] = res
+    return out
+
+
+def repeat_last_mse(conditions: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> dict[str, float]:
+    """The "repeat the last value" predictor ``u_{k+1} = u_k`` per condition."""
+    return {k: torch.mean((v[:, 1:] - v[:, :-1]) ** 2).item() for k, (v, _) in conditions.items()}
+
+
+def train_nss_model(
+    cfg: NSSConfig,
+    smr: Any,
+    seed: int,
+    train_values: torch.Tensor,
+    init_from: nn.Module | None = None,
+    progress: bool = False,
+):
+    """Train one regression model (the baseline when ``smr`` is ``None``) on the training pool."""
+    from smr_ssm.models import SSMConfig, SSMForSequenceRegression
+    from smr_ssm.trainer import StepSampler, Trainer
+
+    seed_everything(seed)
+    hf = SSMConfig(
+        d_model=cfg.d_model,
+        n_layer=cfg.n_layer,
+        layer_type=cfg.layer_type,
+        d_state=cfg.d_state,
+        smr=smr,
+        encoder="linear",
+        input_dim=1,
+        output_dim=1,
+    )
+    model = SSMForSequenceRegression(hf)
+    if init_from is not None:  # identical shared parameters: the two models differ only by SMR
+        model.load_state_dict(init_from.state_dict(), strict=False)
+    sampler = StepSampler(train_values.shape[0], cfg.batch_size, seed=seed)
+
+    def batch_fn(i: int) -> dict[str, torch.Tensor]:
+        v = train_values[sampler(i)]
+        return {"input_values": v[:, :-1], "labels": v[:, 1:]}
+
+    tcfg = TrainConfig(
+        lr=cfg.lr,
+        weight_decay=cfg.weight_decay,
+        max_steps=cfg.steps,
+        batch_size=cfg.batch_size,
+        warmup_frac=0.0,
+        log_every=max(1, cfg.steps // 5),
+        eval_every=0,
+        checkpoint_every=0,
+        seed=seed,
+        device="cpu",
+    )
+    trainer = Trainer(model, tcfg, batch_fn, out_dir=None, progress=progress)
+    history = trainer.train()
+    return model, history
+
+
+def run_nss(cfg: NSSConfig, progress: bool = False, log=print) -> dict[str, Any]:
+    """The full experiment: per seed, a baseline and an SMR model with identical shared initialisation,
+    both evaluated on every sampling condition. Returns per-seed numbers and seed means."""
+    from smr_ssm.models import SSMConfig, SSMForSequenceRegression
+
+    per_seed = []
+    for seed in cfg.seeds:
+        common = dict(
+            base_step=cfg.base_step,
+            n_components=cfg.n_components,
+            freq_range=tuple(cfg.freq_range),
+            amp_range=tuple(cfg.amp_range),
+        )
+        train_values, _ = sample_signals(
+            cfg.n_train, cfg.length + 1, "uniform", seed=1000 * seed + 7, **common
+        )
+        conditions = build_conditions(cfg, cfg.n_test, seed=1000 * seed + 500)
+        seed_everything(seed)
+        init = SSMForSequenceRegression(
+            SSMConfig(
+                d_model=cfg.d_model,
+                n_layer=cfg.n_layer,
+                layer_type=cfg.layer_type,
+                d_state=cfg.d_state,
+                smr=None,
+                encoder="linear",
+                input_dim=1,
+                output_dim=1,
+            )
+        )
+        record: dict[str, Any] = {"seed": seed, "repeat_last": repeat_last_mse(conditions)}
+        for label, smr in (("baseline", None), ("smr", cfg.smr)):
+            model, history = train_nss_model(cfg, smr, seed, train_values, init_from=init, progress=progress)
+            ev = sampling_shift_eval(model, conditions, cfg.base_step, cfg.norm_sequences)
+            record[label] = {
+                "eval": ev,
+                "final_train_loss": history[-1]["loss"] if history else float("nan"),
+                "degradation": {k: v["mse"] / ev["same"]["mse"] for k, v in ev.items() if k != "same"},
+            }
+            log(f"[nss] seed {seed} {label}: " + ", ".join(f"{k}={v['mse']:.4g}" for k, v in ev.items()))
+        per_seed.append(record)
+    return {"per_seed": per_seed, "summary": summarise(per_seed)}
+
+
+def summarise(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
+    """Seed means and standard deviations of every reported number."""
+
+    def stats(xs: list[float]) -> dict[str, float]:
+        return {"mean": statistics.fmean(xs), "std": statistics.pstdev(xs) if len(xs) > 1 else 0.0}
+
+    conds = list(per_seed[0]["repeat_last"])
+    out: dict[str, Any] = {"repeat_last": {c: stats([r["repeat_last"][c] for r in per_seed]) for c in conds}}
+    for label in ("baseline", "smr"):
+        out[label] = {
+            "mse": {c: stats([r[label]["eval"][c]["mse"] for r in per_seed]) for c in conds},
+            "state_norm_ratio": {
+                c: stats([r[label]["eval"][c]["state_norm_ratio"] for r in per_seed]) for c in conds
+            },
+            "degradation": {
+                c: stats([r[label]["degradation"][c] for r in per_seed]) for c in conds if c != "same"
+            },
+        }
+    out["seeds_smr_degrades_less_jitter"] = sum(
+        r["smr"]["degradation"]["jitter"] < r["baseline"]["degradation"]["jitter"] for r in per_seed
+    )
+    out["seeds_smr_norm_ratio_not_larger_jitter"] = sum(
+        r["smr"]["eval"]["jitter"]["state_norm_ratio"] <= r["baseline"]["eval"]["jitter"]["state_norm_ratio"]
+        for r in per_seed
+    )
+    return out

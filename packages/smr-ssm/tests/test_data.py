@@ -1,0 +1,139 @@
+"""Data loaders: synthetic non-uniform sampling, WikiText windows, LRA parsing and clear errors."""
+
+import numpy as np
+import pytest
+import torch
+
+from papers_shared.data import DatasetNotFoundError
+from smr_ssm.data import (
+    LRA_TASKS,
+    ByteTokenizer,
+    LMWindows,
+    load_lm_tokens,
+    load_lra,
+    regression_batch,
+    sample_signals,
+    sampling_steps,
+)
+from smr_ssm.data.lra import LISTOPS_VOCAB, listops_tokens
+
+
+def test_sampling_grids():
+    uni = sampling_steps(2, 50, "uniform", base_step=0.02)
+    assert torch.all(uni == 0.02)
+    scaled = sampling_steps(2, 50, "scaled", base_step=0.02, scale=1.5)
+    assert torch.allclose(scaled, torch.full_like(scaled, 0.03))
+    jit = sampling_steps(
+        4, 500, "jitter", base_step=0.02, jitter=0.5, generator=torch.Generator().manual_seed(0)
+    )
+    assert jit.min() >= 0.01 and jit.max() <= 0.03 and jit.std() > 1e-3
+    with pytest.raises(ValueError, match="grid"):
+        sampling_steps(1, 5, "random")
+    with pytest.raises(ValueError, match="jitter"):
+        sampling_steps(1, 5, "jitter", jitter=1.5)
+
+
+def test_sample_signals_is_a_sum_of_sines_and_deterministic():
+    v, t = sample_signals(3, 40, "jitter", seed=5)
+    v2, t2 = sample_signals(3, 40, "jitter", seed=5)
+    assert torch.equal(v, v2) and torch.equal(t, t2)
+    assert v.shape == (3, 40, 1) and t.shape == (3, 40) and torch.all(t[:, 0] == 0)
+    assert torch.all(torch.diff(t, dim=1) > 0)
+    assert v.abs().max() <= 3.0  # three components of amplitude <= 1
+    batch = regression_batch(v, t, 0.02, with_timesteps=True)
+    assert torch.equal(batch["labels"], v[:, 1:]) and torch.equal(batch["input_values"], v[:, :-1])
+    steps = torch.diff(t, dim=1) / 0.02
+    assert torch.allclose(batch["timesteps"][:, 1:].double(), steps[:, :-1], atol=1e-6)
+
+
+def test_byte_tokenizer_and_lm_windows():
+    tok = ByteTokenizer()
+    assert tok.decode(tok.encode("héllo")) == "héllo"
+    tokens = torch.arange(1000) % 257
+    w = LMWindows(tokens, context=16, seed=3)
+    b1, b2 = w.batch(7, 4), w.batch(7, 4)
+    assert torch.equal(b1["input_ids"], b2["input_ids"]) and b1["input_ids"].shape == (4, 16)
+    assert not torch.equal(w.batch(8, 4)["input_ids"], b1["input_ids"])
+    batches = list(w.eval_batches(batch_size=8, stride=8))
+    first, second = batches[0]["labels"][0], batches[0]["labels"][1]
+    assert (first != -100).all() and (second[:8] == -100).all() and (second[8:] != -100).all()
+    with pytest.raises(ValueError, match="context"):
+        LMWindows(torch.arange(10), context=16)
+
+
+def test_lm_tokens_from_raw_files(tmp_path):
+    for split, name in (
+        ("train", "wiki.train.raw"),
+        ("validation", "wiki.valid.raw"),
+        ("test", "wiki.test.raw"),
+    ):
+        (tmp_path / name).write_text(f" = {split} = \n some text for {split} .\n" * 20)
+    toks, vocab = load_lm_tokens(tokenizer="byte", data_dir=str(tmp_path), cache_dir=str(tmp_path / "cache"))
+    assert vocab == 257 and set(toks) == {"train", "validation", "test"}
+    assert ByteTokenizer().decode(toks["test"][:9].tolist()) == " = test ="
+    assert any((tmp_path / "cache").iterdir())
+    with pytest.raises(DatasetNotFoundError, match="wiki.train.raw"):
+        load_lm_tokens(tokenizer="byte", data_dir=str(tmp_path / "missing"))
+
+
+def _fake_lra(root):
+    lo = root / "listops-1000"
+    lo.mkdir(parents=True)
+    for split in ("train", "val", "test"):
+        rows = [
+            "Source\tTarget",
+            "( ( [MAX 2 9 ] ) 3 )\t9",
+            "( [SM 1 2 ] )\t3",
+            "[MIN 4 ( [MED 1 7 2 ] ) ]\t2",
+        ]
+        (lo / f"basic_{split}.tsv").write_text("\n".join(rows) + "\n")
+    tsv = root / "tsv_data"
+    tsv.mkdir()
+    for split in ("train", "eval", "test"):
+        (tsv / f"new_aan_pairs.{split}.tsv").write_text(
+            "1\tid1\tid2\tpaper one\tpaper two\n0\tid3\tid4\tabc\tdefg\n"
+        )
+    from PIL import Image
+
+    base = root / "pathfinder32" / "curv_contour_length_14"
+    (base / "imgs" / "0").mkdir(parents=True)
+    (base / "metadata").mkdir()
+    lines = []
+    for i in range(10):
+        arr = (np.arange(32 * 32).reshape(32, 32) * (i + 1) % 256).astype(np.uint8)
+        Image.fromarray(arr).save(base / "imgs" / "0" / f"sample_{i}.png")
+        lines.append(f"imgs/0 sample_{i}.png 0 {i % 2} 14")
+    (base / "metadata" / "0.npy").write_text("\n".join(lines) + "\n")
+
+
+def test_lra_parsers_on_release_layout(tmp_path):
+    _fake_lra(tmp_path)
+    lo = load_lra("listops", tmp_path, "train", cache=False)
+    assert len(lo) == 3 and lo.labels.tolist() == [9, 3, 2]
+    assert lo.inputs.max() < LRA_TASKS["listops"]["vocab_size"] == len(LISTOPS_VOCAB)
+    assert listops_tokens("( [MAX 2 ] )") == [
+        LISTOPS_VOCAB.index("[MAX"),
+        LISTOPS_VOCAB.index("2"),
+        LISTOPS_VOCAB.index("X"),
+        2,
+    ]
+    assert lo.mask[0].sum() == len(listops_tokens("( ( [MAX 2 9 ] ) 3 )"))
+    rt = load_lra("retrieval", tmp_path, "val", cache=True)
+    assert rt.inputs.shape[:2] == (2, 2) and rt.labels.tolist() == [1, 0]
+    assert rt.batch(torch.tensor([0]))["input_ids"].shape[1] == 2
+    assert (tmp_path / "cache").is_dir()
+    assert torch.equal(load_lra("retrieval", tmp_path, "val").inputs, rt.inputs)  # from the cache
+    pf = [load_lra("pathfinder", tmp_path, s, cache=False) for s in ("train", "val", "test")]
+    assert [len(p) for p in pf] == [8, 1, 1]
+    assert pf[0].inputs.shape[1:] == (1024, 1) and pf[0].inputs.min() >= -1 and pf[0].inputs.max() <= 1
+
+
+def test_lra_missing_data_errors(tmp_path):
+    with pytest.raises(DatasetNotFoundError, match="lra_release"):
+        load_lra("listops", tmp_path / "nowhere")
+    with pytest.raises(DatasetNotFoundError, match="basic_train.tsv"):
+        load_lra("listops", tmp_path)
+    with pytest.raises(DatasetNotFoundError, match="pathfinder128"):
+        load_lra("pathx", tmp_path)
+    with pytest.raises(ValueError, match="unknown LRA task"):
+        load_lra("sudoku", tmp_path)
