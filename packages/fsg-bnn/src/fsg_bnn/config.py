@@ -7,6 +7,7 @@ YAML files under ``configs/`` describe (``fsg-bnn train --config configs/x.yaml 
 
 from __future__ import annotations
 
+import typing
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -21,20 +22,6 @@ __all__ = [
     "TrainConfig",
 ]
 
-METAQUANT_METHODS = (
-    "fcgrad",
-    "multifc",
-    "lstmfc",
-    "lstmfc-grad",
-    "lstmfc-merge",
-    "lstmfc-momentum",
-    "mamba-history",
-    "s4-history",
-    "s5-history",
-)
-METHODS = ("ste", *METAQUANT_METHODS, "fsg")
-BASE_OPTIMIZERS = ("adam", "sgd", "sgd-m")
-
 Method = Literal[
     "ste",
     "fcgrad",
@@ -48,6 +35,9 @@ Method = Literal[
     "s5-history",
     "fsg",
 ]
+METHODS: tuple[str, ...] = typing.get_args(Method)
+METAQUANT_METHODS: tuple[str, ...] = METHODS[1:-1]
+BASE_OPTIMIZERS = ("adam", "sgd", "sgd-m")
 
 
 @dataclass

@@ -171,6 +171,23 @@ class MetaGradientOptimizer(torch.optim.Optimizer, metaclass=abc.ABCMeta):
         device = next(iter(self.model.parameters())).device
         self.meta_nets.to(device)
 
+    def _make_slow_net(self, kind: str) -> SlowNet:
+        """A sequence slow net (spec §3.3-3.4) with one LRE per binarized layer, sized by the config."""
+        c = self.config
+        return SlowNet(
+            len(self.layers),
+            kind,
+            c.d_state,
+            c.d_conv,
+            c.expand,
+            c.use_lre,
+            c.s4_d_model,
+            c.s5_dim,
+            c.s5_state,
+            c.scan_backend,
+            c.scan_chunk,
+        )
+
     def _adam(self, module: nn.Module, lr: float) -> torch.optim.Optimizer:
         return torch.optim.Adam(module.parameters(), lr=lr, weight_decay=self.config.meta_weight_decay)
 
@@ -421,19 +438,7 @@ class MetaQuantOptimizer(MetaGradientOptimizer):
             net = LSTMFC(cfg.hidden)
         else:
             kind = meta.split("-")[0]
-            net = SlowNet(
-                len(self.layers),
-                kind,
-                cfg.d_state,
-                cfg.d_conv,
-                cfg.expand,
-                cfg.use_lre,
-                cfg.s4_d_model,
-                cfg.s5_dim,
-                cfg.s5_state,
-                cfg.scan_backend,
-                cfg.scan_chunk,
-            )
+            net = self._make_slow_net(kind)
             self.hgs = HistoricalGradientStorage(cfg.hgs_length, cfg.hgs_layout)
         self.meta_nets["meta"] = net
         self._finish_meta_setup()
@@ -524,19 +529,7 @@ class FSGOptimizer(MetaGradientOptimizer):
         if cfg.slow_net == "lstm":
             seq: nn.Module = LSTMFC(cfg.hidden)
         else:
-            seq = SlowNet(
-                len(self.layers),
-                cfg.slow_net,
-                cfg.d_state,
-                cfg.d_conv,
-                cfg.expand,
-                cfg.use_lre,
-                cfg.s4_d_model,
-                cfg.s5_dim,
-                cfg.s5_state,
-                cfg.scan_backend,
-                cfg.scan_chunk,
-            )
+            seq = self._make_slow_net(cfg.slow_net)
         fast, slow = (seq, mlp) if cfg.swap_roles else (mlp, seq)
         self.meta_nets["fast"] = fast
         self.meta_nets["slow"] = slow
