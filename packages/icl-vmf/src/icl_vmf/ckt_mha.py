@@ -1,0 +1,97 @@
+"""Class projector, CKT-MHA and the query embedding (spec §3.2-3.4)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["CKTMHA", "kaiming_linear_init", "query_embedding"]
+
+
+def kaiming_linear_init(module: nn.Module) -> None:
+    """Kaiming-normal (``nonlinearity="linear"``) weights and zero biases for every ``nn.Linear`` inside
+    ``module`` (spec §3.2-3.3; MHA's ``out_proj`` is an ``nn.Linear`` and is re-initialised too, its
+    ``in_proj_weight`` keeps PyTorch's Xavier init)."""
+    for m in module.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.kaiming_normal_(m.weight, nonlinearity="linear")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+
+def _mlp(d_in: int, d_hidden: int, d_out: int) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(d_in, d_hidden), nn.GELU(), nn.Linear(d_hidden, d_out))
+
+
+def query_embedding(C: torch.Tensor, T: torch.Tensor) -> torch.Tensor:
+    """``z = normalize(mean_tokens(concat[T, C]))`` (spec §3.4: task part first, token mean, L2 norm)."""
+    if C.shape[:2] != T.shape[:2]:
+        raise ValueError(f"C {tuple(C.shape)} and T {tuple(T.shape)} differ in batch/token dimensions")
+    return F.normalize(torch.cat([T, C], dim=-1).mean(dim=1), dim=-1)
+
+
+class CKTMHA(nn.Module):
+    """Class-Knowledge-Task multi-head attention with the class projector ``g_c`` (spec §3.2-3.3).
+
+    ``forward(H) -> (C, T)`` token-wise on ``H [B, L, D]``::
+
+        C = g_c(H)                       Linear(D, mult*D) -> GELU -> Linear(mult*D, d_class)
+        Q = P_q(C)                       Linear(d_class, D)                       class features
+        K = H                                                                     pre-trained knowledge
+        V = P_v(H)                       Linear(D, D) -> GELU -> Linear(D, D)     task features
+        T = P_o(MHA(Q, K, V))            Linear(D, D) -> GELU -> Linear(D, d_task)
+
+    No residual and no LayerNorm. ``use_attention=False`` replaces the attention branch by a plain MLP
+    ``T = Linear(D, mult*D) -> GELU -> Linear(mult*D, d_task)`` applied to ``H`` (the code's unused
+    ``embedding_map``; ablation of spec §4.5).
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        d_class: int,
+        d_task: int,
+        num_heads: int = 8,
+        proj_mult: int = 4,
+        use_attention: bool = True,
+    ) -> None:
+        super().__init__()
+        if min(d_model, d_class, d_task, num_heads, proj_mult) < 1:
+            raise ValueError("all CKTMHA sizes must be >= 1")
+        if use_attention and d_model % num_heads:
+            raise ValueError(f"d_model {d_model} is not divisible by num_heads {num_heads}")
+        self.d_model, self.d_class, self.d_task = d_model, d_class, d_task
+        self.use_attention = use_attention
+        self.class_proj = _mlp(d_model, proj_mult * d_model, d_class)
+        kaiming_linear_init(self.class_proj)
+        if use_attention:
+            self.q_proj = nn.Linear(d_class, d_model)
+            self.v_proj = _mlp(d_model, d_model, d_model)
+            self.attn = nn.MultiheadAttention(d_model, num_heads, batch_first=True)
+            self.out_proj = _mlp(d_model, d_model, d_task)
+            for m in (self.q_proj, self.v_proj, self.attn, self.out_proj):
+                kaiming_linear_init(m)
+        else:
+            self.task_mlp = _mlp(d_model, proj_mult * d_model, d_task)
+            kaiming_linear_init(self.task_mlp)
+
+    @property
+    def out_dim(self) -> int:
+        return self.d_task + self.d_class
+
+    def forward(self, H: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if H.ndim != 3 or H.shape[-1] != self.d_model:
+            raise ValueError(f"expected token features [B, L, {self.d_model}], got shape {tuple(H.shape)}")
+        C = self.class_proj(H)
+        if not self.use_attention:
+            return C, self.task_mlp(H)
+        A, _ = self.attn(self.q_proj(C), H, self.v_proj(H), need_weights=False)
+        return C, self.out_proj(A)
+
+    query_embedding = staticmethod(query_embedding)
+
+    def embed(self, H: torch.Tensor) -> torch.Tensor:
+        """Unit-norm query embedding ``z`` of spec §3.4, ``[B, d_task + d_class]``."""
+        C, T = self(H)
+        return query_embedding(C, T)
