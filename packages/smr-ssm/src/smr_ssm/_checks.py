@@ -6,9 +6,18 @@ The finiteness check costs one reduction per call; :func:`set_validation` turns 
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
-__all__ = ["check_finite", "check_sequence", "check_timesteps", "set_validation", "validation_enabled"]
+__all__ = [
+    "check_finite",
+    "check_sequence",
+    "check_timesteps",
+    "set_validation",
+    "validation",
+    "validation_enabled",
+]
 
 _VALUE_CHECKS = True
 
@@ -21,6 +30,17 @@ def set_validation(enabled: bool) -> None:
 
 def validation_enabled() -> bool:
     return _VALUE_CHECKS
+
+
+@contextlib.contextmanager
+def validation(enabled: bool):
+    """Temporarily enable/disable the value checks (e.g. ``validation(False)`` around trusted data)."""
+    old = _VALUE_CHECKS
+    set_validation(enabled)
+    try:
+        yield
+    finally:
+        set_validation(old)
 
 
 def check_finite(x: torch.Tensor, name: str) -> None:

@@ -13,7 +13,16 @@ from torch import nn
 from smr_ssm.layers import build_layer
 from smr_ssm.layers._base import reverse_timesteps
 
-__all__ = ["MIXER_OUTPUT_DEFAULTS", "Bidirectional", "BlockState", "SSMBlock", "make_norm"]
+__all__ = [
+    "DEFAULT_STATE",
+    "MIXER_OUTPUT_DEFAULTS",
+    "Bidirectional",
+    "BlockState",
+    "SSMBlock",
+    "build_blocks",
+    "host_kwargs",
+    "make_norm",
+]
 
 #: ``mixer_output="auto"`` per layer type.
 MIXER_OUTPUT_DEFAULTS = {
@@ -25,6 +34,59 @@ MIXER_OUTPUT_DEFAULTS = {
     "mega": "none",
     "spade": "none",
 }
+
+
+#: ``d_state=None`` per layer type (spec §3.8: 64 for S4/S4D/S5, 16 for Mamba; Mega's EMA dimension 16).
+DEFAULT_STATE = {"s4d": 64, "s4": 64, "s5": 64, "mamba": 16, "mega": 16, "mega_ema": 16, "spade": 64}
+
+
+def host_kwargs(
+    layer_type: str,
+    d_state: int | None = None,
+    dt_min: float = 1e-3,
+    dt_max: float = 1e-1,
+    smr_position: str = "pre_proj",
+    d_conv: int = 4,
+    expand: int = 2,
+    dt_rank: int | str = "auto",
+    scan_backend: str = "auto",
+    s5_blocks: int = 1,
+    mega_chunk: int | None = None,
+    mega_attention: bool = True,
+    spade_window: int = 128,
+    n_heads: int = 4,
+) -> dict[str, Any]:
+    """The constructor options of host ``layer_type`` from the flat model settings."""
+    if layer_type not in DEFAULT_STATE:
+        raise ValueError(f"unknown layer_type {layer_type!r}; valid: {sorted(DEFAULT_STATE)}")
+    n = d_state or DEFAULT_STATE[layer_type]
+    if layer_type in ("s4d", "s4"):
+        return {"d_state": n, "dt_min": dt_min, "dt_max": dt_max}
+    if layer_type == "s5":
+        return {"d_state": n, "blocks": s5_blocks, "dt_min": dt_min, "dt_max": dt_max}
+    if layer_type == "mamba":
+        return {
+            "d_state": n,
+            "d_conv": d_conv,
+            "expand": expand,
+            "dt_rank": dt_rank,
+            "dt_min": dt_min,
+            "dt_max": dt_max,
+            "smr_position": smr_position,
+            "scan_backend": scan_backend,
+        }
+    if layer_type == "mega":
+        return {"ndim": n, "chunk_size": mega_chunk, "attention": mega_attention}
+    if layer_type == "mega_ema":
+        return {"ndim": n}
+    return {"d_state": n, "n_heads": n_heads, "window": spade_window, "dt_min": dt_min, "dt_max": dt_max}
+
+
+def build_blocks(
+    n_layer: int, d_model: int, layer_type: str, layer_kwargs: dict | None = None, **block_kwargs
+) -> nn.ModuleList:
+    """``n_layer`` identical :class:`SSMBlock` (``block_kwargs``: smr, bidirectional, norm, ...)."""
+    return nn.ModuleList(SSMBlock(d_model, layer_type, layer_kwargs, **block_kwargs) for _ in range(n_layer))
 
 
 def make_norm(kind: str, d_model: int) -> nn.Module:

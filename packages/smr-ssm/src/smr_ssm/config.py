@@ -145,6 +145,7 @@ class NSSConfig:
     n_layer: int = 2
     d_state: int = 32
     smr: Any = "default"
+    workers: int = 2
     out_dir: str = "runs/nss"
 
 

@@ -27,7 +27,7 @@ from transformers import (
 from transformers.modeling_outputs import BaseModelOutput, CausalLMOutput, SequenceClassifierOutput
 
 from smr_ssm._checks import check_finite
-from smr_ssm.blocks import SSMBlock, make_norm
+from smr_ssm.blocks import build_blocks, host_kwargs, make_norm
 from smr_ssm.layers import LAYER_TYPES
 from smr_ssm.smr import StateMemoryReplay, resolve_smr
 
@@ -41,8 +41,6 @@ __all__ = [
     "smr_modules",
     "smr_scale_stats",
 ]
-
-_DEFAULT_STATE = {"s4d": 64, "s4": 64, "s5": 64, "mamba": 16, "mega": 16, "mega_ema": 16, "spade": 64}
 
 
 class SSMConfig(PretrainedConfig):
@@ -145,34 +143,22 @@ class SSMConfig(PretrainedConfig):
 
     def layer_kwargs(self) -> dict[str, Any]:
         """The host's constructor options for ``layer_type``."""
-        t = self.layer_type
-        n = self.d_state or _DEFAULT_STATE[t]
-        if t in ("s4d", "s4"):
-            return {"d_state": n, "dt_min": self.dt_min, "dt_max": self.dt_max}
-        if t == "s5":
-            return {"d_state": n, "blocks": self.s5_blocks, "dt_min": self.dt_min, "dt_max": self.dt_max}
-        if t == "mamba":
-            return {
-                "d_state": n,
-                "d_conv": self.d_conv,
-                "expand": self.expand,
-                "dt_rank": self.dt_rank,
-                "dt_min": self.dt_min,
-                "dt_max": self.dt_max,
-                "smr_position": self.smr_position,
-                "scan_backend": self.scan_backend,
-            }
-        if t == "mega":
-            return {"ndim": n, "chunk_size": self.mega_chunk, "attention": self.mega_attention}
-        if t == "mega_ema":
-            return {"ndim": n}
-        return {
-            "d_state": n,
-            "n_heads": self.n_heads,
-            "window": self.spade_window,
-            "dt_min": self.dt_min,
-            "dt_max": self.dt_max,
-        }
+        return host_kwargs(
+            self.layer_type,
+            self.d_state,
+            self.dt_min,
+            self.dt_max,
+            self.smr_position,
+            self.d_conv,
+            self.expand,
+            self.dt_rank,
+            self.scan_backend,
+            self.s5_blocks,
+            self.mega_chunk,
+            self.mega_attention,
+            self.spade_window,
+            self.n_heads,
+        )
 
 
 class SSMPreTrainedModel(PreTrainedModel):
@@ -203,22 +189,19 @@ class SSMModel(SSMPreTrainedModel):
             self.embeddings = nn.Embedding(config.vocab_size, d)
         else:
             self.embeddings = nn.Linear(config.input_dim, d)
-        kw = config.layer_kwargs()
-        self.layers = nn.ModuleList(
-            SSMBlock(
-                d,
-                config.layer_type,
-                kw,
-                smr=config.smr,
-                bidirectional=config.bidirectional,
-                norm=config.norm,
-                prenorm=config.prenorm,
-                mixer_output=config.mixer_output,
-                ffn=config.ffn,
-                ffn_expand=config.ffn_expand,
-                dropout=config.dropout,
-            )
-            for _ in range(config.n_layer)
+        self.layers = build_blocks(
+            config.n_layer,
+            d,
+            config.layer_type,
+            config.layer_kwargs(),
+            smr=config.smr,
+            bidirectional=config.bidirectional,
+            norm=config.norm,
+            prenorm=config.prenorm,
+            mixer_output=config.mixer_output,
+            ffn=config.ffn,
+            ffn_expand=config.ffn_expand,
+            dropout=config.dropout,
         )
         self.norm_f = make_norm(config.norm, d) if config.prenorm else nn.Identity()
         self.post_init()

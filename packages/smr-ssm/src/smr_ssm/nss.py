@@ -10,23 +10,72 @@ effective step from the input history.
 from __future__ import annotations
 
 import statistics
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
 from papers_shared.device import seed_everything
+from smr_ssm._checks import validation
+from smr_ssm.blocks import build_blocks, host_kwargs
 from smr_ssm.config import NSSConfig, TrainConfig
 from smr_ssm.data.nonuniform import regression_batch, sample_signals
 
 __all__ = [
+    "RegressionOutput",
+    "SSMRegressor",
     "build_conditions",
     "nss_ratio",
     "run_nss",
     "sampling_shift_eval",
     "state_norms",
+    "build_nss_model",
     "train_nss_model",
 ]
+
+
+@dataclass
+class RegressionOutput:
+    loss: torch.Tensor | None
+    logits: torch.Tensor
+
+
+class SSMRegressor(nn.Module):
+    """Per-position regressor for the NSS experiment: ``Linear(1, d)`` -> SSM blocks -> norm ->
+    ``Linear(d, 1)``, MSE loss. Same blocks as :class:`~smr_ssm.models.SSMForSequenceRegression`, without
+    the transformers wrapper (so the quick reproduction does not import transformers)."""
+
+    def __init__(
+        self,
+        d_model: int,
+        n_layer: int,
+        layer_type: str = "s4d",
+        d_state: int | None = None,
+        smr: Any = "default",
+    ) -> None:
+        super().__init__()
+        self.encoder = nn.Linear(1, d_model)
+        self.layers = build_blocks(n_layer, d_model, layer_type, host_kwargs(layer_type, d_state), smr=smr)
+        self.norm_f = nn.LayerNorm(d_model)
+        self.head = nn.Linear(d_model, 1)
+
+    def embed(self, input_values: torch.Tensor) -> torch.Tensor:
+        return self.encoder(input_values)
+
+    def forward(
+        self,
+        input_values: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        timesteps: torch.Tensor | None = None,
+    ) -> RegressionOutput:
+        x = self.embed(input_values)
+        for layer in self.layers:
+            x = layer(x, timesteps)
+        pred = self.head(self.norm_f(x))
+        loss = None if labels is None else torch.nn.functional.mse_loss(pred, labels)
+        return RegressionOutput(loss, pred)
 
 
 def state_norms(layer: nn.Module, u: torch.Tensor, timesteps: torch.Tensor | None = None) -> torch.Tensor:
@@ -84,8 +133,8 @@ def sampling_shift_eval(
         pred = model(input_values=batch["input_values"]).logits
         res = {"mse": torch.mean((pred - batch["labels"]) ** 2).item()}
         if norm_sequences != 0:
-            h = model.model.embed(input_values=batch["input_values"][:norm_sequences])
-            res["state_norm_ratio"] = nss_ratio(state_norms(model.model.layers[0], h)).mean().item()
+            h = model.embed(input_values=batch["input_values"][:norm_sequences])
+            res["state_norm_ratio"] = nss_ratio(state_norms(model.layers[0], h)).mean().item()
         out[name] = res
     return out
 
@@ -95,32 +144,22 @@ def repeat_last_mse(conditions: dict[str, tuple[torch.Tensor, torch.Tensor]]) ->
     return {k: torch.mean((v[:, 1:] - v[:, :-1]) ** 2).item() for k, (v, _) in conditions.items()}
 
 
+def build_nss_model(cfg: NSSConfig, smr: Any, seed: int, init_from: nn.Module | None = None) -> SSMRegressor:
+    """A regressor (the baseline when ``smr`` is ``None``); ``init_from`` copies the shared parameters so
+    that the two models of a seed differ only by SMR."""
+    seed_everything(seed)
+    model = SSMRegressor(cfg.d_model, cfg.n_layer, cfg.layer_type, cfg.d_state, smr)
+    if init_from is not None:
+        model.load_state_dict(init_from.state_dict(), strict=False)
+    return model
+
+
 def train_nss_model(
-    cfg: NSSConfig,
-    smr: Any,
-    seed: int,
-    train_values: torch.Tensor,
-    init_from: nn.Module | None = None,
-    progress: bool = False,
-):
-    """Train one regression model (the baseline when ``smr`` is ``None``) on the training pool."""
-    from smr_ssm.models import SSMConfig, SSMForSequenceRegression
+    cfg: NSSConfig, model: nn.Module, seed: int, train_values: torch.Tensor, progress: bool = False
+) -> list[dict[str, Any]]:
+    """Train a regressor on the training pool (one-step-ahead MSE; AdamW, spec §8 settings)."""
     from smr_ssm.trainer import StepSampler, Trainer
 
-    seed_everything(seed)
-    hf = SSMConfig(
-        d_model=cfg.d_model,
-        n_layer=cfg.n_layer,
-        layer_type=cfg.layer_type,
-        d_state=cfg.d_state,
-        smr=smr,
-        encoder="linear",
-        input_dim=1,
-        output_dim=1,
-    )
-    model = SSMForSequenceRegression(hf)
-    if init_from is not None:  # identical shared parameters: the two models differ only by SMR
-        model.load_state_dict(init_from.state_dict(), strict=False)
     sampler = StepSampler(train_values.shape[0], cfg.batch_size, seed=seed)
 
     def batch_fn(i: int) -> dict[str, torch.Tensor]:
@@ -140,16 +179,20 @@ def train_nss_model(
         device="cpu",
     )
     trainer = Trainer(model, tcfg, batch_fn, out_dir=None, progress=progress)
-    history = trainer.train()
-    return model, history
+    return trainer.train()
 
 
 def run_nss(cfg: NSSConfig, progress: bool = False, log=print) -> dict[str, Any]:
     """The full experiment: per seed, a baseline and an SMR model with identical shared initialisation,
-    both evaluated on every sampling condition. Returns per-seed numbers and seed means."""
-    from smr_ssm.models import SSMConfig, SSMForSequenceRegression
+    both evaluated on every sampling condition. Returns per-seed numbers and seed means.
 
-    per_seed = []
+    All models and data are built first (in order, so results do not depend on scheduling); with
+    ``cfg.workers > 1`` the trainings then run in that many threads with one intra-op thread each,
+    which uses small CPUs far better than one training with several intra-op threads (the models
+    are tiny; training consumes no random numbers, so results equal a sequential run's up to the
+    floating-point reduction order of the intra-op thread count).
+    """
+    jobs, seeds = [], []
     for seed in cfg.seeds:
         common = dict(
             base_step=cfg.base_step,
@@ -161,22 +204,33 @@ def run_nss(cfg: NSSConfig, progress: bool = False, log=print) -> dict[str, Any]
             cfg.n_train, cfg.length + 1, "uniform", seed=1000 * seed + 7, **common
         )
         conditions = build_conditions(cfg, cfg.n_test, seed=1000 * seed + 500)
-        seed_everything(seed)
-        init = SSMForSequenceRegression(
-            SSMConfig(
-                d_model=cfg.d_model,
-                n_layer=cfg.n_layer,
-                layer_type=cfg.layer_type,
-                d_state=cfg.d_state,
-                smr=None,
-                encoder="linear",
-                input_dim=1,
-                output_dim=1,
-            )
-        )
-        record: dict[str, Any] = {"seed": seed, "repeat_last": repeat_last_mse(conditions)}
+        init = build_nss_model(cfg, None, seed)
+        seeds.append((seed, conditions))
         for label, smr in (("baseline", None), ("smr", cfg.smr)):
-            model, history = train_nss_model(cfg, smr, seed, train_values, init_from=init, progress=progress)
+            jobs.append((seed, label, build_nss_model(cfg, smr, seed, init_from=init), train_values))
+
+    def work(job):
+        seed, label, model, values = job
+        with validation(False):  # generated, finite data: skip the per-layer NaN/inf reductions
+            history = train_nss_model(cfg, model, seed, values, progress=progress and cfg.workers <= 1)
+        return history
+
+    threads = torch.get_num_threads()
+    try:
+        if cfg.workers > 1:
+            torch.set_num_threads(1)
+            with ThreadPoolExecutor(max_workers=cfg.workers) as pool:
+                histories = list(pool.map(work, jobs))
+        else:
+            histories = [work(job) for job in jobs]
+    finally:
+        torch.set_num_threads(threads)
+    per_seed = []
+    for seed, conditions in seeds:
+        record: dict[str, Any] = {"seed": seed, "repeat_last": repeat_last_mse(conditions)}
+        for (s, label, model, _), history in zip(jobs, histories):
+            if s != seed:
+                continue
             ev = sampling_shift_eval(model, conditions, cfg.base_step, cfg.norm_sequences)
             record[label] = {
                 "eval": ev,
@@ -208,6 +262,9 @@ def summarise(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
         }
     out["seeds_smr_degrades_less_jitter"] = sum(
         r["smr"]["degradation"]["jitter"] < r["baseline"]["degradation"]["jitter"] for r in per_seed
+    )
+    out["seeds_smr_lower_mse_jitter"] = sum(
+        r["smr"]["eval"]["jitter"]["mse"] < r["baseline"]["eval"]["jitter"]["mse"] for r in per_seed
     )
     out["seeds_smr_norm_ratio_not_larger_jitter"] = sum(
         r["smr"]["eval"]["jitter"]["state_norm_ratio"] <= r["baseline"]["eval"]["jitter"]["state_norm_ratio"]
