@@ -118,6 +118,12 @@ def main(argv=None) -> int:
             row["speedup_fwd"] = round(row["naive_fwd_s"] / row["shared_fwd_s"], 2)
             rows.append({k: round(v, 5) if isinstance(v, float) else v for k, v in row.items()})
             print(json.dumps(rows[-1]), flush=True)
+            _write(args, rows)  # after every row: a partial run still leaves its numbers
+    print(f"wrote {args.out}")
+    return 0
+
+
+def _write(args, rows) -> None:
     report = {
         "benchmark": "papers_shared selective_scan (chunked, CPU) vs naive per-step loop, FSG sequence lengths",
         "command": "uv run python packages/fsg-bnn/benchmarks/bench_scan.py",
@@ -127,8 +133,6 @@ def main(argv=None) -> int:
         "rows": rows,
     }
     atomic_write_text(args.out, json.dumps(report, indent=2) + "\n")
-    print(f"wrote {args.out}")
-    return 0
 
 
 if __name__ == "__main__":
