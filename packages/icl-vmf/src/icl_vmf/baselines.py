@@ -112,7 +112,7 @@ class ReplayHeadLearner(Learner):
                 + bd.derpp_beta * F.cross_entropy(out[-1], yb2)
             )
         if not torch.isfinite(loss):
-            raise FloatingPointError(f"non-finite {self.name} loss ({float(loss)})")
+            raise FloatingPointError(f"non-finite {self.name} loss ({float(loss.detach())})")
         loss.backward()
         self.opt.step()
         if self.name == "derpp":

@@ -44,7 +44,7 @@ class EMSchedule:
         opt.zero_grad(set_to_none=True)
         loss = closure(phase)
         if not torch.isfinite(loss):
-            raise FloatingPointError(f"non-finite CL-vMF loss ({float(loss)}) in the {phase} step")
+            raise FloatingPointError(f"non-finite CL-vMF loss ({float(loss.detach())}) in the {phase} step")
         loss.backward()
         opt.step()
         return float(loss.detach())
