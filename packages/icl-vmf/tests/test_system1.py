@@ -218,8 +218,12 @@ def test_system1_bad_input(system1):
         system1.features(torch.rand(2, 16, 16))
     with pytest.raises(TypeError, match="float"):
         system1.features(torch.zeros(2, 3, 16, 16, dtype=torch.uint8))
+    with pytest.raises(ValueError, match="NaN"):
+        system1.features(torch.full((2, 3, 16, 16), float("nan")))
     with pytest.raises(ValueError, match="labels"):
         system1.set2set_logits(torch.rand(3, 3, 16, 16), torch.tensor([0, 1]))
+    with pytest.raises(ValueError, match="integer"):
+        system1.set2set_logits(torch.rand(2, 3, 16, 16), torch.tensor([0.0, 1.0]))
     with pytest.raises(ValueError, match="phase"):
         system1.set2set_logits(torch.rand(2, 3, 16, 16), torch.tensor([0, 1]), phase="e")
 

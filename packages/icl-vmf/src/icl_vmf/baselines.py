@@ -77,7 +77,7 @@ class ReplayHeadLearner(Learner):
 
     def _replay(self, with_logits: bool = False):
         out = self.buffer.sample(
-            self.cfg.train.minibatch_size, transform=self.train_view, with_logits=with_logits
+            self.cfg.train.minibatch_size, transform=self.replay_view, with_logits=with_logits
         )
         return tuple(o.to(self.device) for o in out)
 

@@ -73,8 +73,11 @@ class AugmentConfig:
     saturation: float = 0.2
     hue: float = 0.1
     grayscale_p: float = 0.2
-    #: the torchvision train transform's RandomHorizontalFlip (off for ImageNet-R in the code)
+    #: the torchvision train transform's RandomHorizontalFlip on the current batch (the code's
+    #: ImageNet-R loader returns un-flipped images)
     hflip: bool = True
+    #: the same flip on replayed samples (the code's buffer transform always flips)
+    hflip_replay: bool = True
 
 
 @dataclass

@@ -84,6 +84,8 @@ class ViTEncoder(nn.Module):
             raise ValueError(f"expected images [B, {self.mean.shape[1]}, H, W], got shape {tuple(x.shape)}")
         if not x.is_floating_point():
             raise TypeError(f"expected float images in [0, 1], got dtype {x.dtype}")
+        if not torch.isfinite(x).all():
+            raise ValueError("images contain NaN or inf")
         if self.image_size and tuple(x.shape[-2:]) != (self.image_size, self.image_size):
             x = F.interpolate(
                 x, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False

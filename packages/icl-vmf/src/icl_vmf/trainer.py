@@ -71,8 +71,12 @@ class Learner(nn.Module):
 
     # -- augmentation helpers ------------------------------------------------------------
     def train_view(self, x: torch.Tensor) -> torch.Tensor:
-        """The torchvision train transform's random horizontal flip (spec §3.9)."""
+        """The torchvision train transform's random horizontal flip on the current batch (spec §3.9)."""
         return random_hflip(x, generator=self.generator) if self.cfg.augment.hflip else x
+
+    def replay_view(self, x: torch.Tensor) -> torch.Tensor:
+        """The buffer's train transform on replayed samples (random horizontal flip)."""
+        return random_hflip(x, generator=self.generator) if self.cfg.augment.hflip_replay else x
 
     def with_second_view(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``cat[x, aug(x)]`` and duplicated labels (spec §3.7 step 1); unchanged without augmentation."""
@@ -167,7 +171,7 @@ class ICLLearner(Learner):
         xa, ya = self.with_second_view(x, y)
         parts = [(xa, ya)]
         if self.task >= 1 and not self.buffer.is_empty():
-            xb, yb = self.buffer.sample(self.cfg.train.minibatch_size, transform=self.train_view)
+            xb, yb = self.buffer.sample(self.cfg.train.minibatch_size, transform=self.replay_view)
             parts.append(self.with_second_view(xb.to(self.device), yb.to(self.device)))
         enc = self.system1.encoder
         enc.input_grad = input_grad
