@@ -42,8 +42,16 @@ from papers_shared.device import time_fn
 ROOT = Path(__file__).resolve().parents[3]
 
 
-def _median_ms(fn, repeats: int, warmup: int) -> float:
-    return 1000 * statistics.median(time_fn(fn, "cpu", repeats=repeats, warmup=warmup))
+def _paired_ms(fns: dict, repeats: int, warmup: int) -> dict[str, float]:
+    """Median milliseconds per call of each function, timed round-robin (A, B, A, B, ...) so that all of
+    them see the same background load."""
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for fn in fns.values():
+        time_fn(fn, "cpu", repeats=0, warmup=warmup)
+    for _ in range(repeats):
+        for k, fn in fns.items():
+            times[k] += time_fn(fn, "cpu", repeats=1, warmup=0)
+    return {k: 1000 * statistics.median(v) for k, v in times.items()}
 
 
 def _learners(scale: str, device: torch.device):
@@ -78,7 +86,7 @@ def _learners(scale: str, device: torch.device):
 def bench_inference(scale: str, batch: int, repeats: int, warmup: int) -> dict:
     learners, size, _ = _learners(scale, torch.device("cpu"))
     x = torch.rand(batch, 3, size, size, generator=torch.Generator().manual_seed(0))
-    ms = {m: _median_ms(lambda m=m: learners[m].scores(x), repeats, warmup) for m in ("icl", "linear")}
+    ms = _paired_ms({m: (lambda m=m: learners[m].scores(x)) for m in ("icl", "linear")}, repeats, warmup)
     return {
         "batch": batch,
         "image_size": size,
@@ -98,16 +106,18 @@ def bench_training(repeats: int, warmup: int) -> dict:
     for learner in learners.values():
         learner.begin_task(1)  # replay on (task >= 1)
         learner.buffer.add(torch.rand(20, 3, size, size, generator=g), torch.arange(20) % 4)
-    res["icl_em_phase_ms_per_sample"] = (
-        _median_ms(lambda: learners["icl"].observe(x, y, 0), repeats, warmup) / 10
+    ms = _paired_ms(
+        {
+            "icl_em_phase": lambda: learners["icl"].observe(x, y, 0),
+            "icl_projection_phase": lambda: learners["icl"].observe(x, y, 10**6),
+            "linear": lambda: learners["linear"].observe(x, y, 0),
+            "er": lambda: learners["er"].observe(x, y, 0),
+        },
+        repeats,
+        warmup,
     )
-    res["icl_projection_phase_ms_per_sample"] = (
-        _median_ms(lambda: learners["icl"].observe(x, y, 10**6), repeats, warmup) / 10
-    )
-    res["linear_ms_per_sample"] = (
-        _median_ms(lambda: learners["linear"].observe(x, y, 0), repeats, warmup) / 10
-    )
-    res["er_ms_per_sample"] = _median_ms(lambda: learners["er"].observe(x, y, 0), repeats, warmup) / 10
+    for k, v in ms.items():
+        res[f"{k}_ms_per_sample"] = v / 10
     res["ratio_icl_em_over_er"] = res["icl_em_phase_ms_per_sample"] / res["er_ms_per_sample"]
     res["ratio_icl_projection_over_er"] = res["icl_projection_phase_ms_per_sample"] / res["er_ms_per_sample"]
     res["batch"] = 10
@@ -161,8 +171,8 @@ def bench_routing(max_batches: int) -> dict:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks" / "icl-vmf-system1.json")
-    p.add_argument("--repeats", type=int, default=7)
-    p.add_argument("--vitb-repeats", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=21)
+    p.add_argument("--vitb-repeats", type=int, default=5)
     p.add_argument("--threads", type=int, default=1, help="torch threads for the tiny-scale parts")
     p.add_argument(
         "--vitb-threads", type=int, default=0, help="torch threads at ViT-B scale (0: torch default)"
@@ -176,15 +186,13 @@ def main(argv: list[str] | None = None) -> int:
         "device": "cpu",
         "cpu": platform.processor() or platform.machine(),
         "torch": torch.__version__,
-        "threads": {"tiny": args.threads, "vit_b16": args.vitb_threads or torch.get_num_threads()},
+        "threads": args.threads or torch.get_num_threads(),
     }
     with num_threads(args.threads):
         report["inference_tiny"] = bench_inference("tiny", 32, args.repeats, 2)
         report["training_tiny"] = bench_training(args.repeats, 2)
-    if not args.skip_vitb:
-        with num_threads(args.vitb_threads):
+        if not args.skip_vitb:
             report["inference_vit_b16"] = bench_inference("vit-b16", 8, args.vitb_repeats, 1)
-    with num_threads(args.threads):
         report["routing_digits_tiny_llava"] = bench_routing(args.routing_batches)
     report["system1_within_1.5x_of_linear"] = {
         k: report[k]["ratio_icl_over_linear"] <= 1.5

@@ -235,3 +235,27 @@ def test_encoder_resizes_and_normalises(make_system1):
     small = F.interpolate(x, size=(16, 16), mode="bilinear", align_corners=False)
     ref = s1.encoder.vit(pixel_values=(small - 0.5) / 0.5).last_hidden_state
     torch.testing.assert_close(H, ref)
+
+
+def test_fused_inference_equals_reference_and_tracks_parameter_updates():
+    torch.manual_seed(0)
+    ckt = CKTMHA(32, 48, 16, num_heads=4).eval()
+    H = torch.randn(3, 17, 32)
+    ref = query_embedding(*ckt(H))
+    with torch.no_grad():
+        fused = ckt.embed(H)
+        torch.testing.assert_close(fused, ref.detach(), atol=1e-5, rtol=1e-5)
+        assert ckt._fused is not None
+        ckt.q_proj.weight.add_(0.1)  # in-place update (as an optimizer step) invalidates the cache
+        torch.testing.assert_close(ckt.embed(H), query_embedding(*ckt(H)), atol=1e-5, rtol=1e-5)
+    ckt.train()
+    with torch.no_grad():
+        ckt.embed(H)
+    key = ckt._fused_key
+    with torch.no_grad():
+        ckt.embed(H)  # training mode never uses (or rebuilds) the fused path
+    assert ckt._fused_key == key
+    off = CKTMHA(32, 48, 16, num_heads=4, fused_inference=False).eval()
+    with torch.no_grad():
+        off.embed(H)
+    assert off._fused is None

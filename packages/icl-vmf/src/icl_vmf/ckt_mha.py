@@ -45,6 +45,13 @@ class CKTMHA(nn.Module):
     No residual and no LayerNorm. ``use_attention=False`` replaces the attention branch by a plain MLP
     ``T = Linear(D, mult*D) -> GELU -> Linear(mult*D, d_task)`` applied to ``H`` (the code's unused
     ``embedding_map``; ablation of spec §4.5).
+
+    ``fused_inference`` [ours, default on]: in eval mode without autograd, :meth:`embed` uses an
+    algebraically identical path that multiplies consecutive linear maps once (``g_c``'s output layer,
+    ``P_q`` and MHA's query projection; ``P_v``'s output layer and MHA's value projection; MHA's output
+    projection and ``P_o``'s first layer) and applies the last linear layers of both branches after the
+    token mean, which the mean commutes with. Same numbers up to float rounding, fewer and smaller
+    token-wise matmuls; the products are cached and rebuilt whenever a parameter changes.
     """
 
     def __init__(
@@ -55,8 +62,12 @@ class CKTMHA(nn.Module):
         num_heads: int = 8,
         proj_mult: int = 4,
         use_attention: bool = True,
+        fused_inference: bool = True,
     ) -> None:
         super().__init__()
+        self.fused_inference = fused_inference
+        self._fused: tuple | None = None
+        self._fused_key: tuple | None = None
         if min(d_model, d_class, d_task, num_heads, proj_mult) < 1:
             raise ValueError("all CKTMHA sizes must be >= 1")
         if use_attention and d_model % num_heads:
@@ -93,5 +104,46 @@ class CKTMHA(nn.Module):
 
     def embed(self, H: torch.Tensor) -> torch.Tensor:
         """Unit-norm query embedding ``z`` of spec §3.4, ``[B, d_task + d_class]``."""
+        if self.fused_inference and self.use_attention and not self.training and not torch.is_grad_enabled():
+            return self._embed_fused(H)
         C, T = self(H)
         return query_embedding(C, T)
+
+    def _fused_weights(self) -> tuple:
+        params = [p for p in self.parameters()]
+        key = tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in params)
+        if self._fused_key != key:
+            D = self.d_model
+            W_in, b_in = self.attn.in_proj_weight, self.attn.in_proj_bias
+            Wq_in, Wk_in, Wv_in = W_in[:D], W_in[D : 2 * D], W_in[2 * D :]
+            bq_in, bk_in, bv_in = b_in[:D], b_in[D : 2 * D], b_in[2 * D :]
+            c2, q, v2, o, o1 = (
+                self.class_proj[2],
+                self.q_proj,
+                self.v_proj[2],
+                self.attn.out_proj,
+                self.out_proj[0],
+            )
+            Wq = Wq_in @ q.weight  # [D, d_c]
+            fused_q = (Wq @ c2.weight, Wq @ c2.bias + Wq_in @ q.bias + bq_in)  # [D, mult*D]
+            fused_v = (Wv_in @ v2.weight, Wv_in @ v2.bias + bv_in)
+            fused_o = (o1.weight @ o.weight, o1.weight @ o.bias + o1.bias)
+            self._fused = (fused_q, (Wk_in, bk_in), fused_v, fused_o)
+            self._fused_key = key
+        return self._fused
+
+    def _embed_fused(self, H: torch.Tensor) -> torch.Tensor:
+        if H.ndim != 3 or H.shape[-1] != self.d_model:
+            raise ValueError(f"expected token features [B, L, {self.d_model}], got shape {tuple(H.shape)}")
+        (Wq, bq), (Wk, bk), (Wv, bv), (Wo, bo) = self._fused_weights()
+        B, L, D = H.shape
+        h = self.attn.num_heads
+        g = F.gelu(self.class_proj[0](H))  # [B, L, mult*D]
+        c_mean = self.class_proj[2](g.mean(dim=1))  # the output layer commutes with the token mean
+        q = F.linear(g, Wq, bq)
+        k = F.linear(H, Wk, bk)
+        v = F.linear(F.gelu(self.v_proj[0](H)), Wv, bv)
+        heads = [t.view(B, L, h, D // h).transpose(1, 2) for t in (q, k, v)]
+        A = F.scaled_dot_product_attention(*heads).transpose(1, 2).reshape(B, L, D)
+        t_mean = self.out_proj[2](F.gelu(F.linear(A, Wo, bo)).mean(dim=1))
+        return F.normalize(torch.cat([t_mean, c_mean], dim=-1), dim=-1)

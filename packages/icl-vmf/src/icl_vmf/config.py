@@ -47,6 +47,8 @@ class System1Config:
     use_ckt_mha: bool = True
     #: std of the N(0, std^2) initialisation of all four memory tables
     init_std: float = 1.0
+    #: [ours] eval-mode embedding through the algebraically fused CKT-MHA path (same numbers, faster)
+    fused_inference: bool = True
 
 
 @dataclass

@@ -96,7 +96,15 @@ def build_system1(
             seed=seed,
         )
     d_task = cfg.memory_dim - cfg.hidden_dim
-    ckt = CKTMHA(encoder.hidden_size, cfg.hidden_dim, d_task, cfg.num_heads, cfg.proj_mult, cfg.use_ckt_mha)
+    ckt = CKTMHA(
+        encoder.hidden_size,
+        cfg.hidden_dim,
+        d_task,
+        cfg.num_heads,
+        cfg.proj_mult,
+        cfg.use_ckt_mha,
+        fused_inference=cfg.fused_inference,
+    )
     memory = VMFValueMemory(
         num_classes, num_tasks, num_classes // num_tasks, cfg.hidden_dim, d_task, cfg.init_std
     )
