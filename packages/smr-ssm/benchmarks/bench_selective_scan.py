@@ -115,8 +115,11 @@ def main(argv=None) -> int:
         "--ref-backward-repeats", type=int, default=3, help="the reference's backward takes tens of seconds"
     )
     p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     p.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks" / "smr-ssm-selective-scan.json")
     args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     b, d, l, n = args.batch, args.d, args.L, args.n
     x = make_inputs(b, d, l, n)
     err = check_equal(1, 16, 256, n)

@@ -3,6 +3,7 @@
 import torch
 
 from smr_ssm import S4D, SSMBlock
+from smr_ssm._checks import validation_enabled
 from smr_ssm.config import NSSConfig
 from smr_ssm.nss import build_conditions, nss_ratio, run_nss, state_norms
 
@@ -44,6 +45,7 @@ def test_parallel_training_gives_the_sequential_results():
     )
     seq = run_nss(NSSConfig(workers=1, **tiny), log=lambda m: None)
     par = run_nss(NSSConfig(workers=2, **tiny), log=lambda m: None)
+    assert validation_enabled() and torch.get_num_threads() == threads  # process-wide switches restored
     for label in ("baseline", "smr"):
         a, b = seq["per_seed"][0][label]["eval"], par["per_seed"][0][label]["eval"]
         for cond in a:  # equal up to the reduction order of 1 vs 2 intra-op threads

@@ -40,6 +40,8 @@ def test_identity_at_init_bit_for_bit(activation, dtype):
     u = torch.randn(3, 17, 5, dtype=dtype) * 10
     assert torch.equal(smr(u), u)
     assert torch.equal(smr.scale(u), torch.ones_like(u))
+    ut = u.transpose(1, 2).contiguous()
+    assert torch.equal(smr.forward_channels_first(ut), ut)
 
 
 def test_s4d_with_smr_at_init_equals_s4d_without():
@@ -60,6 +62,8 @@ def test_reference_formula_double_loop(activation, memory_len, f64):
     u = torch.randn(2, 11, 4)
     ref = explicit_smr(u, smr.weight.detach(), smr.bias.detach(), PHI[activation])
     assert (smr(u) - ref).abs().max() < 1e-12
+    # the channels-first (conv1d) path used by the convolution-mode hosts
+    assert (smr.forward_channels_first(u.transpose(1, 2)).transpose(1, 2) - ref).abs().max() < 1e-12
 
 
 def test_literal_preset_is_u_times_conv_of_u(f64):
@@ -184,3 +188,21 @@ def test_bad_inputs_give_clear_errors():
         S4D(4, 8, smr="default")(bad)
     with pytest.raises(ValueError, match="u_t must be"):
         smr.step(torch.randn(2, 5, 4))
+
+
+@pytest.mark.parametrize("memory_len", [1, 3, 6])
+@pytest.mark.parametrize("bias", [True, False])
+def test_hand_written_replay_backward_gradcheck(memory_len, bias, f64):
+    """The replay's custom backward (both layouts; L=5 < m=6 included) against finite differences."""
+    from smr_ssm.smr import _CausalReplay
+
+    u = torch.randn(2, 5, 3, requires_grad=True)
+    W = torch.randn(3, memory_len, requires_grad=True)
+    b = torch.randn(3, requires_grad=True) if bias else None
+    inputs = (u, W, b) if bias else (u, W)
+    assert torch.autograd.gradcheck(
+        lambda *a: _CausalReplay.apply(a[0], a[1], a[2] if bias else None, 1), inputs
+    )
+    assert torch.autograd.gradcheck(
+        lambda *a: _CausalReplay.apply(a[0].transpose(1, 2), a[1], a[2] if bias else None, 2), inputs
+    )

@@ -44,8 +44,13 @@ def validation(enabled: bool):
 
 
 def check_finite(x: torch.Tensor, name: str) -> None:
-    if _VALUE_CHECKS and not torch.isfinite(x).all():
-        bad = (~torch.isfinite(x)).sum().item()
+    """Raise ``ValueError`` if ``x`` holds NaN or inf. Fast path: a finite sum proves every element finite
+    (NaN and inf propagate through a sum); only a non-finite sum (or an overflow) triggers the exact,
+    slower elementwise check."""
+    if not _VALUE_CHECKS or x.numel() == 0 or bool(torch.isfinite(x.sum())):
+        return
+    bad = int((~torch.isfinite(x)).sum())
+    if bad:
         raise ValueError(f"{name} contains {bad} NaN/inf value(s)")
 
 

@@ -211,20 +211,21 @@ def run_nss(cfg: NSSConfig, progress: bool = False, log=print) -> dict[str, Any]
 
     def work(job):
         seed, label, model, values = job
-        with validation(False):  # generated, finite data: skip the per-layer NaN/inf reductions
-            history = train_nss_model(cfg, model, seed, values, progress=progress and cfg.workers <= 1)
-        return history
+        return train_nss_model(cfg, model, seed, values, progress=progress and cfg.workers <= 1)
 
     threads = torch.get_num_threads()
-    try:
-        if cfg.workers > 1:
-            torch.set_num_threads(1)
-            with ThreadPoolExecutor(max_workers=cfg.workers) as pool:
-                histories = list(pool.map(work, jobs))
-        else:
-            histories = [work(job) for job in jobs]
-    finally:
-        torch.set_num_threads(threads)
+    # the data are generated and finite: skip the per-layer NaN/inf reductions (set once, here, since
+    # the switch is process-wide and the worker threads share it)
+    with validation(False):
+        try:
+            if cfg.workers > 1:
+                torch.set_num_threads(1)
+                with ThreadPoolExecutor(max_workers=cfg.workers) as pool:
+                    histories = list(pool.map(work, jobs))
+            else:
+                histories = [work(job) for job in jobs]
+        finally:
+            torch.set_num_threads(threads)
     per_seed = []
     for seed, conditions in seeds:
         record: dict[str, Any] = {"seed": seed, "repeat_last": repeat_last_mse(conditions)}

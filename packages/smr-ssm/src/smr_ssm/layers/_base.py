@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from smr_ssm._checks import check_sequence, check_timesteps
+from smr_ssm.ops.fftconv import causal_fft_conv
 
 __all__ = [
     "OPTIM_GROUPS",
@@ -77,3 +78,73 @@ def constant_rate(ts: torch.Tensor | None) -> torch.Tensor | None:
     if bool((ts == ts[:, :1]).all()):
         return ts[:, 0]
     return None
+
+
+def direction_inputs(host, u: torch.Tensor, channels_first: bool):
+    """Inputs of a host's forward and (if bidirectional) backward direction after their SMR modules.
+
+    ``u`` is ``(B, L, H)``. With ``channels_first`` the results are ``(B, H, L)`` (the layout of the FFT
+    convolution; SMR then runs as one depthwise ``conv1d``), else ``(B, L, H)``. The backward input is
+    the reversed sequence, replayed by the host's own ``smr_bwd`` (spec §3.4, bidirectional layers).
+    """
+    smr, smr_bwd = getattr(host, "smr", None), getattr(host, "smr_bwd", None)
+    if channels_first:
+        x = u.transpose(1, 2)
+        uf = smr.forward_channels_first(x) if smr is not None else x
+        if not host.bidirectional:
+            return uf, None
+        r = x.flip(-1)
+        return uf, (smr_bwd.forward_channels_first(r) if smr_bwd is not None else r)
+    uf = smr(u) if smr is not None else u
+    if not host.bidirectional:
+        return uf, None
+    r = u.flip(1)
+    return uf, (smr_bwd(r) if smr_bwd is not None else r)
+
+
+def skip_term(host, u: torch.Tensor, uf: torch.Tensor) -> torch.Tensor:
+    """``D * u`` on the raw input (``skip_uses="raw"``, spec §3.4 step 4) or on ``u~`` (``"smr"``);
+    ``uf`` is ``u~`` in ``u``'s layout."""
+    smr = getattr(host, "smr", None)
+    use_smr = smr is not None and smr.skip_uses == "smr"
+    return host.D.to(u.dtype) * (uf if use_smr else u)
+
+
+def resolve_mode(
+    mode: str, ts: torch.Tensor | None, conv_name: str = "conv", modes=("auto", "conv", "recurrent")
+):
+    """``(use_conv, rate)``: convolution when asked or, for ``"auto"``, when the system is time-invariant
+    (no timesteps, or a constant step per row, returned as ``rate``)."""
+    if mode not in modes:
+        raise ValueError(f"mode must be one of {list(modes)}, got {mode!r}")
+    rate = constant_rate(ts)
+    if mode == conv_name and ts is not None and rate is None:
+        raise ValueError(
+            f"mode={conv_name!r} needs a time-invariant system: timesteps must be constant along each row"
+        )
+    return mode == conv_name or (mode == "auto" and (ts is None or rate is not None)), rate
+
+
+def lti_forward(host, u: torch.Tensor, ts: torch.Tensor | None, mode: str, recurrent_direction):
+    """Shared forward of the LTI hosts (S4D, S4, Mega-EMA) without their skip term.
+
+    Convolution mode: SMR and the FFT convolution in the channels-first layout, ``K * u~`` (spec §3.5,
+    §3.6); the backward direction of a bidirectional host is convolved with its own kernel on the
+    reversed (and separately replayed) sequence, then reversed back. Recurrent mode:
+    ``recurrent_direction(v, ts, channel)`` on ``(B, L, H)`` inputs. Returns ``(y, u~)`` in ``(B, L, H)``.
+    """
+    use_conv, rate = resolve_mode(mode, ts)
+    if use_conv:
+        uf, ub = direction_inputs(host, u, channels_first=True)
+        k = host.kernel(u.shape[1], rate)  # (c, H, L) or (B, c, H, L)
+        if ub is None:
+            y = causal_fft_conv(uf, k[..., 0, :, :])
+        else:
+            yy = causal_fft_conv(torch.stack([uf, ub], dim=1), k)
+            y = yy[:, 0] + yy[:, 1].flip(-1)
+        return y.transpose(1, 2), uf.transpose(1, 2)
+    uf, ub = direction_inputs(host, u, channels_first=False)
+    y = recurrent_direction(uf, ts, 0)
+    if ub is not None:
+        y = y + recurrent_direction(ub, reverse_timesteps(ts), 1).flip(1)
+    return y, uf

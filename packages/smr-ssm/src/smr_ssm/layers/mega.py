@@ -20,9 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from smr_ssm.layers._base import constant_rate, prepare_input, reverse_timesteps, tag
+from smr_ssm.layers._base import lti_forward, prepare_input, tag
 from smr_ssm.layers.attention import KVCache, chunked_attention
-from smr_ssm.ops.fftconv import causal_fft_conv
 from smr_ssm.ops.scan import SCAN_MODES, linear_scan
 from smr_ssm.smr import SMRCache, build_smr
 
@@ -94,14 +93,6 @@ class MegaEMA(nn.Module):
         powers = torch.exp(logq.unsqueeze(-1) * torch.arange(L, device=q.device, dtype=dtype))
         return torch.einsum("...hel,...he->...hl", powers, eta * gain)
 
-    def _inputs(self, u):
-        uf = self.smr(u) if self.smr is not None else u
-        ub = None
-        if self.bidirectional:
-            r = u.flip(1)
-            ub = self.smr_bwd(r) if self.smr_bwd is not None else r
-        return uf, ub
-
     def _recurrent_dir(self, v, ts, c):
         a, d, q, beta, eta = self._coeffs(v.dtype)
         a, d, q, beta, eta = a[c], d[c], q[c], beta[c], eta[c]
@@ -117,24 +108,7 @@ class MegaEMA(nn.Module):
         self, u: torch.Tensor, timesteps: torch.Tensor | None = None, mode: str | None = None
     ) -> torch.Tensor:
         u, ts = prepare_input(u, self.d_model, False, timesteps)
-        mode = mode or self.mode
-        rate = constant_rate(ts)
-        if mode == "conv" and ts is not None and rate is None:
-            raise ValueError(
-                "mode='conv' needs a time-invariant system: timesteps must be constant along each row"
-            )
-        uf, ub = self._inputs(u)
-        if mode == "conv" or (mode == "auto" and (ts is None or rate is not None)):
-            k = self.kernel(u.shape[1], rate)
-            if ub is None:
-                y = causal_fft_conv(uf.transpose(1, 2), k[..., 0, :, :]).transpose(1, 2)
-            else:
-                yy = causal_fft_conv(torch.stack([uf, ub], 1).transpose(2, 3), k)
-                y = (yy[:, 0] + yy[:, 1].flip(-1)).transpose(1, 2)
-        else:
-            y = self._recurrent_dir(uf, ts, 0)
-            if ub is not None:
-                y = y + self._recurrent_dir(ub, reverse_timesteps(ts), 1).flip(1)
+        y, _ = lti_forward(self, u, ts, mode or self.mode, self._recurrent_dir)
         return (y + self.omega.to(u.dtype) * u).to(u.dtype)
 
     def states(self, u: torch.Tensor, timesteps: torch.Tensor | None = None) -> torch.Tensor:

@@ -33,15 +33,14 @@ from torch import nn
 
 from smr_ssm.layers._base import (
     complex_dtype,
-    constant_rate,
     default_complex,
+    lti_forward,
     prepare_input,
     real_param,
-    reverse_timesteps,
+    skip_term,
     tag,
 )
 from smr_ssm.layers.hippo import hippo_legs, hippo_normal_eig
-from smr_ssm.ops.fftconv import causal_fft_conv
 from smr_ssm.smr import SMRCache, build_smr
 
 __all__ = ["S4", "S4State"]
@@ -151,32 +150,8 @@ class S4(nn.Module):
         self, u: torch.Tensor, timesteps: torch.Tensor | None = None, mode: str | None = None
     ) -> torch.Tensor:
         u, ts = prepare_input(u, self.d_model, self.transposed, timesteps)
-        mode = mode or self.mode
-        if mode not in ("auto", "conv", "recurrent"):
-            raise ValueError(f"mode must be 'auto', 'conv' or 'recurrent', got {mode!r}")
-        rate = constant_rate(ts)
-        if mode == "conv" and ts is not None and rate is None:
-            raise ValueError(
-                "mode='conv' needs a time-invariant system: timesteps must be constant along each row"
-            )
-        uf = self.smr(u) if self.smr is not None else u
-        ub = None
-        if self.bidirectional:
-            r = u.flip(1)
-            ub = self.smr_bwd(r) if self.smr_bwd is not None else r
-        if mode == "conv" or (mode == "auto" and (ts is None or rate is not None)):
-            k = self.kernel(u.shape[1], rate)
-            if ub is None:
-                y = causal_fft_conv(uf.transpose(1, 2), k[..., 0, :, :]).transpose(1, 2)
-            else:
-                yy = causal_fft_conv(torch.stack([uf, ub], 1).transpose(2, 3), k)
-                y = (yy[:, 0] + yy[:, 1].flip(-1)).transpose(1, 2)
-        else:
-            y = self._recurrent(uf, ts, 0)
-            if ub is not None:
-                y = y + self._recurrent(ub, reverse_timesteps(ts), 1).flip(1)
-        use_smr = self.smr is not None and self.smr.skip_uses == "smr"
-        y = (y + self.D.to(u.dtype) * (uf if use_smr else u)).to(u.dtype)
+        y, uf = lti_forward(self, u, ts, mode or self.mode, self._recurrent)
+        y = (y + skip_term(self, u, uf)).to(u.dtype)
         return y.transpose(1, 2) if self.transposed else y
 
     def _bilinear_step(self, x, v, lam, P, B, dt):
@@ -223,6 +198,5 @@ class S4(nn.Module):
         lam, P, B, C, dt = self._system(u_t.dtype)
         dt = dt.expand(u_t.shape[0], -1) if timestep is None else timestep.to(u_t.dtype)[:, None] * dt
         state.x = self._bilinear_step(state.x, v, lam, P, B, dt)
-        use_smr = self.smr is not None and self.smr.skip_uses == "smr"
-        y = (state.x * C[0]).sum(-1).real + self.D.to(u_t.dtype) * (v if use_smr else u_t)
+        y = (state.x * C[0]).sum(-1).real + skip_term(self, u_t, v)
         return y.to(u_t.dtype), state

@@ -24,14 +24,13 @@ from torch import nn
 
 from smr_ssm.layers._base import (
     complex_dtype,
-    constant_rate,
     default_complex,
+    lti_forward,
     prepare_input,
     real_param,
-    reverse_timesteps,
+    skip_term,
     tag,
 )
-from smr_ssm.ops.fftconv import causal_fft_conv
 from smr_ssm.ops.scan import SCAN_MODES, linear_scan
 from smr_ssm.smr import SMRCache, build_smr
 
@@ -143,57 +142,20 @@ class S4D(nn.Module):
         return vandermonde_kernel(coef, dtA, L)
 
     # -- forward ------------------------------------------------------------------------------------
-    def _inputs(self, u: torch.Tensor):
-        uf = self.smr(u) if self.smr is not None else u
-        ub = None
-        if self.bidirectional:
-            r = u.flip(1)
-            ub = self.smr_bwd(r) if self.smr_bwd is not None else r
-        return uf, ub
-
-    def _skip(self, u, uf):
-        use_smr = self.smr is not None and self.smr.skip_uses == "smr"
-        return self.D.to(u.dtype) * (uf if use_smr else u)
-
     def forward(
         self, u: torch.Tensor, timesteps: torch.Tensor | None = None, mode: str | None = None
     ) -> torch.Tensor:
         """``u``: ``(B, L, H)`` (``(B, H, L)`` if transposed); ``timesteps``: ``(B, L)`` or ``(L,)``."""
         u, ts = prepare_input(u, self.d_model, self.transposed, timesteps)
-        mode = mode or self.mode
-        if mode not in ("auto", "conv", "recurrent"):
-            raise ValueError(f"mode must be 'auto', 'conv' or 'recurrent', got {mode!r}")
-        rate = constant_rate(ts) if ts is not None else None
-        if mode == "conv" and ts is not None and rate is None:
-            raise ValueError(
-                "mode='conv' needs a time-invariant system: timesteps must be constant along each row"
-            )
-        use_conv = mode == "conv" or (mode == "auto" and (ts is None or rate is not None))
-        uf, ub = self._inputs(u)
-        y = self._conv(uf, ub, rate) if use_conv else self._recurrent(uf, ub, ts)
-        y = (y + self._skip(u, uf)).to(u.dtype)
+        y, uf = lti_forward(self, u, ts, mode or self.mode, self._recurrent_direction)
+        y = (y + skip_term(self, u, uf)).to(u.dtype)
         return y.transpose(1, 2) if self.transposed else y
 
-    def _conv(self, uf, ub, rate):
-        L = uf.shape[1]
-        k = self.kernel(L, rate)  # (c, H, L) or (B, c, H, L)
-        if ub is None:
-            return causal_fft_conv(uf.transpose(1, 2), k[..., 0, :, :]).transpose(1, 2)
-        x = torch.stack([uf, ub], dim=1).transpose(2, 3)  # (B, 2, H, L)
-        y = causal_fft_conv(x, k)
-        return (y[:, 0] + y[:, 1].flip(-1)).transpose(1, 2)
-
-    def _direction(self, v, ts, C):
-        """States and output of one direction in recurrent mode: ``v`` ``(B, L, H)`` -> ``(B, L, H)``."""
+    def _recurrent_direction(self, v, ts, channel):
+        """Recurrent mode of one direction: ``(B, L, H)`` -> ``(B, L, H)``."""
+        _, _, C = self._system(v.dtype)
         x = self.states(v, ts, smr=False)
-        return 2.0 * torch.einsum("blhn,hn->blh", x, C).real
-
-    def _recurrent(self, uf, ub, ts):
-        _, _, C = self._system(uf.dtype)
-        y = self._direction(uf, ts, C[0])
-        if ub is not None:
-            y = y + self._direction(ub, reverse_timesteps(ts), C[1]).flip(1)
-        return y
+        return 2.0 * torch.einsum("blhn,hn->blh", x, C[channel]).real
 
     def states(
         self, u: torch.Tensor, timesteps: torch.Tensor | None = None, smr: bool = True
@@ -241,5 +203,5 @@ class S4D(nn.Module):
         dtA = A * dt[..., None]
         dA = torch.exp(dtA)
         state.x = dA * state.x + ((dA - 1.0) / A) * v.unsqueeze(-1)
-        y = 2.0 * (state.x * C[0]).sum(-1).real + self._skip(u_t, v)
+        y = 2.0 * (state.x * C[0]).sum(-1).real + skip_term(self, u_t, v)
         return y.to(u_t.dtype), state

@@ -24,9 +24,11 @@ from torch import nn
 from smr_ssm.layers._base import (
     complex_dtype,
     constant_rate,
+    direction_inputs,
     prepare_input,
     real_param,
     reverse_timesteps,
+    skip_term,
     tag,
 )
 from smr_ssm.layers.hippo import hippo_normal_eig
@@ -166,11 +168,7 @@ class S5(nn.Module):
             raise ValueError(
                 "mode='conv' needs a time-invariant system: timesteps must be constant along each row"
             )
-        uf = self.smr(u) if self.smr is not None else u
-        ub = None
-        if self.bidirectional:
-            r = u.flip(1)
-            ub = self.smr_bwd(r) if self.smr_bwd is not None else r
+        uf, ub = direction_inputs(self, u, channels_first=False)
         if mode == "conv":
             y = self._conv(uf, ub, rate)
         else:
@@ -178,8 +176,7 @@ class S5(nn.Module):
             y = self._direction(uf, ts, C[0])
             if ub is not None:
                 y = y + self._direction(ub, reverse_timesteps(ts), C[1]).flip(1)
-        use_smr = self.smr is not None and self.smr.skip_uses == "smr"
-        y = (y + self.D.to(u.dtype) * (uf if use_smr else u)).to(u.dtype)
+        y = (y + skip_term(self, u, uf)).to(u.dtype)
         return y.transpose(1, 2) if self.transposed else y
 
     def _conv(self, uf, ub, rate):
@@ -223,6 +220,5 @@ class S5(nn.Module):
         steps = step if timestep is None else timestep.to(u_t.dtype)[:, None] * step
         lam_bar, coef = self._discretise(u_t.dtype, steps)
         state.x = lam_bar * state.x + coef * (v.to(B.dtype) @ B.transpose(0, 1))
-        use_smr = self.smr is not None and self.smr.skip_uses == "smr"
-        y = 2.0 * (state.x @ C[0].transpose(0, 1)).real + self.D.to(u_t.dtype) * (v if use_smr else u_t)
+        y = 2.0 * (state.x @ C[0].transpose(0, 1)).real + skip_term(self, u_t, v)
         return y.to(u_t.dtype), state
