@@ -32,6 +32,7 @@ def test_conditions_follow_the_protocol():
 
 
 def test_parallel_training_gives_the_sequential_results():
+    threads = torch.get_num_threads()
     tiny = dict(
         seeds=[0],
         steps=3,
