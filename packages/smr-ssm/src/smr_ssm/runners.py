@@ -28,7 +28,7 @@ def _prefix(d: dict[str, Any], p: str) -> dict[str, Any]:
 
 def run_lm(cfg: LMConfig, resume: bool = False, progress: bool = True) -> dict[str, Any]:
     """Train a causal LM on WikiText-103 (or any HF text dataset) and report validation/test perplexity."""
-    from smr_ssm.models import SSMForCausalLM
+    from smr_ssm.models import SSMForCausalLM, smr_scale_stats
 
     if cfg.trainer not in ("package", "hf"):
         raise ValueError(f"trainer must be 'package' or 'hf', got {cfg.trainer!r}")
@@ -50,9 +50,11 @@ def run_lm(cfg: LMConfig, resume: bool = False, progress: bool = True) -> dict[s
         return _run_lm_hf(cfg, model, train, val, test, resume)
 
     def eval_fn(m):
-        return _prefix(
+        metrics = _prefix(
             perplexity(m, val.eval_batches(ebs, cfg.eval_stride, cfg.train.eval_batches), device), "val_"
         )
+        probe = next(val.eval_batches(min(ebs, 4), max_batches=1))
+        return {**metrics, **smr_scale_stats(m, input_ids=probe["input_ids"].to(device))}
 
     trainer = Trainer(
         model, cfg.train, lambda i: train.batch(i, cfg.train.batch_size), eval_fn, out, progress
@@ -157,7 +159,7 @@ def classification_accuracy(
 
 def run_lra(cfg: LRAConfig, resume: bool = False, progress: bool = True) -> dict[str, Any]:
     """Train and evaluate one LRA task (validation accuracy during training, test accuracy at the end)."""
-    from smr_ssm.models import SSMForSequenceClassification
+    from smr_ssm.models import SSMForSequenceClassification, smr_scale_stats
 
     if cfg.task not in LRA_TASKS:
         raise ValueError(f"unknown LRA task {cfg.task!r}; valid: {sorted(LRA_TASKS)}")
@@ -182,7 +184,11 @@ def run_lra(cfg: LRAConfig, resume: bool = False, progress: bool = True) -> dict
     ebs = cfg.train.eval_batch_size or cfg.train.batch_size
 
     def eval_fn(m):
-        return _prefix(classification_accuracy(m, val, ebs, device, cfg.train.eval_batches), "val_")
+        metrics = _prefix(classification_accuracy(m, val, ebs, device, cfg.train.eval_batches), "val_")
+        probe = {
+            k: v.to(device) for k, v in val.batch(torch.arange(min(4, len(val)))).items() if k != "labels"
+        }
+        return {**metrics, **smr_scale_stats(m, **probe)}
 
     trainer = Trainer(model, cfg.train, lambda i: train.batch(sampler(i)), eval_fn, out, progress)
     history = trainer.train(resume=resume)
