@@ -65,9 +65,9 @@ def test_imports_alone_without_siblings_or_mamba(pkg):
     imp = EXPECTED[pkg.name]
     others = sorted(set(EXPECTED.values()) - {imp})
     code = (
-        "import sys, importlib; importlib.import_module(%r); "
-        "bad = [m for m in %r + ['mamba_ssm', 'selective_scan_cuda'] if m in sys.modules]; "
-        "print(bad); sys.exit(1 if bad else 0)" % (imp, others)
+        f"import sys, importlib; importlib.import_module({imp!r}); "
+        f"bad = [m for m in {others!r} + ['mamba_ssm', 'selective_scan_cuda'] if m in sys.modules]; "
+        "print(bad); sys.exit(1 if bad else 0)"
     )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stdout + res.stderr
