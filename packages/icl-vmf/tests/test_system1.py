@@ -259,3 +259,14 @@ def test_fused_inference_equals_reference_and_tracks_parameter_updates():
     with torch.no_grad():
         off.embed(H)
     assert off._fused is None
+
+
+def test_build_vit_reports_a_missing_checkpoint_offline(monkeypatch):
+    from icl_vmf.encoders import build_vit
+    from papers_shared.data import DatasetNotFoundError
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(DatasetNotFoundError, match="not in the local HF cache"):
+        build_vit("google/vit-not-cached-xyz", local_files_only=True)
+    with pytest.raises(ValueError, match="model_id or a config"):
+        build_vit(None)

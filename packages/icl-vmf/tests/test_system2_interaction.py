@@ -131,6 +131,15 @@ def test_system2_skipped_when_disabled_and_names_required():
         InteractiveClassifier(_FixedScores(s), calls)
 
 
+def test_hf_system2_reports_a_missing_model_offline(monkeypatch):
+    from icl_vmf.system2 import HFVisionLanguageSystem2
+    from papers_shared.data import DatasetNotFoundError
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(DatasetNotFoundError, match="llava"):
+        HFVisionLanguageSystem2("llava-hf/llava-1.5-7b-hf-not-cached-xyz", local_files_only=True)
+
+
 def test_loglik_mode_takes_the_best_scored_candidate():
     model = ScriptedModel("x", scorer=lambda im, p, o: {"cat": -3.0, "dog": -1.0, "deer": -2.0}[o])
     s2 = MLLMSystem2(model, answer_mode="loglik")
@@ -169,7 +178,7 @@ def test_tiny_llava_system2_answers_one_string_per_image_offline(tiny_llava_syst
     system1.memory.consolidate(1)
     system1.memory.consolidate(2)
     det = VMFOutlierDetector(mode="random", random_fraction=0.5, seed=0)
-    clf = InteractiveClassifier(system1.scores, tiny_llava_system2, det, k=3, class_names=NAMES)
+    clf = InteractiveClassifier(system1, tiny_llava_system2, det, k=3, class_names=NAMES)
     t0 = time.perf_counter()
     pred, info = clf.predict(torch.rand(8, 3, 16, 16))
     assert time.perf_counter() - t0 < 10

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -77,13 +78,14 @@ class InteractiveClassifier:
     names of System1's top-``k`` classes; an answer mapped to exactly one candidate replaces the
     prediction, anything else keeps System1's (fallback).
 
-    ``scores_fn(x) -> (scores [B, K], class_ids [K])`` is System1 (any model giving class scores works:
-    :meth:`icl_vmf.system1.System1.scores`, or a baseline's logits). ``class_names[c]`` names class id c.
+    ``scores_fn(x) -> (scores [B, K], class_ids [K])`` is System1: a :class:`~icl_vmf.system1.System1`
+    (its ``scores``) or any callable giving class scores (e.g. a baseline's logits). ``class_names[c]``
+    names class id c.
     """
 
     def __init__(
         self,
-        scores_fn: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
+        scores_fn: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | Any,
         system2: System2 | None = None,
         detector: VMFOutlierDetector | None = None,
         k: int = 3,
@@ -93,7 +95,11 @@ class InteractiveClassifier:
             raise ValueError(f"k must be >= 1, got {k}")
         if system2 is not None and class_names is None:
             raise ValueError("System2 needs class_names to build its prompts")
-        self.scores_fn = scores_fn
+        from icl_vmf.system1 import System1
+
+        self.scores_fn = scores_fn.scores if isinstance(scores_fn, System1) else scores_fn
+        if not callable(self.scores_fn):
+            raise TypeError("scores_fn must be a System1 or a callable x -> (scores, class_ids)")
         self.system2 = system2
         self.detector = detector if detector is not None else VMFOutlierDetector()
         self.k = k

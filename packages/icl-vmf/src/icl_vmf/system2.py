@@ -26,11 +26,13 @@ __all__ = [
     "MINIGPT4_TEMPLATE",
     "PUREMM_TEMPLATE",
     "CLIPCandidateSystem2",
+    "HFVisionLanguageSystem2",
     "MLLMSystem2",
     "OracleSystem2",
     "ScriptedSystem2",
     "System2",
     "System2Output",
+    "TwoTurnSystem2",
     "build_system2",
     "format_candidates",
     "format_prompt",
@@ -143,6 +145,31 @@ class MLLMSystem2(System2):
                 for a, c in zip(raw, candidates)
             ],
             raw,
+        )
+
+
+class HFVisionLanguageSystem2(MLLMSystem2):
+    """:class:`MLLMSystem2` over a transformers image-text-to-text checkpoint (hub id or folder):
+    LLaVA-1.5 (``llava-hf/llava-1.5-7b-hf``, the closest open stand-in for PureMM), Qwen2-VL, Idefics3...
+    Extra keyword arguments go to :class:`papers_shared.mllm.HFImageTextModel` (``dtype``, ``device``,
+    ``device_map``, ``batch_size``, ``local_files_only``)."""
+
+    def __init__(
+        self,
+        model_id: str,
+        template: str = PUREMM_TEMPLATE,
+        answer_mode: str = "generate",
+        parse_mode: str = "substring",
+        max_new_tokens: int = 128,
+        **model_kwargs: Any,
+    ) -> None:
+        super().__init__(
+            HFImageTextModel(model_id, **model_kwargs),
+            template,
+            answer_mode,
+            parse_mode,
+            False,
+            max_new_tokens,
         )
 
 
