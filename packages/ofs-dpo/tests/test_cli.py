@@ -29,6 +29,7 @@ def test_quick_yaml_matches_the_quick_config():
     assert config_to_dict(cfg) == config_to_dict(QUICK_CONFIG)
 
 
+@pytest.mark.slow
 def test_cli_run_in_domain_smoke(tmp_path, capsys):
     rc = main(
         [

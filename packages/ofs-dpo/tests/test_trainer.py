@@ -332,6 +332,7 @@ def test_save_load_round_trip_and_export(h, make_trainer, tmp_path, tok):
         fresh._load_from_checkpoint(str(out))
 
 
+@pytest.mark.slow
 def test_resume_matches_uninterrupted_run(make_trainer, tmp_path):
     """Stop at step 2, resume to step 4: both adapters and roles equal an uninterrupted run."""
     full = make_trainer(max_steps=4, chase_interval=1, output_dir=str(tmp_path / "full"))

@@ -282,19 +282,11 @@ class ContinualRunner:
     def _trainer(self, name: str, train_dataset: Dataset, k: int, eval_dataset: Dataset | None):
         out = str(Path(self.args.output_dir) / f"{k:02d}-{name}-{self.method}")
         if self.uses_ofs:
-            args = replace(self.args, output_dir=out)
-            return OFSDPOTrainer(
-                self.model,
-                args=args,
-                train_dataset=train_dataset,
-                eval_dataset=eval_dataset,
-                processing_class=self.tokenizer,
-                peft_config=self.lora_config,
-                callbacks=self.callbacks,
-            )
-        extra = {"train_sampling_strategy": "random"} if self.method == "joint_dpo" else {}
-        args = dpo_config_from(self.args, output_dir=out, **extra)
-        return DPOTrainer(
+            trainer_cls, args = OFSDPOTrainer, replace(self.args, output_dir=out)
+        else:
+            extra = {"train_sampling_strategy": "random"} if self.method == "joint_dpo" else {}
+            trainer_cls, args = DPOTrainer, dpo_config_from(self.args, output_dir=out, **extra)
+        return trainer_cls(
             self.model,
             args=args,
             train_dataset=train_dataset,
