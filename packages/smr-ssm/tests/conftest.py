@@ -1,6 +1,8 @@
 import pytest
 import torch
 
+torch.set_num_threads(1)  # shared 2-core machines: one intra-op thread per test process
+
 
 @pytest.fixture(autouse=True)
 def _seed_and_threads():

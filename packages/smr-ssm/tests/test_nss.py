@@ -1,5 +1,6 @@
 """NSS diagnostics (spec §3.7) and the sampling-shift experiment driver."""
 
+import pytest
 import torch
 
 from smr_ssm import S4D, SSMBlock
@@ -55,6 +56,7 @@ def test_parallel_training_gives_the_sequential_results():
     assert base["same"]["mse"] != smr["same"]["mse"]  # SMR trained away from identity
 
 
+@pytest.mark.slow  # ~7 s on a loaded 2-core box; the claim builder is unit-tested in test_trainer_cli
 def test_quick_reproduction_end_to_end_with_a_tiny_budget(tmp_path, monkeypatch):
     import smr_ssm.quick as quick
     from papers_shared.results import QuickResult, write_result

@@ -105,7 +105,8 @@ def test_cuda_backend_on_cpu_raises_clearly():
         selective_scan(u, u, -torch.ones(2, 3), torch.randn(1, 3, 5), torch.randn(1, 3, 5), backend="cuda")
 
 
-def test_importing_smr_ssm_never_imports_mamba_ssm():
+@pytest.mark.slow
+def test_importing_smr_ssm_in_a_fresh_interpreter_never_imports_mamba_ssm():
     # a fresh interpreter for the light modules (transformers is slow to import without bytecode caches)
     code = (
         "import sys, smr_ssm, smr_ssm.ops, smr_ssm.layers, smr_ssm.blocks, smr_ssm.nss, smr_ssm.trainer; "
@@ -113,7 +114,10 @@ def test_importing_smr_ssm_never_imports_mamba_ssm():
         "assert 'transformers' not in sys.modules, 'import smr_ssm pulled in transformers'"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
-    # and in this process, after the transformers models and a CPU selective scan have run
+
+
+def test_models_and_cpu_selective_scan_never_import_mamba_ssm():
+    # in this process, after the transformers models and a CPU selective scan have run
     import smr_ssm.models  # noqa: F401
 
     u = torch.randn(1, 2, 5)
