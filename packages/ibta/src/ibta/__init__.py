@@ -1,1 +1,47 @@
-"""ibta."""
+"""IBTA: transferable adversarial attacks with information-bottleneck constraints, and MINE.
+
+Qi, Gao, Liu, Wu, Zhou, "Enhancing Adversarial Transferability via Information Bottleneck
+Constraints", IEEE Signal Processing Letters (arXiv 2406.05531). Built on :mod:`papers_shared.attacks`.
+"""
+
+from .attacks import (
+    BASES,
+    DEFAULT_STEPS,
+    IBTA_DIFGSM,
+    IBTA_MIFGSM,
+    IBTA_RAPLogitTI,
+    IBTA_S2IFGSM,
+    IBTA_TIFGSM,
+    IBTAAttack,
+    IBTA_LogitTI,
+    base_attack,
+    base_attack_spec,
+)
+from .mine import MINE, MIEstimate, StatisticsNetwork, estimate_mutual_information, gaussian_mi
+from .noise import noisy_companion
+from .objective import ib_divergence, ib_objective, ib_terms
+
+__all__ = [
+    "BASES",
+    "DEFAULT_STEPS",
+    "IBTA_DIFGSM",
+    "IBTA_MIFGSM",
+    "IBTA_RAPLogitTI",
+    "IBTA_S2IFGSM",
+    "IBTA_TIFGSM",
+    "MINE",
+    "IBTAAttack",
+    "IBTA_LogitTI",
+    "MIEstimate",
+    "StatisticsNetwork",
+    "base_attack",
+    "base_attack_spec",
+    "estimate_mutual_information",
+    "gaussian_mi",
+    "ib_divergence",
+    "ib_objective",
+    "ib_terms",
+    "noisy_companion",
+]
+
+__version__ = "0.1.0"

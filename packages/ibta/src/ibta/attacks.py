@@ -1,0 +1,430 @@
+"""IBTA attacks: the IB objective (spec §3.3) plugged into the shared iterative attacks (spec §3.4-3.5).
+
+Every variant is the shared base attack of :mod:`papers_shared.attacks` (same transforms, TI, momentum,
+update and projection) with two IBTA hooks:
+
+* :meth:`IBTAAttack.setup` draws the noisy companion ``x~ = clip(x + sigma * xi)`` **once per call**
+  (spec §3.2), from the attack's generator;
+* :meth:`IBTAAttack.objective` runs the second branch ``z~ = f(T'(clip(x~ + delta)))`` with the shared
+  ``delta`` (``self.state.delta``) and an independent transform draw, and returns the IB objective
+  (spec §3.3, :func:`ibta.objective.ib_objective`).
+
+With ``lam == gamma == 0`` the noisy branch is skipped (no draw, no extra forward pass), so the result
+is bit-identical to the shared baseline with the same seed (spec §4).
+
+Presets (spec §3.5):
+
+========================= ====================== ===================================================
+class                     shared base            settings
+========================= ====================== ===================================================
+:class:`IBTA_MIFGSM`      ``MIFGSM``             CE, 20 steps
+:class:`IBTA_DIFGSM`      ``DIFGSM``             DI (p 0.7, rate 0.9), CE, 20 steps
+:class:`IBTA_TIFGSM`      ``TIFGSM``             DI + TI 5x5, CE, 20 steps
+:class:`IBTA_S2IFGSM`     ``SSA``                spectrum transform (N 20, rho 0.5) + DI, CE, 20 steps
+:class:`IBTA_LogitTI`     ``LogitAttack``        DI + TI, logit loss, 300 steps, normalised gradient
+:class:`IBTA_RAPLogitTI`  ``RAPIBTA``            Logit-TI + RAP-LS (late start 100), 400 steps
+========================= ====================== ===================================================
+
+All use eps 16/255, alpha 1.25/255, momentum 1.0, no random start, and ``clip_delta=False`` (``delta``
+is only eps-clipped, the forward pass uses ``clip(x + delta)``; spec §3.4 f).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from papers_shared.attacks import (
+    DIFGSM,
+    MIFGSM,
+    RAPIBTA,
+    SSA,
+    TIFGSM,
+    IterativeAttack,
+    LogitAttack,
+    repeat_labels,
+    spectrum_transform,
+)
+from papers_shared.attacks import losses as L
+
+from .noise import noisy_companion
+from .objective import ib_terms
+
+__all__ = [
+    "BASES",
+    "DEFAULT_STEPS",
+    "IBTAAttack",
+    "IBTA_DIFGSM",
+    "IBTA_LogitTI",
+    "IBTA_MIFGSM",
+    "IBTA_RAPLogitTI",
+    "IBTA_S2IFGSM",
+    "IBTA_TIFGSM",
+    "base_attack",
+    "base_attack_spec",
+]
+
+BASES = ("mi", "di", "ti", "s2i", "logit_ti", "rap_logit_ti")
+#: Number of iterations per base attack in the official code (spec §3.7).
+DEFAULT_STEPS = {"mi": 20, "di": 20, "ti": 20, "s2i": 20, "logit_ti": 300, "rap_logit_ti": 400}
+_SHARED_CLASS: dict[str, type[IterativeAttack]] = {
+    "mi": MIFGSM,
+    "di": DIFGSM,
+    "ti": TIFGSM,
+    "s2i": SSA,
+    "logit_ti": LogitAttack,
+    "rap_logit_ti": RAPIBTA,
+}
+
+
+def base_attack_spec(
+    base: str,
+    *,
+    eps: float = 16 / 255,
+    alpha: float = 1.25 / 255,
+    steps: int | None = None,
+    targeted: bool = False,
+    decay: float = 1.0,
+    diversity_prob: float = 0.7,
+    resize_rate: float = 0.9,
+    ti_kernel: int | Tensor = 5,
+    ti_nsig: float = 3.0,
+    ssa_n: int = 20,
+    ssa_rho: float = 0.5,
+    ssa_sigma: float | None = None,
+    ssa_mode: str = "ibta_code",
+    rap_late_start: int = 100,
+    rap_inner_steps: int = 1,
+    rap_alpha_n: float | None = None,
+    rap_eps_n: float = 12 / 255,
+    clip_delta: bool = False,
+    seed: int | None = None,
+    generator: torch.Generator | None = None,
+    **extra: Any,
+) -> tuple[type[IterativeAttack], dict[str, Any]]:
+    """The shared attack class and keyword arguments of base attack ``base`` in the IBTA-code setting.
+
+    One mapping serves the IBTA variants and their baselines, so "X vs IBTA-X" compares identical
+    settings (spec §4). ``ssa_sigma=None`` means 0.1/255 for ``ssa_mode="ibta_code"`` (the value the
+    documented runs used, spec §3.5) and 16/255 for ``"ssa_paper"``.
+    """
+    if base not in BASES:
+        raise ValueError(f"unknown IBTA base attack {base!r}; choose one of {list(BASES)}")
+    steps = DEFAULT_STEPS[base] if steps is None else steps
+    kw: dict[str, Any] = dict(
+        eps=eps,
+        alpha=alpha,
+        steps=steps,
+        targeted=targeted,
+        decay=decay,
+        diversity_prob=diversity_prob,
+        resize_rate=resize_rate,
+        ti_kernel=ti_kernel,
+        ti_nsig=ti_nsig,
+        clip_delta=clip_delta,
+        seed=seed,
+        generator=generator,
+        random_start=False,
+    )
+    if base == "s2i":
+        if ssa_mode not in ("ibta_code", "ssa_paper"):
+            raise ValueError(f"ssa_mode must be 'ibta_code' or 'ssa_paper', got {ssa_mode!r}")
+        if ssa_sigma is None:
+            ssa_sigma = 0.1 / 255 if ssa_mode == "ibta_code" else 16 / 255
+        # code: every pass's gradient is L1-mean normalised, the mean over the N copies goes straight
+        # into the momentum (no second normalisation); DI on every copy.
+        kw.update(
+            n_spectrum=ssa_n,
+            rho=ssa_rho,
+            sigma=ssa_sigma,
+            ssa_mode=ssa_mode,
+            di=True,
+            normalize_per_pass=True,
+            normalize_grad=False,
+        )
+    elif base == "logit_ti":
+        kw.update(normalize_grad=True)  # the IBTA code normalises (the Logit authors' code does not)
+    elif base == "rap_logit_ti":
+        kw.update(
+            late_start=rap_late_start,
+            inner_steps=rap_inner_steps,
+            alpha_n=rap_alpha_n,
+            eps_n=rap_eps_n,
+            normalize_grad=True,
+        )
+    kw.update(extra)
+    return _SHARED_CLASS[base], kw
+
+
+def base_attack(base: str, model: nn.Module, **kwargs: Any) -> IterativeAttack:
+    """The plain baseline X of "X vs IBTA-X" (the shared preset with the IBTA-code settings)."""
+    cls, kw = base_attack_spec(base, **kwargs)
+    return cls(model, **kw)
+
+
+class IBTAAttack(IterativeAttack):
+    """IBTA attack over base attack ``base`` (spec §3, §7 public API).
+
+    ``IBTAAttack(model, base="ti", ...)`` returns the matching preset (:class:`IBTA_TIFGSM` ...), which
+    is also a subclass of the shared base attack. Call it torchattacks-style:
+    ``adv = attack(images, labels)`` (labels are target ids when ``targeted``).
+
+    Args:
+        model: classifier taking [0, 1] images.
+        base: ``"mi" | "di" | "ti" | "s2i" | "logit_ti" | "rap_logit_ti"``.
+        eps, alpha, steps: budget, step size, iterations (``steps=None``: 20/20/20/20/300/400).
+        targeted: targeted mode (minimise ``L_tgt``) or untargeted (maximise ``J_untgt``).
+        sigma: noise std of the companion ``x~`` (spec §3.2).
+        gamma: weight of the noisy-branch loss (and, by default, of ``KL(p~ || p)``).
+        lam: weight ``lambda`` of the divergence.
+        gamma_kl: weight of ``KL(p~ || p)``; ``None`` means ``gamma`` (the code's behaviour).
+        decay: momentum ``mu``.
+        diversity_prob, resize_rate: DI parameters; ti_kernel, ti_nsig: TI kernel.
+        ssa_n, ssa_rho, ssa_sigma, ssa_mode: S2I parameters (``ssa_sigma`` is the actual spectrum-noise
+            std; ``None`` = 0.1/255 for ``"ibta_code"``, 16/255 for ``"ssa_paper"``).
+        rap_late_start, rap_inner_steps, rap_alpha_n, rap_eps_n: RAP-LS parameters (``rap_alpha_n=None``
+            means ``alpha``).
+        seed, generator: randomness (x~, DI, spectrum draws); ``seed`` makes every call repeatable.
+        clip_delta: keep ``x + delta`` in [0, 1] after each step (off in the official code).
+        **kwargs: forwarded to :class:`~papers_shared.attacks.IterativeAttack`.
+
+    After a call, :attr:`last_stats` holds one dict per objective evaluation (step, pass, loss,
+    noisy_loss, divergence, objective) for logging.
+    """
+
+    base: str = ""
+    name = "ibta"
+    reference = "Qi et al., IEEE SPL 2024 (arXiv 2406.05531)"
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> IBTAAttack:
+        if cls is IBTAAttack:
+            base = kwargs.get("base")
+            if base is None:
+                raise ValueError(f"IBTAAttack needs base=... one of {list(BASES)}")
+            if base not in _PRESET_BY_BASE:
+                raise ValueError(f"unknown IBTA base attack {base!r}; choose one of {list(BASES)}")
+            cls = _PRESET_BY_BASE[base]
+        return super().__new__(cls)
+
+    def __init__(
+        self,
+        model: nn.Module,
+        base: str | None = None,
+        eps: float = 16 / 255,
+        alpha: float = 1.25 / 255,
+        steps: int | None = None,
+        targeted: bool = False,
+        sigma: float = 0.1,
+        gamma: float = 0.1,
+        lam: float = 0.1,
+        gamma_kl: float | None = None,
+        decay: float = 1.0,
+        diversity_prob: float = 0.7,
+        resize_rate: float = 0.9,
+        ti_kernel: int | Tensor = 5,
+        ti_nsig: float = 3.0,
+        ssa_n: int = 20,
+        ssa_rho: float = 0.5,
+        ssa_sigma: float | None = None,
+        ssa_mode: str = "ibta_code",
+        rap_late_start: int = 100,
+        rap_inner_steps: int = 1,
+        rap_alpha_n: float | None = None,
+        rap_eps_n: float = 12 / 255,
+        seed: int | None = None,
+        *,
+        generator: torch.Generator | None = None,
+        clip_delta: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        if type(self) is IBTAAttack or not type(self).base:
+            raise TypeError("instantiate IBTAAttack(model, base=...) or one of the IBTA_* presets")
+        if base is not None and base != type(self).base:
+            raise ValueError(f"{type(self).__name__} is the {type(self).base!r} variant, got base={base!r}")
+        for nm, v in (("sigma", sigma), ("gamma", gamma), ("lam", lam)):
+            if not math.isfinite(float(v)) or float(v) < 0:
+                raise ValueError(f"{nm} must be finite and >= 0, got {v!r}")
+        if gamma_kl is not None and (not math.isfinite(float(gamma_kl)) or float(gamma_kl) < 0):
+            raise ValueError(f"gamma_kl must be finite and >= 0, got {gamma_kl!r}")
+        _, kw = base_attack_spec(
+            type(self).base,
+            eps=eps,
+            alpha=alpha,
+            steps=steps,
+            targeted=targeted,
+            decay=decay,
+            diversity_prob=diversity_prob,
+            resize_rate=resize_rate,
+            ti_kernel=ti_kernel,
+            ti_nsig=ti_nsig,
+            ssa_n=ssa_n,
+            ssa_rho=ssa_rho,
+            ssa_sigma=ssa_sigma,
+            ssa_mode=ssa_mode,
+            rap_late_start=rap_late_start,
+            rap_inner_steps=rap_inner_steps,
+            rap_alpha_n=rap_alpha_n,
+            rap_eps_n=rap_eps_n,
+            clip_delta=clip_delta,
+            seed=seed,
+            generator=generator,
+            **kwargs,
+        )
+        super().__init__(model, **kw)
+        # the shared SSA stores its spectrum-noise std in ``sigma``; IBTA's ``sigma`` is the noise of x~
+        self._ssa_sigma = float(getattr(self, "sigma", 0.0))
+        self.sigma = float(sigma)
+        self.gamma = float(gamma)
+        self.lam = float(lam)
+        self.gamma_kl = None if gamma_kl is None else float(gamma_kl)
+        self.last_stats: list[dict[str, float]] = []
+
+    # ------------------------------------------------------------------ IBTA hooks
+    @property
+    def ib_active(self) -> bool:
+        """False when ``lam == gamma == 0``: the noisy branch is skipped (plain base attack)."""
+        return not (self.lam == 0.0 and self.gamma == 0.0)
+
+    def setup(self, x: Tensor, labels: Tensor) -> None:
+        super().setup(x, labels)
+        self.last_stats = []
+        if self.ib_active and self.state is not None:
+            # spec §3.2: drawn once per call, fixed for all iterations
+            self.state.extra["x_tilde"] = noisy_companion(x, self.sigma, self._gen())
+
+    def noisy_input(self, x_tilde: Tensor, delta: Tensor) -> Tensor:
+        """Model input of the noisy branch: ``T'(clip(x~ + delta))`` (plus RAP's ``n``), fresh draws."""
+        return self.transform(self.perturb(x_tilde, delta))
+
+    def objective(self, z: Tensor, labels: Tensor, x: Tensor) -> Tensor:
+        if not self.ib_active or self.state is None or "x_tilde" not in self.state.extra:
+            return super().objective(z, labels, x)
+        x_tilde = self.state.extra["x_tilde"]
+        z_tilde = self.forward(self.noisy_input(x_tilde, self.state.delta))
+        if z_tilde.shape != z.shape:
+            raise ValueError(
+                f"noisy branch logits {tuple(z_tilde.shape)} do not match clean logits {tuple(z.shape)}"
+            )
+        loss = self.loss_fn if self.loss_fn is not L.po_trip else "ce"
+        terms = ib_terms(
+            z,
+            z_tilde,
+            repeat_labels(labels, z.shape[0]),
+            self.targeted,
+            gamma=self.gamma,
+            lam=self.lam,
+            base_loss=loss,
+            gamma_kl=self.gamma_kl,
+        )
+        self.last_stats.append(
+            {"step": self.state.step, "pass": self.state.pass_index}
+            | {k: float(v.detach()) for k, v in terms.items()}
+        )
+        return terms["objective"]
+
+    def describe(self) -> dict[str, Any]:
+        d = super().describe()
+        d.update(
+            attack=f"ibta_{type(self).base}",
+            base=type(self).base,
+            sigma=self.sigma,
+            gamma=self.gamma,
+            lam=self.lam,
+            gamma_kl=self.gamma if self.gamma_kl is None else self.gamma_kl,
+        )
+        return d
+
+
+class IBTA_MIFGSM(IBTAAttack, MIFGSM):
+    """IBTA over MI-FGSM (spec §3.5): identity transform, CE, 20 steps."""
+
+    base = "mi"
+    name = "ibta_mi"
+
+
+class IBTA_DIFGSM(IBTAAttack, DIFGSM):
+    """IBTA over DI-MI-FGSM (spec §3.5): DI drawn independently on both branches, CE, 20 steps."""
+
+    base = "di"
+    name = "ibta_di"
+
+
+class IBTA_TIFGSM(IBTAAttack, TIFGSM):
+    """IBTA over TI-DI-MI-FGSM (spec §3.5): DI + 5x5 Gaussian TI smoothing, CE, 20 steps."""
+
+    base = "ti"
+    name = "ibta_ti"
+
+
+class IBTA_S2IFGSM(IBTAAttack, SSA):
+    """IBTA over S2I-MI-FGSM (spec §3.5): ``N`` spectrum copies per step, each with DI.
+
+    Pass ``n`` of a step uses one spectrum draw ``(xi_n, M_n)`` on both branches:
+    ``x_n = IDCT(DCT(x + xi_n) * M_n) + delta`` and ``x~_n = IDCT(DCT(x~ + xi_n) * M_n) + delta``
+    (``ssa_mode="ibta_code"``, no clamp), each through its own DI draw; the per-pass gradients are
+    L1-mean normalised and averaged, then accumulated by momentum. ``ssa_mode="ssa_paper"`` transforms
+    ``clip(x + delta) + xi`` instead (straight-through gradient, as SSA's code).
+    """
+
+    base = "s2i"
+    name = "ibta_s2i"
+
+    def spectrum(self, x: Tensor) -> Tensor:
+        # the same draws as spectrum_transform (noise, then mask), kept for the noisy branch
+        gen = self._gen()
+        dev = gen.device if gen is not None else x.device
+        noise = (torch.randn(tuple(x.shape), generator=gen, device=dev, dtype=x.dtype) * self.sigma_spec).to(
+            x.device
+        )
+        u = torch.rand(tuple(x.shape), generator=gen, device=dev, dtype=x.dtype)
+        lo, hi = 1.0 - self.rho, 1.0 + self.rho
+        mask = (u * (hi - lo) + lo).to(x.device)
+        if self.state is not None:
+            self.state.extra["spectrum_draw"] = (noise, mask)
+        return spectrum_transform(x, self.rho, self.sigma_spec, noise=noise, mask=mask)
+
+    @property
+    def sigma_spec(self) -> float:
+        """Spectrum-noise std (the shared SSA keeps it in ``self.sigma``; IBTA's ``sigma`` is x~'s)."""
+        return self._ssa_sigma
+
+    def noisy_input(self, x_tilde: Tensor, delta: Tensor) -> Tensor:
+        assert self.state is not None
+        noise, mask = self.state.extra["spectrum_draw"]
+        if self.ssa_mode == "ibta_code":
+            out = spectrum_transform(x_tilde, self.rho, self.sigma_spec, noise=noise, mask=mask) + delta
+        else:
+            xs = IterativeAttack.perturb(self, x_tilde, delta)
+            spec = spectrum_transform(xs.detach(), self.rho, self.sigma_spec, noise=noise, mask=mask)
+            out = xs + (spec - xs.detach()) if self.straight_through else spectrum_transform(
+                xs, self.rho, self.sigma_spec, noise=noise, mask=mask
+            )
+        return IterativeAttack.transform(self, out)
+
+
+class IBTA_LogitTI(IBTAAttack, LogitAttack):
+    """IBTA over Logit-TI (spec §3.5): DI + TI, logit loss ``-mean z_c``, 300 steps, normalised grads."""
+
+    base = "logit_ti"
+    name = "ibta_logit_ti"
+
+
+class IBTA_RAPLogitTI(IBTAAttack, RAPIBTA):
+    """IBTA over RAP-Logit-TI (spec §3.5): from step ``rap_late_start`` on, one reverse step ``n`` on the
+    clean branch (base logit objective, DI, TI, fresh momentum), then both branches use ``+ n``."""
+
+    base = "rap_logit_ti"
+    name = "ibta_rap_logit_ti"
+
+
+_PRESET_BY_BASE: dict[str, type[IBTAAttack]] = {
+    "mi": IBTA_MIFGSM,
+    "di": IBTA_DIFGSM,
+    "ti": IBTA_TIFGSM,
+    "s2i": IBTA_S2IFGSM,
+    "logit_ti": IBTA_LogitTI,
+    "rap_logit_ti": IBTA_RAPLogitTI,
+}
