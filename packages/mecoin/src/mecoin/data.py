@@ -64,11 +64,15 @@ def load_graph(cfg: ExperimentConfig):
 
     if cfg.dataset == "csbm":
         c = cfg.csbm
-        data = make_csbm_graph(
-            c.num_classes, c.nodes_per_class, c.feat_dim, c.p_in, c.p_out, c.mean_sep, c.seed
-        )
+        # make_csbm_graph draws its edge counts from the global RNG (Binomial.sample): pin it to the
+        # graph seed so that the graph is a function of ``csbm.seed`` alone.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(c.seed)
+            data = make_csbm_graph(
+                c.num_classes, c.nodes_per_class, c.feat_dim, c.p_in, c.p_out, c.mean_sep, c.seed
+            )
     else:
-        data = load_pyg_dataset(cfg.dataset, cfg.data_root, download=False)
+        data = load_pyg_dataset(cfg.dataset, cfg.data_root, download=cfg.download)
     data.x = data.x.float()
     data.y = data.y.long().view(-1)
     return data

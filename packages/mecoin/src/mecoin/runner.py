@@ -73,6 +73,7 @@ def pretrain_task(
     device = device or get_device(cfg.device)
     graphs = graphs or _graphs(task, cfg)
     data = task.data
+    seed_everything(seed)
     encoder = build_encoder(cfg.encoder, data.x.shape[1]).to(device)
     path = None
     if cache_dir is not None:
@@ -83,7 +84,6 @@ def pretrain_task(
             encoder.load_state_dict(state["encoder"])
             classifier.load_state_dict(state["classifier"])
             return PretrainResult(encoder.eval(), classifier.eval(), **state["log"])
-    seed_everything(seed)
     ei, ew = graphs.for_classes(task.base_classes)
     res = pretrain_encoder(
         encoder,

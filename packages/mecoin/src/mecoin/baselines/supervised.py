@@ -178,7 +178,7 @@ class SupervisedBaseline(GFSCILMethod):
             self.classifier.load_state_dict(best[1])
         self._after_session(ctx)
         return {
-            "loss": float(loss),
+            "loss": float(loss.detach()),
             "best_val_acc": best_acc if use_val else float("nan"),
             "train_nodes": int(idx.numel()),
             "seconds": time.perf_counter() - t0,
