@@ -157,3 +157,13 @@ def test_claims_are_computed_from_the_numbers():
     near = build_claims(_metrics(icl_system1_acc_flagged=0.80))  # only 5 points lower: not "clearly"
     assert [c.holds for c in near] == [True, True, True, False, True, True]
     assert build_claims(_metrics(tiny_llava=None))[-1].claim.startswith("ICL forgets")
+
+
+def test_readme_api_example_runs():
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = readme.split("## API", 1)[1].split("```python", 1)[1].split("```", 1)[0]
+    scope: dict = {}
+    exec(compile(block, "README.md", "exec"), scope)  # the package's own README example
+    pred, info = scope["pred"], scope["info"]
+    assert pred.shape == (32,) and info.hard.shape == (32,)
+    assert bool((pred[~info.hard] == info.system1_pred[~info.hard]).all())  # unflagged keep System1
