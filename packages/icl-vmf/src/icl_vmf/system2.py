@@ -175,7 +175,8 @@ class HFVisionLanguageSystem2(MLLMSystem2):
 
 class TwoTurnSystem2(MLLMSystem2):
     """MiniGPT-4 protocol: turn 1 :data:`DESCRIBE_PROMPT`, turn 2 :data:`MINIGPT4_TEMPLATE` with the
-    description in the conversation. With :class:`~papers_shared.mllm.HFImageTextModel` the two turns
+    description in the conversation; wraps a multimodal LM or another :class:`MLLMSystem2` (its model is
+    reused). With :class:`~papers_shared.mllm.HFImageTextModel` the two turns
     go through the processor's chat template as one conversation; with other models turn 2's prompt is
     the text of turn 1, its answer and the question, joined by newlines."""
 
@@ -186,6 +187,8 @@ class TwoTurnSystem2(MLLMSystem2):
         legacy_parse: bool = False,
         max_new_tokens: int = 300,
     ) -> None:
+        if isinstance(mllm, MLLMSystem2):  # e.g. TwoTurnSystem2(HFVisionLanguageSystem2(model_id))
+            mllm = mllm.mllm
         super().__init__(mllm, MINIGPT4_TEMPLATE, "generate", parse_mode, legacy_parse, max_new_tokens)
 
     def _conversation(self, description: str, question: str) -> str:
