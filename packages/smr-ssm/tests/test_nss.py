@@ -6,7 +6,15 @@ import torch
 from smr_ssm import S4D, SSMBlock
 from smr_ssm._checks import validation_enabled
 from smr_ssm.config import NSSConfig
-from smr_ssm.nss import build_conditions, nss_ratio, run_nss, state_norms
+from smr_ssm.nss import (
+    build_conditions,
+    build_nss_model,
+    nss_ratio,
+    run_nss,
+    sampling_shift_eval,
+    state_norms,
+    train_nss_model,
+)
 
 
 def test_state_norms_match_the_states_and_ratio():
@@ -81,3 +89,25 @@ def test_quick_reproduction_end_to_end_with_a_tiny_budget(tmp_path, monkeypatch)
     assert res.claims[0].holds == (res.claims[0].method_value < res.claims[0].baseline_value)
     assert all((tmp_path / p).is_file() and p.startswith("smr-ssm_") for p in res.plots)
     assert write_result(res, tmp_path).is_file()
+
+
+def test_oracle_timesteps_reach_the_s5_host_only_when_asked():
+    cfg = NSSConfig(layer_type="s5", d_model=8, d_state=4, n_layer=1, length=24, oracle_timesteps=True)
+    model = build_nss_model(cfg, None, seed=0)
+    conds = build_conditions(cfg, n=3, seed=0)
+    plain = sampling_shift_eval(model, conds, cfg.base_step, norm_sequences=2)
+    oracle = sampling_shift_eval(model, conds, cfg.base_step, norm_sequences=2, with_timesteps=True)
+    # on the training grid every relative step is 1, so the oracle changes nothing; off the grid it does
+    assert abs(plain["same"]["mse"] - oracle["same"]["mse"]) <= 1e-6 * plain["same"]["mse"]
+    for cond in ("step_0.03", "jitter"):
+        assert abs(plain[cond]["mse"] - oracle[cond]["mse"]) > 1e-6 * plain[cond]["mse"]
+    values = conds["jitter"][0]
+    with pytest.raises(ValueError, match="train_times"):
+        train_nss_model(cfg, model, 0, values)
+    seen = []
+    forward = model.forward
+    model.forward = lambda **batch: seen.append(batch.get("timesteps")) or forward(**batch)
+    cfg.steps, cfg.batch_size = 1, 2
+    train_nss_model(cfg, model, 0, values, train_times=conds["jitter"][1])
+    ts = seen[0]
+    assert ts is not None and ts.shape == (2, 24) and 0.5 - 1e-6 <= ts.min() and ts.max() <= 1.5 + 1e-6

@@ -123,7 +123,9 @@ class LRAConfig:
 class NSSConfig:
     """Sampling-shift (non-stable state) experiment of spec §8: sums of 3 sines sampled at step
     ``base_step``; one-step-ahead regression; tested on the same grid, uniform grids ``test_steps`` and a
-    jittered grid (``Delta_k ~ base_step * U[1 - jitter, 1 + jitter]``)."""
+    jittered grid (``Delta_k ~ base_step * U[1 - jitter, 1 + jitter]``). ``oracle_timesteps`` feeds both
+    models the true relative steps ``Delta_k / base_step`` (training and test): the "S5 with true
+    per-step Delta_k" upper bound of spec §4, which uses information SMR never sees."""
 
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     steps: int = 300
@@ -145,6 +147,7 @@ class NSSConfig:
     n_layer: int = 2
     d_state: int = 32
     smr: Any = "default"
+    oracle_timesteps: bool = False
     workers: int = 2
     out_dir: str = "runs/nss"
 

@@ -123,18 +123,22 @@ def sampling_shift_eval(
     conditions: dict[str, tuple[torch.Tensor, torch.Tensor]],
     base_step: float,
     norm_sequences: int | None = 32,
+    with_timesteps: bool = False,
 ) -> dict[str, dict[str, float]]:
     """MSE per condition for a regression model, and the NSS indicator of its first block on the first
-    ``norm_sequences`` sequences (``None``: all; ``0``: skipped)."""
+    ``norm_sequences`` sequences (``None``: all; ``0``: skipped). ``with_timesteps`` passes the true
+    relative steps to the model (the oracle of spec §4)."""
     model.eval()
     out = {}
     for name, (values, times) in conditions.items():
-        batch = regression_batch(values, times, base_step)
-        pred = model(input_values=batch["input_values"]).logits
+        batch = regression_batch(values, times, base_step, with_timesteps=with_timesteps)
+        ts = batch.get("timesteps")
+        pred = model(input_values=batch["input_values"], timesteps=ts).logits
         res = {"mse": torch.mean((pred - batch["labels"]) ** 2).item()}
         if norm_sequences != 0:
             h = model.embed(input_values=batch["input_values"][:norm_sequences])
-            res["state_norm_ratio"] = nss_ratio(state_norms(model.layers[0], h)).mean().item()
+            ts_n = None if ts is None else ts[:norm_sequences]
+            res["state_norm_ratio"] = nss_ratio(state_norms(model.layers[0], h, ts_n)).mean().item()
         out[name] = res
     return out
 
@@ -155,16 +159,25 @@ def build_nss_model(cfg: NSSConfig, smr: Any, seed: int, init_from: nn.Module | 
 
 
 def train_nss_model(
-    cfg: NSSConfig, model: nn.Module, seed: int, train_values: torch.Tensor, progress: bool = False
+    cfg: NSSConfig,
+    model: nn.Module,
+    seed: int,
+    train_values: torch.Tensor,
+    progress: bool = False,
+    train_times: torch.Tensor | None = None,
 ) -> list[dict[str, Any]]:
-    """Train a regressor on the training pool (one-step-ahead MSE; AdamW, spec §8 settings)."""
+    """Train a regressor on the training pool (one-step-ahead MSE; AdamW, spec §8 settings). With
+    ``cfg.oracle_timesteps`` the batches carry the true relative steps (``train_times`` needed)."""
     from smr_ssm.trainer import StepSampler, Trainer
 
+    if cfg.oracle_timesteps and train_times is None:
+        raise ValueError("oracle_timesteps=True needs the sampling times of the training pool (train_times)")
     sampler = StepSampler(train_values.shape[0], cfg.batch_size, seed=seed)
 
     def batch_fn(i: int) -> dict[str, torch.Tensor]:
-        v = train_values[sampler(i)]
-        return {"input_values": v[:, :-1], "labels": v[:, 1:]}
+        idx = sampler(i)
+        times = train_times[idx] if cfg.oracle_timesteps else None
+        return regression_batch(train_values[idx], times, cfg.base_step, with_timesteps=cfg.oracle_timesteps)
 
     tcfg = TrainConfig(
         lr=cfg.lr,
@@ -200,18 +213,21 @@ def run_nss(cfg: NSSConfig, progress: bool = False, log=print) -> dict[str, Any]
             freq_range=tuple(cfg.freq_range),
             amp_range=tuple(cfg.amp_range),
         )
-        train_values, _ = sample_signals(
+        train_values, train_times = sample_signals(
             cfg.n_train, cfg.length + 1, "uniform", seed=1000 * seed + 7, **common
         )
         conditions = build_conditions(cfg, cfg.n_test, seed=1000 * seed + 500)
         init = build_nss_model(cfg, None, seed)
         seeds.append((seed, conditions))
         for label, smr in (("baseline", None), ("smr", cfg.smr)):
-            jobs.append((seed, label, build_nss_model(cfg, smr, seed, init_from=init), train_values))
+            model = build_nss_model(cfg, smr, seed, init_from=init)
+            jobs.append((seed, label, model, (train_values, train_times)))
 
     def work(job):
-        seed, label, model, values = job
-        return train_nss_model(cfg, model, seed, values, progress=progress and cfg.workers <= 1)
+        seed, label, model, (values, times) = job
+        return train_nss_model(
+            cfg, model, seed, values, progress=progress and cfg.workers <= 1, train_times=times
+        )
 
     threads = torch.get_num_threads()
     # the data are generated and finite: skip the per-layer NaN/inf reductions (set once, here, since
@@ -232,7 +248,9 @@ def run_nss(cfg: NSSConfig, progress: bool = False, log=print) -> dict[str, Any]
         for (s, label, model, _), history in zip(jobs, histories):
             if s != seed:
                 continue
-            ev = sampling_shift_eval(model, conditions, cfg.base_step, cfg.norm_sequences)
+            ev = sampling_shift_eval(
+                model, conditions, cfg.base_step, cfg.norm_sequences, with_timesteps=cfg.oracle_timesteps
+            )
             record[label] = {
                 "eval": ev,
                 "final_train_loss": history[-1]["loss"] if history else float("nan"),
