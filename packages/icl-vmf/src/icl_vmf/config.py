@@ -172,6 +172,8 @@ class DataConfig:
     #: "seq-cifar10", "seq-cifar100", "seq-imagenet-r" or "digits"
     dataset: str = "seq-cifar10"
     root: str = "data"
+    #: let torchvision fetch CIFAR into ``root`` when it is missing (off: a clear error instead)
+    download: bool = False
     num_tasks: int = 5
     #: null: ascending class ids (the code); an int: seeded class shuffle
     class_order_seed: int | None = None

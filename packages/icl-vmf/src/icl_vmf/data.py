@@ -112,12 +112,12 @@ def digits_stream(cfg) -> StreamData:
 
 
 def cifar_stream(cfg, name: str) -> StreamData:
-    """Split CIFAR-10 (5 x 2) / CIFAR-100 (10 x 10) from ``cfg.root`` (never downloads)."""
+    """Split CIFAR-10 (5 x 2) / CIFAR-100 (10 x 10) from ``cfg.root`` (downloads only with ``cfg.download``)."""
     from torchvision import transforms
 
     t = transforms.ToTensor()
-    train = cifar(cfg.root, name, train=True, transform=t)
-    test = cifar(cfg.root, name, train=False, transform=t)
+    train = cifar(cfg.root, name, train=True, transform=t, download=cfg.download)
+    test = cifar(cfg.root, name, train=False, transform=t, download=cfg.download)
     trains, tests, names, per = _split_sets(
         cfg, train, train.targets, test, test.targets, list(train.classes)
     )
