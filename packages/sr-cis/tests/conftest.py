@@ -45,3 +45,13 @@ def small(tiny_cfg):
 
     torch.manual_seed(0)
     return build_small_model(tiny_cfg.small)
+
+
+@pytest.fixture
+def make_task(digits):
+    return lambda classes, n=None: task_ds(digits, classes, n)
+
+
+@pytest.fixture
+def names():
+    return dict(NAMES)

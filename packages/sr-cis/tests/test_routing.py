@@ -1,0 +1,55 @@
+import pytest
+import torch
+
+from sr_cis.fast_path import FastInference
+from sr_cis.memory import ComplementaryMemory, Region
+from sr_cis.prototypes import PrototypeHead
+
+
+class FakeModel:
+    def __init__(self):
+        self.calls = []
+
+    def features(self, x, adapter):
+        self.calls.append(adapter)
+        return torch.ones(x.shape[0], 2)
+
+
+def _mem():
+    mem = ComplementaryMemory()
+    a = PrototypeHead([0, 1], 2)
+    b = PrototypeHead([2, 3], 2)
+    with torch.no_grad():
+        a.weight.copy_(torch.tensor([[10.0, 10.0], [0.0, 0.0]]))  # certain on class 0
+        # b: uniform (zero weights)
+    mem.add_stm(0, Region("stm_0", "stm", a, [0]))
+    mem.add_stm(1, Region("stm_1", "stm", b, [1]))
+    return mem
+
+
+def test_max_conf_picks_the_certain_region():
+    m = FakeModel()
+    out = FastInference(m, _mem(), top_k=3)(torch.zeros(4, 3, 2, 2))
+    assert out.pred.tolist() == [0] * 4 and out.region.tolist() == [0] * 4
+    assert out.passes == 2 and sorted(m.calls) == ["stm_0", "stm_1"]
+    # k=3 > 2 classes of region A: third candidate filled from region B
+    assert out.topk[0, :2].tolist() == [0, 1] and out.topk[0, 2].item() in (2, 3)
+    assert torch.allclose(out.conf, torch.full((4,), torch.tensor([20.0, 0.0]).softmax(0).max().item()))
+
+
+def test_ltm_only_never_reads_stm():
+    mem = _mem()
+    mem.ltm = Region("ltm_1", "ltm", PrototypeHead([7, 8], 2), [])
+    m = FakeModel()
+    FastInference(m, mem, routing="ltm_only")(torch.zeros(2, 3, 2, 2))
+    assert m.calls == ["ltm_1"]
+    with pytest.raises(RuntimeError, match="LTM"):
+        FastInference(m, _mem(), routing="ltm_only")(torch.zeros(2, 3, 2, 2))
+    with pytest.raises(RuntimeError, match="empty"):
+        FastInference(m, ComplementaryMemory())(torch.zeros(2, 3, 2, 2))
+
+
+def test_memory_rejects_repeated_classes():
+    mem = _mem()
+    with pytest.raises(ValueError, match="already memorised"):
+        mem.add_stm(2, Region("stm_2", "stm", PrototypeHead([3, 4], 2), [2]))
