@@ -57,6 +57,7 @@ class G2GConfig:
     edge_sim: str = "cosine"  # "cosine" | "frobenius" [ours]
     edge_knn: int | None = None  # keep the top-k edges per row, symmetrised [ours]
     edge_proto: str = "from_nodes"  # "from_nodes" | "mean_adj" [ours]
+    node_proto: str = "mean_rho"  # "mean_rho" (spec: mean of rho(z)) | "rho_sum" (C-FSCIL write) [ours]
     # LGP (spec §3.4) [ours]
     lgp: str | None = "preserve"  # "preserve" | "anti_collapse" | None
     lambda_lgp: float = 1.0
@@ -120,6 +121,10 @@ class G2GConfig:
         _check(
             self.edge_proto in ("from_nodes", "mean_adj"),
             f"edge_proto must be from_nodes|mean_adj, got {self.edge_proto!r}",
+        )
+        _check(
+            self.node_proto in ("mean_rho", "rho_sum"),
+            f"node_proto must be mean_rho|rho_sum, got {self.node_proto!r}",
         )
         _check(
             self.lgp in (None, "preserve", "anti_collapse"),

@@ -42,7 +42,8 @@ def class_stats(
         raise ValueError(f"labels must be [K={maps.shape[0]}], got shape {tuple(labels.shape)}")
     check_finite(maps, "backbone maps")
     keys = proj(maps.mean(1))
-    nodes = represent(proj(maps), representation)
+    raw = proj(maps)
+    nodes = represent(raw, representation)
     adj = cosine_adjacency(nodes, knn)
     out: dict[int, dict[str, torch.Tensor]] = {}
     for c in labels.unique(sorted=True).tolist():
@@ -52,6 +53,7 @@ def class_stats(
             "feats": maps[sel].sum(0),
             "keys": keys[sel].sum(0),
             "nodes": nodes[sel].sum(0),
+            "raw": raw[sel].sum(0),
             "adj": adj[sel].sum(0),
         }
     return out
@@ -88,9 +90,19 @@ class ExplicitMemory(nn.Module):
 
     @torch.no_grad()
     def write_stats(
-        self, stats: dict[int, dict[str, torch.Tensor]], edge_proto: str = "from_nodes", knn=None
+        self,
+        stats: dict[int, dict[str, torch.Tensor]],
+        edge_proto: str = "from_nodes",
+        knn: int | None = None,
+        node_proto: str = "mean_rho",
+        representation: str = "tanh",
     ):
-        """Append the classes of ``stats`` (see :func:`class_stats`); a class already stored is an error."""
+        """Append the classes of ``stats`` (see :func:`class_stats`); a class already stored is an error.
+
+        ``node_proto="mean_rho"`` (spec §3.3): ``Z_c = mean rho(g(f_i))``; ``"rho_sum"``: ``rho(sum g(f_i))``,
+        the C-FSCIL write convention (rho after summing), under which G2G with M = 1 equals V2V at memory
+        level.
+        """
         if not stats:
             raise ValueError("nothing to write: stats is empty")
         present = set(self.class_ids.tolist())
@@ -106,7 +118,13 @@ class ExplicitMemory(nn.Module):
                 f"{tuple(self.feats.shape[1:])}"
             )
         keys = torch.stack([stats[c]["keys"] for c in cs]).to(self.keys)
-        nodes = torch.stack([stats[c]["nodes"] for c in cs]).to(self.nodes) / n.view(-1, 1, 1)
+        if node_proto == "mean_rho":
+            nodes = torch.stack([stats[c]["nodes"] for c in cs]).to(self.nodes) / n.view(-1, 1, 1)
+        elif node_proto == "rho_sum":
+            raw = torch.stack([stats[c]["raw"] for c in cs]).to(self.nodes)
+            nodes = represent(raw, representation)
+        else:
+            raise ValueError(f"node_proto must be mean_rho|rho_sum, got {node_proto!r}")
         if edge_proto == "from_nodes":
             adj = cosine_adjacency(nodes, knn)
         elif edge_proto == "mean_adj":
@@ -129,9 +147,11 @@ class ExplicitMemory(nn.Module):
         representation: str = "tanh",
         edge_proto: str = "from_nodes",
         knn: int | None = None,
+        node_proto: str = "mean_rho",
     ) -> None:
         """Write the classes of ``labels`` from backbone local maps ``[K, M, D]`` (spec §3.3)."""
-        self.write_stats(class_stats(labels, maps, proj, representation, knn), edge_proto, knn)
+        stats = class_stats(labels, maps, proj, representation, knn)
+        self.write_stats(stats, edge_proto, knn, node_proto, representation)
 
     @torch.no_grad()
     def rebuild(self, proj: nn.Module, representation: str = "tanh", knn: int | None = None) -> None:

@@ -132,7 +132,7 @@ class G2GNet(nn.Module):
             maps = self.local_maps(x)
         self.train(was)
         c = self.config
-        self.memory.write(labels, maps, self.proj, c.representation, c.edge_proto, c.edge_knn)
+        self.memory.write(labels, maps, self.proj, c.representation, c.edge_proto, c.edge_knn, c.node_proto)
 
     def rebuild_memory(self) -> None:
         self.memory.rebuild(self.proj, self.config.representation, self.config.edge_knn)

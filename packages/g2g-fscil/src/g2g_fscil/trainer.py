@@ -201,7 +201,10 @@ def metatrain(
         cs = sorted(st_sup)
         n = torch.stack([st_sup[k]["n"] for k in cs]).float().view(-1, 1, 1)
         keys = torch.stack([st_sup[k]["keys"] for k in cs])
-        nodes = torch.stack([st_sup[k]["nodes"] for k in cs]) / n
+        if c.node_proto == "mean_rho":
+            nodes = torch.stack([st_sup[k]["nodes"] for k in cs]) / n
+        else:
+            nodes = represent(torch.stack([st_sup[k]["raw"] for k in cs]), c.representation)
         adj = (
             cosine_adjacency(nodes, c.edge_knn)
             if c.edge_proto == "from_nodes"
@@ -267,7 +270,7 @@ def write_base_memory(model: G2GNet, data: FSCILData, batch: int = 256, device="
         x, y = gather(data.train_plain, idx[i : i + batch])
         maps = model.local_maps(x.to(device))
         stats = merge_stats(stats, class_stats(y.to(device), maps, model.proj, c.representation, c.edge_knn))
-    model.memory.write_stats(stats, c.edge_proto, c.edge_knn)
+    model.memory.write_stats(stats, c.edge_proto, c.edge_knn, c.node_proto, c.representation)
 
 
 def _nudge(p0: torch.Tensor, mcfg: G2GConfig) -> torch.Tensor:
@@ -301,7 +304,7 @@ def incremental_session(
     with torch.no_grad():
         maps = model.local_maps(x)
     mem = model.memory
-    mem.write(y, maps, model.proj, c.representation, c.edge_proto, c.edge_knn)
+    mem.write(y, maps, model.proj, c.representation, c.edge_proto, c.edge_knn, c.node_proto)
     # refinement targets (C-FSCIL align(): nudge -> bipolarise -> retrain FC -> rebuild)
     keys_t, nodes_t = mem.keys.clone(), mem.nodes.clone()
     if c.nudging_iter > 0:
@@ -342,7 +345,7 @@ def incremental_session(
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-        info["align_loss"] = float(loss)
+        info["align_loss"] = float(loss.detach())
         model.rebuild_memory()
     elif c.nudging_iter > 0 or c.bipolarize:
         mem.keys = keys_t
