@@ -118,7 +118,16 @@ def test_cli_reports_missing_data_and_bad_keys(tmp_path, capsys):
         == 2
     )
     assert (
-        main(["train", "--config", str(CONFIGS / "seq_imagenet_r.yaml"), f"data.root={tmp_path / 'imr'}"])
+        main(
+            [
+                "train",
+                "--config",
+                str(CONFIGS / "seq_imagenet_r.yaml"),
+                "--out",
+                str(tmp_path / "out"),
+                f"data.root={tmp_path / 'imr'}",
+            ]
+        )
         == 2
     )
     assert "Image folder" in capsys.readouterr().err
