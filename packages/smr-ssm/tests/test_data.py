@@ -135,5 +135,7 @@ def test_lra_missing_data_errors(tmp_path):
         load_lra("listops", tmp_path)
     with pytest.raises(DatasetNotFoundError, match="pathfinder128"):
         load_lra("pathx", tmp_path)
+    with pytest.raises(DatasetNotFoundError, match="cifar-10-batches-py"):  # LRA Image reads CIFAR-10
+        load_lra("image", tmp_path / "nowhere", split="test")
     with pytest.raises(ValueError, match="unknown LRA task"):
         load_lra("sudoku", tmp_path)

@@ -234,7 +234,7 @@ def load_lra(
     cache_path = root / "cache" / f"{task}-{split}-L{L}-v{val_fraction}-s{split_seed}.pt"
     if cache and cache_path.is_file():
         return LRADataset(**torch.load(cache_path, weights_only=True))
-    if task != "text" and not root.is_dir():
+    if task not in ("text", "image") and not root.is_dir():  # image/text name their own sources
         raise DatasetNotFoundError(f"LRA data folder for {task!r}", root, _RELEASE + ".")
     if task == "listops":
         data = _listops(root, split, L)
