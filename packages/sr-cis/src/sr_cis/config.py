@@ -221,7 +221,9 @@ class QuickConfig:
     num_tasks: int = 5
     image_size: int = 16
     pretrain_frac: float = 0.3
-    pretrain_epochs: int = 2
+    pretrain_epochs: int = 20  # spec says ~2; too few to give a usable frozen feature (see README)
+    pretrain_lr: float = 1e-3
+    pretrain_batch_size: int = 32
     stm_epochs: int = 8
     seq_epochs: int = 8
     restructure_epochs: int = 5

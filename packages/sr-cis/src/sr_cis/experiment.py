@@ -94,12 +94,13 @@ def _summary(rows: list[dict], num_tasks: int) -> dict[str, Any]:
         m = AccuracyMatrix(num_tasks)
         for t, r in enumerate(rows):
             for s in range(t + 1):
-                m.set(t, s, r[src][s])
+                if s in r[src]:
+                    m.set(t, s, r[src][s])
         out[f"matrix_{key}"] = m.tolist()
         accs = [r[key] for r in rows]
         out[f"final_{key}"] = accs[-1] if accs else float("nan")
         out[f"avg_{key}"] = float(np.mean(accs)) if accs else float("nan")
-        out[f"forgetting_{key}"] = forgetting(m) if done else float("nan")
+        out[f"forgetting_{key}"] = forgetting(m) if m.completed_sessions() == done and done else float("nan")
     out["route_frac"] = float(np.mean([r["route_frac"] for r in rows])) if rows else 0.0
     return out
 
@@ -141,8 +142,10 @@ def run_method(
         if rep is not None:
             reports.append({"task": t, "merged": rep.merged, "new": rep.new_adapter, "replay": rep.replay_samples})
         test = ConcatDataset([bench.task_test(s) for s in range(t + 1)])
-        res = method.evaluate(test, task_of_class, cfg.max_eval_samples)
-        res = {k: v for k, v in res.items()}
+        if cfg.max_eval_samples is not None and len(test) > cfg.max_eval_samples:
+            g = torch.Generator().manual_seed(cfg.seed)
+            test = Subset(test, torch.randperm(len(test), generator=g)[: cfg.max_eval_samples].tolist())
+        res = method.evaluate(test, task_of_class)
         rows.append(res)
         if mgr is not None and isinstance(method, SRCIS):
             mgr.save(t, {"task": t, "rows": rows, "system": method.state_dict()})
