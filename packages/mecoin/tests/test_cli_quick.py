@@ -110,9 +110,10 @@ def test_cli_show_config_pretrain_ablate(tmp_path, capsys):
     assert main(["show-config", "--config", str(path), "mecoin.distill=none", "--legacy"]) == 0
     shown = yaml.safe_load(capsys.readouterr().out)
     assert shown["mecoin"]["distill"] == "none" and shown["protocol"]["legacy_split"] is True
-    assert main(["show-config", "--dataset", "cs"]) == 0
+    assert main(["show-config", "--dataset", "cs", "--backbone", "gat", "--hidden", "64"]) == 0
     shown = yaml.safe_load(capsys.readouterr().out)
     assert shown["dataset"] == "cs" and shown["protocol"]["base_classes"] == 5
+    assert shown["encoder"] == {**shown["encoder"], "backbone": "gat", "hidden": 64}
     assert main(["pretrain", "--config", str(path)]) == 0
     assert list((tmp_path / "runs" / "tiny" / "pretrain").glob("encoder-*.pt"))
     assert main(["ablate", "--config", str(path), "--variants", "full,no_meco"]) == 0

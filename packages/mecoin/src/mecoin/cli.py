@@ -39,6 +39,7 @@ def _load(args) -> object:
     for flag, key in (
         ("dataset", "dataset"),
         ("backbone", "encoder.backbone"),
+        ("hidden", "encoder.hidden"),
         ("distill", "mecoin.distill"),
     ):
         value = getattr(args, flag, None)
@@ -151,6 +152,7 @@ def _parser() -> argparse.ArgumentParser:
         sp.add_argument("--config", type=Path, help="YAML experiment config (configs/*.yaml)")
         sp.add_argument("--dataset", help="corafull | cs | computers | reddit | csbm")
         sp.add_argument("--backbone", help="gcn | gat | any torch_geometric conv class name")
+        sp.add_argument("--hidden", type=int, help="encoder width h (spec §3.1; 128 in the paper)")
         sp.add_argument("--legacy", action="store_true", help="every official-code quirk (spec §6)")
         sp.add_argument("--out", type=Path, help="output folder (out_dir)")
         if methods:
