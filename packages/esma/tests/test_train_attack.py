@@ -1,0 +1,108 @@
+import pytest
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from esma import EasySampleBank, EasySampleMatchingLoss, EsmaAttack, EsmaTrainer
+from papers_shared.attacks import MIFGSM, linf_distance, tiny_cnn
+
+
+@pytest.fixture
+def source():
+    return tiny_cnn(10, 3, width=8, seed=0).eval()
+
+
+def test_stage2_gradient_flow(tiny_gen, source):
+    bank = EasySampleBank(torch.randn(4, 10), [0, 1, 2, 3])
+    cond = {
+        n for n, p in tiny_gen.named_parameters() if any(p is q for q in tiny_gen.conditioning_parameters())
+    }
+    before = {n: p.detach().clone() for n, p in tiny_gen.named_parameters()}
+    src_before = {n: p.detach().clone() for n, p in source.named_parameters()}
+    tr = EsmaTrainer(tiny_gen, source, bank, eps_train=0.1, lr=1e-3)
+    loss = tr.train_step(torch.rand(6, 3, 16, 16), torch.tensor([0, 1, 2, 3, -1, 0]))
+    assert loss > 0
+    changed = {n for n, p in tiny_gen.named_parameters() if not torch.equal(before[n], p.detach())}
+    assert changed and not changed & cond
+    # every backbone tensor with a non-trivial gradient path moved
+    assert "head.0.weight" in changed and "tail.2.weight" in changed
+    assert all(torch.equal(src_before[n], p) for n, p in source.named_parameters())
+    assert all(not p.requires_grad for p in source.parameters())
+
+
+def test_stage2_masked_batch_gives_zero_loss(tiny_gen, source):
+    bank = EasySampleBank(torch.randn(4, 10), [0, 1, 2, 3])
+    tr = EsmaTrainer(tiny_gen, source, bank)
+    t = torch.tensor([1, 2])
+    assert tr.train_step(torch.rand(2, 3, 16, 16), t.clone(), target_idx=t) == 0.0
+
+
+def test_trainer_rejects_bad_input(tiny_gen, source):
+    bank = EasySampleBank(torch.randn(3, 10), [0, 1, 2])
+    with pytest.raises(ValueError, match="targets"):
+        EsmaTrainer(tiny_gen, source, bank)
+    tr = EsmaTrainer(tiny_gen, source, EasySampleBank(torch.randn(4, 10), [0, 1, 2, 3]))
+    x = torch.rand(2, 3, 16, 16)
+    x[0, 0, 0, 0] = float("inf")
+    with pytest.raises(ValueError, match="NaN or inf"):
+        tr.train_step(x, torch.tensor([0, 1]))
+
+
+def test_fit_checkpoint_and_resume(tmp_path, source):
+    from esma import EsmaGenerator, load_generator
+
+    def make():
+        torch.manual_seed(0)
+        return EsmaGenerator(4, ch=16, ch_mult=(1, 2))
+
+    bank = EasySampleBank(torch.randn(4, 10), [3, 5, 7, 9])
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(8, 3, 8, 8)
+    y = torch.tensor([3, 5, 7, 9, 3, 5, 1, 2])
+    loader = DataLoader(TensorDataset(x, y), batch_size=4, shuffle=False, generator=g)
+    full = EsmaTrainer(make(), source, bank, eps_train=0.1, lr=1e-3, seed=1)
+    full.fit(loader, epochs=2, progress=False)
+    part = EsmaTrainer(make(), source, bank, eps_train=0.1, lr=1e-3, seed=1)
+    part.fit(loader, epochs=1, ckpt_dir=tmp_path, ckpt_every=1, progress=False)
+    resumed = EsmaTrainer(make(), source, bank, eps_train=0.1, lr=1e-3, seed=1)
+    resumed.fit(loader, epochs=2, ckpt_dir=tmp_path, resume=True, progress=False)
+    assert resumed.step == 4 and resumed.epoch == 2
+    assert resumed.history == pytest.approx(full.history, rel=1e-5)
+    gen, ids = load_generator(tmp_path / "generator.pt")
+    assert ids == [3, 5, 7, 9]
+    for a, b in zip(gen.state_dict().values(), full.generator.state_dict().values()):
+        assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_attack_budget_range_and_label_mapping(tiny_gen):
+    atk = EsmaAttack(tiny_gen, [24, 99, 245, 344], eps=8 / 255)
+    x = torch.rand(5, 3, 16, 16)
+    adv = atk(x, torch.tensor([24, 99, 245, 344, 24]))
+    assert adv.shape == x.shape and not adv.requires_grad
+    assert float(linf_distance(adv, x).max()) <= 8 / 255 + 1e-6
+    assert float(adv.min()) >= 0 and float(adv.max()) <= 1
+    assert atk.targeted
+    adv2 = atk(x, 24)
+    assert torch.equal(adv2[0], adv[0])
+    with pytest.raises(ValueError, match="not among"):
+        atk(x, torch.tensor([1, 2, 3, 4, 5]))
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        atk(x * 2, torch.full((5,), 24))
+    with pytest.raises(ValueError, match="class ids"):
+        EsmaAttack(tiny_gen, [1, 2])
+
+
+def test_es_loss_plugs_into_iterative_attack(source):
+    bank = EasySampleBank(torch.randn(10, 10) * 3, list(range(10)))
+    loss = EasySampleMatchingLoss(bank)
+    z = bank.anchors[[2, 5]].clone()
+    assert loss(z, torch.tensor([2, 5])).item() == 0.0
+    assert loss(z + 0.5, torch.tensor([2, 5])).item() == pytest.approx(10 * 0.125)
+    x = torch.rand(4, 3, 8, 8)
+    t = torch.tensor([1, 2, 3, 4])
+    atk = MIFGSM(source, eps=0.1, alpha=0.02, steps=5, targeted=True, loss=loss)
+    adv = atk(x, t)
+    assert float(linf_distance(adv, x).max()) <= 0.1 + 1e-6
+    with torch.no_grad():
+        assert loss(source(adv), t) < loss(source(x), t)
+    with pytest.raises(ValueError, match="logits"):
+        loss(torch.zeros(2, 5), torch.tensor([0, 1]))
