@@ -86,7 +86,9 @@ def test_restructure_invariants_and_frozen_backbone(small, tiny_cfg, make_task, 
     assert rep2.merged == ["ltm_1", "stm_2"] and small.adapters == ["ltm_2"]
     assert sys_.memory.ltm.classes == [0, 1, 2, 3, 4, 5] and sys_.memory.ltm.tasks == [0, 1, 2]
     assert sys_.memory.text.classes == [0, 1, 2, 3, 4, 5]
-    after = {k.replace(".base_layer", ""): v for k, v in small.backbone.state_dict().items() if "lora_" not in k}
+    after = {
+        k.replace(".base_layer", ""): v for k, v in small.backbone.state_dict().items() if "lora_" not in k
+    }
     assert set(after) == set(backbone_before)
     for k, v in backbone_before.items():
         assert torch.equal(v, after[k]), k

@@ -22,7 +22,9 @@ def test_hand_computed_values():
     assert torch.allclose(head.bias, torch.tensor([-0.5, -2.0]))
     z = head(torch.tensor([[1.0, 1.0]]))
     assert torch.allclose(z, torch.tensor([[0.5, 0.0]]))
-    cos = PrototypeHead.from_prototypes(torch.tensor([[2.0, 0.0], [0.0, 3.0]]), [0, 1], norm="cosine", tau=0.1)
+    cos = PrototypeHead.from_prototypes(
+        torch.tensor([[2.0, 0.0], [0.0, 3.0]]), [0, 1], norm="cosine", tau=0.1
+    )
     assert torch.allclose(cos(torch.tensor([[1.0, 1.0]])), torch.full((1, 2), 2**-0.5 / 0.1), atol=1e-5)
     assert torch.allclose(cos.bias, torch.zeros(2))
 

@@ -10,7 +10,9 @@ def test_text_memory_round_trip_and_bytes(tmp_path):
     tm.add(3, "a cat on a sofa", name="cat")
     tm.add(3, "ünïcode scène")
     tm.add(1, "a dog", name="dog")
-    assert tm.nbytes() == sum(len(s.encode()) for s in ["a cat on a sofa", "ünïcode scène", "a dog", "cat", "dog"])
+    assert tm.nbytes() == sum(
+        len(s.encode()) for s in ["a cat on a sofa", "ünïcode scène", "a dog", "cat", "dog"]
+    )
     tm.save(tmp_path / "t.json")
     tm2 = TextMemory.load(tmp_path / "t.json")
     assert tm2.texts == tm.texts and tm2.names == tm.names and tm2.nbytes() == tm.nbytes()

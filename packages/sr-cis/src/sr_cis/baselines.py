@@ -79,14 +79,15 @@ class SeqLoRA:
         self.epochs = self.cfg.stm.epochs if epochs is None else epochs
         self.model.add_task_adapter("seq")
         self.classes: list[int] = []
-        self.head = nn.Linear(self.model.dim, 0).to(self.device)
+        self.head: nn.Linear | None = None
 
     def _grow(self, new: list[int]) -> None:
         old = self.head
         head = nn.Linear(self.model.dim, len(self.classes) + len(new)).to(self.device)
-        with torch.no_grad():
-            head.weight[: old.out_features] = old.weight
-            head.bias[: old.out_features] = old.bias
+        if old is not None:
+            with torch.no_grad():
+                head.weight[: old.out_features] = old.weight
+                head.bias[: old.out_features] = old.bias
         self.head = head
         self.classes += new
 
@@ -102,7 +103,9 @@ class SeqLoRA:
         opt = torch.optim.Adam(params, lr=s.lr, weight_decay=s.weight_decay)
         gen = torch.Generator().manual_seed(int(torch.randint(0, 2**31 - 1, (1,))))
         self.model.train()
-        for _ in tqdm(range(self.epochs), desc=f"SeqLoRA task {task_id}", disable=not self.cfg.progress, leave=False):
+        for _ in tqdm(
+            range(self.epochs), desc=f"SeqLoRA task {task_id}", disable=not self.cfg.progress, leave=False
+        ):
             for xb, yb in _loader(train, s.batch_size, True, gen):
                 z = self.head(self.model.features(xb.to(self.device), "seq"))
                 loss = F.cross_entropy(z, col[yb].to(self.device))
@@ -169,7 +172,9 @@ class SimpleCIL:
     @torch.no_grad()
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         classes = sorted(self.protos)
-        head = PrototypeHead.from_prototypes(torch.stack([self.protos[c] for c in classes]), classes, self.norm)
+        head = PrototypeHead.from_prototypes(
+            torch.stack([self.protos[c] for c in classes]), classes, self.norm
+        )
         z = head(self.model.features(x.to(self.device), None).cpu())
         return torch.tensor(classes)[z.argmax(1)]
 

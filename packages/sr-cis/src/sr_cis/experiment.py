@@ -140,7 +140,9 @@ def run_method(
         method.train_task(bench.task_train(t, cfg.data.shots, cfg.seed), t, bench.class_names)
         rep = method.after_task(t, T)
         if rep is not None:
-            reports.append({"task": t, "merged": rep.merged, "new": rep.new_adapter, "replay": rep.replay_samples})
+            reports.append(
+                {"task": t, "merged": rep.merged, "new": rep.new_adapter, "replay": rep.replay_samples}
+            )
         test = ConcatDataset([bench.task_test(s) for s in range(t + 1)])
         if cfg.max_eval_samples is not None and len(test) > cfg.max_eval_samples:
             g = torch.Generator().manual_seed(cfg.seed)
@@ -183,7 +185,12 @@ def run_experiment(
         rest, pre = _subset_excluding(bench.train, bench.train_labels, cfg.pretrain_frac, cfg.seed)
         pretrain_backbone(base, pre, cfg.pretrain_epochs, progress=cfg.system.progress)
         bench = CILBenchmark(
-            rest, bench.test, _restrict(bench.split, rest), bench.class_names, dataset_labels(rest), bench.test_labels
+            rest,
+            bench.test,
+            _restrict(bench.split, rest),
+            bench.class_names,
+            dataset_labels(rest),
+            bench.test_labels,
         )
     if large_model is None and cfg.system.slow.model_id:
         from sr_cis.slow_path import build_large_model

@@ -27,7 +27,9 @@ class FastOutput:
 
 
 class FastInference:
-    def __init__(self, small_model, memory, routing: str = "max_conf", top_k: int = 3, score: str = "max_prob"):
+    def __init__(
+        self, small_model, memory, routing: str = "max_conf", top_k: int = 3, score: str = "max_prob"
+    ):
         if routing not in ("max_conf", "ltm_only"):
             raise ValueError(f"routing must be 'max_conf' or 'ltm_only', got {routing!r}")
         if top_k < 1:

@@ -52,7 +52,9 @@ class ComplementaryMemory:
         seen = set(self.seen_classes)
         dup = seen & set(region.classes)
         if dup:
-            raise ValueError(f"classes {sorted(dup)} are already memorised (class-incremental tasks are disjoint)")
+            raise ValueError(
+                f"classes {sorted(dup)} are already memorised (class-incremental tasks are disjoint)"
+            )
         self.stm[task_id] = region
 
     @property

@@ -42,9 +42,7 @@ class PrototypeHead(nn.Module):
         cls, prototypes: torch.Tensor, classes: Sequence[int], norm: str = "euclid", tau: float = 0.1
     ) -> PrototypeHead:
         if prototypes.ndim != 2 or prototypes.shape[0] != len(classes):
-            raise ValueError(
-                f"prototypes must be [C={len(classes)}, d], got shape {tuple(prototypes.shape)}"
-            )
+            raise ValueError(f"prototypes must be [C={len(classes)}, d], got shape {tuple(prototypes.shape)}")
         head = cls(classes, prototypes.shape[1], norm, tau)
         head.set_prototypes(prototypes)
         return head

@@ -55,7 +55,9 @@ class OracleModel(ScriptedModel):
     otherwise (or with probability ``1 - accuracy``) it names a wrong candidate. Deterministic per image.
     """
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, names: dict[int, str], accuracy=0.9, seed=0):
+    def __init__(
+        self, images: torch.Tensor, labels: torch.Tensor, names: dict[int, str], accuracy=0.9, seed=0
+    ):
         self.lookup = {_key(im): int(y) for im, y in zip(images, labels)}
         self.names = names
         self.accuracy = accuracy
@@ -117,7 +119,9 @@ def run_seed(seed: int, q: QuickConfig) -> dict:
     from torch.utils.data import Subset
 
     base = build_small_model(cfg.system.small)
-    pretrain_backbone(base, Subset(bench.train, pre.tolist()), q.pretrain_epochs, q.pretrain_lr, q.pretrain_batch_size)
+    pretrain_backbone(
+        base, Subset(bench.train, pre.tolist()), q.pretrain_epochs, q.pretrain_lr, q.pretrain_batch_size
+    )
     rest_ds = Subset(bench.train, rest.tolist())
     bench = CILBenchmark(
         rest_ds,
@@ -140,7 +144,9 @@ def run_seed(seed: int, q: QuickConfig) -> dict:
         from sr_cis.text_memory import DESCRIBE_TEMPLATE, choose_prompt
 
         names = list(bench.class_names.values())
-        lm = build_tiny_llava([DESCRIBE_TEMPLATE, choose_prompt(names), *names], image_size=q.image_size, seed=seed)
+        lm = build_tiny_llava(
+            [DESCRIBE_TEMPLATE, choose_prompt(names), *names], image_size=q.image_size, seed=seed
+        )
         c2 = copy.deepcopy(cfg)
         c2.system.text.describe_mode = "mllm"
         c2.system.text.n_desc = 2
@@ -212,7 +218,9 @@ def quick_reproduction(out_dir: Path, quick: bool = True, cfg: QuickConfig | Non
         m[f"forgetting.{k}"] = 100 * _mean(runs, k, f"forgetting_{acc_key}")
         m[f"passes.{k}"] = _last(runs, k, "passes")
         m[f"time_s.{k}"] = _mean(runs, k, "time_s")
-        m[f"curve.{k}"] = [100 * float(np.mean([r[k]["steps"][t][acc_key] for r in runs])) for t in range(q.num_tasks)]
+        m[f"curve.{k}"] = [
+            100 * float(np.mean([r[k]["steps"][t][acc_key] for r in runs])) for t in range(q.num_tasks)
+        ]
     m["final.sr_cis_fast"] = 100 * _mean(runs, "sr_cis", "final_acc_fast")
     m["avg.sr_cis_fast"] = 100 * _mean(runs, "sr_cis", "avg_acc_fast")
     m["curve.sr_cis_fast"] = [
@@ -229,7 +237,9 @@ def quick_reproduction(out_dir: Path, quick: bool = True, cfg: QuickConfig | Non
         m[f"storage.{k}"] = {x: st[x] for x in ("regions", "lora_bytes", "head_bytes", "text_bytes")}
     claims = build_claims(m)
     plots = []
-    curves = {k: m[f"curve.{k}"] for k in ("seq_lora", "per_task_lora", "sr_cis_fast", "sr_cis", "simple_cil")}
+    curves = {
+        k: m[f"curve.{k}"] for k in ("seq_lora", "per_task_lora", "sr_cis_fast", "sr_cis", "simple_cil")
+    }
     line_plot(
         curves,
         out_dir / "sr-cis_accuracy_per_task.png",

@@ -23,7 +23,7 @@ from sr_cis.config import SRCISConfig
 from sr_cis.data import class_images, dataset_labels
 from sr_cis.fast_path import FastInference, FastOutput
 from sr_cis.memory import ComplementaryMemory, Region
-from sr_cis.prototypes import PrototypeHead, compute_prototypes, concat_heads
+from sr_cis.prototypes import PrototypeHead, concat_heads
 from sr_cis.scenario import GaussianPixelGenerator, replay_seed
 from sr_cis.slow_path import SlowPath
 from sr_cis.text_memory import CLASS_NAME_TEMPLATE, TextMemory
@@ -120,7 +120,9 @@ class SRCIS:
 
     def _head(self, classes: list[int], protos: torch.Tensor) -> PrototypeHead:
         s = self.cfg.stm
-        return PrototypeHead.from_prototypes(protos, classes, s.prototype_norm, s.prototype_tau).to(self.device)
+        return PrototypeHead.from_prototypes(protos, classes, s.prototype_norm, s.prototype_tau).to(
+            self.device
+        )
 
     def _prototypes(self, ds: Dataset, labels: torch.Tensor, classes: list[int], adapter: str | None):
         sums = {c: None for c in classes}
@@ -176,7 +178,9 @@ class SRCIS:
             sched = torch.optim.lr_scheduler.MultiStepLR(opt, miles, gamma=s.gamma)
             gen = torch.Generator().manual_seed(int(torch.randint(0, 2**31 - 1, (1,))))
             self.model.train()
-            bar = tqdm(range(s.epochs), desc=f"STM task {task_id}", disable=not self.cfg.progress, leave=False)
+            bar = tqdm(
+                range(s.epochs), desc=f"STM task {task_id}", disable=not self.cfg.progress, leave=False
+            )
             for _ in bar:
                 tot, n = 0.0, 0
                 for xb, yb in _feature_loader(train, s.batch_size, True, gen):
@@ -250,7 +254,9 @@ class SRCIS:
             raise ValueError("restructuring needs a scenario generator (generator.kind=gaussian or sdxl)")
         mem = self.memory
         if not mem.stm:
-            return RestructureReport([], mem.ltm.adapter if mem.ltm else "", 0, mem.seen_classes, {}, skipped=True)
+            return RestructureReport(
+                [], mem.ltm.adapter if mem.ltm else "", 0, mem.seen_classes, {}, skipped=True
+            )
         rc = self.cfg.restructure
         prompts, seeds, labels = self.replay_prompts()
         x_s = self.generator.generate(prompts, seeds).float()
@@ -308,7 +314,10 @@ class SRCIS:
                         zt = torch.stack([teach[ii[j]] for j in rows]).to(self.device)
                         zs = z[rows][:, owner_cols[id(r)].to(self.device)]
                         kd = kd + F.kl_div(
-                            F.log_softmax(zs / T, 1), F.log_softmax(zt / T, 1), reduction="sum", log_target=True
+                            F.log_softmax(zs / T, 1),
+                            F.log_softmax(zt / T, 1),
+                            reduction="sum",
+                            log_target=True,
                         )
                     loss = loss + beta * T * T * kd / len(ii)
                     if not torch.isfinite(loss):
@@ -377,7 +386,9 @@ class SRCIS:
         if include_backbone:
             sd = self.model.backbone.state_dict()
             out["backbone"] = {
-                k.replace(".base_layer", ""): v.detach().cpu().clone() for k, v in sd.items() if "lora_" not in k
+                k.replace(".base_layer", ""): v.detach().cpu().clone()
+                for k, v in sd.items()
+                if "lora_" not in k
             }
         return out
 
@@ -386,7 +397,9 @@ class SRCIS:
         if not isinstance(state, Mapping) or state.get("format") != "sr-cis/1":
             raise ValueError("not an SR-CIS state (missing format 'sr-cis/1')")
         if self.model.adapters:
-            raise ValueError(f"load into a fresh small model; this one already has adapters {self.model.adapters}")
+            raise ValueError(
+                f"load into a fresh small model; this one already has adapters {self.model.adapters}"
+            )
         if "backbone" in state:
             self.model.backbone.load_state_dict(state["backbone"], strict=True)
         for n, a in state["adapters"].items():
@@ -461,7 +474,9 @@ class SRCIS:
         }
         return pred, info
 
-    def evaluate(self, test: Dataset, task_of_class: Mapping[int, int] | None = None, max_samples=None) -> dict:
+    def evaluate(
+        self, test: Dataset, task_of_class: Mapping[int, int] | None = None, max_samples=None
+    ) -> dict:
         """Accuracy of fast and fast+slow, per-task accuracies, routing and MLLM fix/harm rates."""
         self.reset_stream()
         loader = _feature_loader(test, self.cfg.fast.batch_size, False)
@@ -478,7 +493,9 @@ class SRCIS:
             seen += xb.shape[0]
         if not ys:
             raise ValueError("empty test set")
-        return summarize(torch.cat(ys), torch.cat(fast), torch.cat(final), torch.cat(flags), task_of_class) | {
+        return summarize(
+            torch.cat(ys), torch.cat(fast), torch.cat(final), torch.cat(flags), task_of_class
+        ) | {
             "passes": len(self.fast().regions()),
             "storage": self.memory.storage_report(self.model),
         }
@@ -502,9 +519,11 @@ def summarize(y, fast, final, flags, task_of_class=None) -> dict:
     if task_of_class is not None:
         tasks = torch.tensor([task_of_class[int(c)] for c in y])
         out["per_task"] = {
-            int(t): float((final[tasks == t] == y[tasks == t]).float().mean()) for t in sorted(set(tasks.tolist()))
+            int(t): float((final[tasks == t] == y[tasks == t]).float().mean())
+            for t in sorted(set(tasks.tolist()))
         }
         out["per_task_fast"] = {
-            int(t): float((fast[tasks == t] == y[tasks == t]).float().mean()) for t in sorted(set(tasks.tolist()))
+            int(t): float((fast[tasks == t] == y[tasks == t]).float().mean())
+            for t in sorted(set(tasks.tolist()))
         }
     return out

@@ -14,7 +14,9 @@ from papers_shared.checkpoints import atomic_write_text
 __all__ = ["CHOOSE_TEMPLATE", "CLASS_NAME_TEMPLATE", "DESCRIBE_TEMPLATE", "TextMemory", "choose_prompt"]
 
 DESCRIBE_TEMPLATE = "Describe the scene of this image in one sentence. The main object is a {name}."
-CHOOSE_TEMPLATE = "Answer which class the picture is belong to: {fill}? Please choose one most possible class."
+CHOOSE_TEMPLATE = (
+    "Answer which class the picture is belong to: {fill}? Please choose one most possible class."
+)
 CLASS_NAME_TEMPLATE = "a photo of a {name}"
 
 
