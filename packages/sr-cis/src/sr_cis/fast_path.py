@@ -53,7 +53,7 @@ class FastInference:
     @torch.no_grad()
     def __call__(self, x: torch.Tensor) -> FastOutput:
         regs = self.regions()
-        logits = [r.head(self.model.features(x, r.adapter)) for r in regs]
+        logits = [r.head(self.model.features(x, r.adapter)).float().cpu() for r in regs]
         probs = [z.softmax(1) for z in logits]
         conf = torch.stack([p.max(1).values for p in probs], 1)  # [B, R]
         best_conf, best = conf.max(1)
