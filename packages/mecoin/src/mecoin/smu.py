@@ -88,13 +88,19 @@ class StructuredMemoryUnit(nn.Module):
             raise RuntimeError("the memory holds no key yet (class layout: call write_class_keys first)")
         idx, dist = [], []
         inactive = ~self.active
+        keys = self.keys
+        # ‖q‖² does not change the argmin over keys: score ‖k‖² − 2 q·k in one fused batched matmul
+        # per codebook ([C, n, P]) and add ‖q‖² to the minimum only.
+        kk = (keys * keys).sum(-1).unsqueeze(1)  # [C, 1, P]
+        if bool(inactive.any()):
+            kk = kk.masked_fill(inactive.view(1, 1, -1), float("inf"))
+        kt = keys.transpose(1, 2)  # [C, d, P]
         for part in q.split(self.chunk_size()):
-            d = squared_distances(part.float(), self.keys)
-            if bool(inactive.any()):
-                d = d.masked_fill(inactive.view(1, 1, -1), float("inf"))
+            part = part.float()
+            d = torch.baddbmm(kk, part.transpose(0, 1), kt, alpha=-2.0)  # [C, n, P]
             best = d.min(dim=-1)
-            idx.append(best.indices)
-            dist.append(best.values)
+            idx.append(best.indices.t())
+            dist.append(best.values.t() + (part * part).sum(-1))
         return torch.cat(idx), torch.cat(dist)
 
     @torch.no_grad()
