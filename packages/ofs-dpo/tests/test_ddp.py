@@ -12,7 +12,7 @@ import torch
 
 SCRIPT = textwrap.dedent(
     """
-    import sys, warnings
+    import os, sys, warnings
     warnings.filterwarnings("ignore")
     import datasets, torch
     from peft import LoraConfig
@@ -28,7 +28,7 @@ SCRIPT = textwrap.dedent(
     args = OFSDPOConfig(
         output_dir=out + ".run", report_to=[], per_device_train_batch_size=per_device, max_steps=3,
         learning_rate=1e-2, warmup_steps=0, bf16=False, gradient_checkpointing=False, save_strategy="no",
-        use_cpu=True, ddp_backend="gloo", disable_tqdm=True, seed=0, chase_interval=1, logging_steps=100,
+        use_cpu=True, ddp_backend="gloo" if int(os.environ.get("WORLD_SIZE", "1")) > 1 else None, disable_tqdm=True, seed=0, chase_interval=1, logging_steps=100,
     )
     lora = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["c_attn"], task_type="CAUSAL_LM")
     tr = OFSDPOTrainer(tiny_gpt2(len(tok), seed=0), args=args, train_dataset=data, processing_class=tok,
@@ -45,7 +45,7 @@ SCRIPT = textwrap.dedent(
 @pytest.mark.slow
 @pytest.mark.skipif(
     os.environ.get("OFS_DPO_DDP_TEST") != "1",
-    reason="launches 3 extra Python processes with torchrun (~1 min on 2 cores); set OFS_DPO_DDP_TEST=1 to run",
+    reason="launches 3 extra Python processes with torchrun (~2 min of CPU on 2 cores); set OFS_DPO_DDP_TEST=1 to run",
 )
 def test_ddp_equals_single_process(tmp_path):
     script = tmp_path / "ddp_script.py"
