@@ -51,6 +51,13 @@ def test_cli_pipeline_on_digits(tmp_path, capsys):
     )  # sub-source: drop own class
     assert main(["ttp-train", *args[:2], "--target", "3", *args[2:]]) == 0
     assert (run / "ttp_3" / "netG.pth").is_file()
+    capsys.readouterr()
+    assert main(["es-iterative", *args[:2], "es.steps=2", *args[2:]]) == 0
+    summary = json.loads(capsys.readouterr().out.split("per-target rows:")[0])
+    assert set(summary) == {"easy", "random", "hard", "ce"}
+    with open(run / "es_mi.csv") as fh:
+        es_rows = list(csv.DictReader(fh))
+    assert len(es_rows) == 10 * 4 * 3 and all(int(r["n"]) == 20 for r in es_rows)
 
 
 def test_cli_errors_and_show_config(tmp_path, capsys):
@@ -75,7 +82,8 @@ def test_cli_errors_and_show_config(tmp_path, capsys):
 
 def test_paper_configs_load():
     for name, src in [("esma_resnet50", "resnet50"), ("esma_resnet152", "resnet152"), ("esma_vgg19bn", "vgg19_bn"),
-                      ("esma_densenet121", "densenet121"), ("ttp_resnet50", "resnet50")]:  # fmt: skip
+                      ("esma_densenet121", "densenet121"), ("ttp_resnet50", "resnet50"),
+                      ("es_iterative_resnet50", "resnet50")]:  # fmt: skip
         cfg = load_config(EsmaExperimentConfig, f"packages/esma/configs/{name}.yaml")
         assert cfg.name == name and cfg.source == src
         assert cfg.class_ids == [24, 99, 245, 344, 471, 555, 661, 701, 802, 919]

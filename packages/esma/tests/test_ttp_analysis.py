@@ -63,3 +63,20 @@ def test_consistency_vs_easiness_bins():
     assert out["source_loss"] == sorted(out["source_loss"])
     with pytest.raises(ValueError, match="two models"):
         consistency_vs_easiness([m], [(x, y)])
+
+
+def test_anchor_ablation_rows_and_errors():
+    from esma import EasySampleBank, anchor_ablation
+
+    src = tiny_cnn(10, 3, 8, seed=0).eval()
+    vic = tiny_cnn(10, 3, 8, seed=1).eval()
+    banks = {"easy": EasySampleBank(torch.randn(10, 10), list(range(10)), kind="easy")}
+    x = torch.rand(6, 3, 8, 8)
+    t = torch.tensor([0, 1, 2, 3, 4, 5])
+    out = anchor_ablation(src, {"v": vic}, banks, x, t, eps=0.1, alpha=0.05, steps=2, attack="dtmi")
+    assert set(out) == {"easy", "ce"} and set(out["easy"]) == {"source", "v"}
+    assert all(0.0 <= r <= 1.0 for row in out.values() for r in row.values())
+    with pytest.raises(ValueError, match="attack must be"):
+        anchor_ablation(src, {}, banks, x, t, attack="pgd")
+    with pytest.raises(ValueError, match="same length"):
+        anchor_ablation(src, {}, banks, x, t[:3])

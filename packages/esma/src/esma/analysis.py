@@ -17,12 +17,18 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from papers_shared.attacks import MIFGSM, success_rate
+from papers_shared.attacks import IterativeAttack, success_rate
 
 from .attack import EasySampleMatchingLoss
 from .screening import EasySampleBank
 
-__all__ = ["anchor_ablation", "consistency_vs_easiness", "per_sample_losses", "targeted_pairs"]
+__all__ = [
+    "ATTACK_PRESETS",
+    "anchor_ablation",
+    "consistency_vs_easiness",
+    "per_sample_losses",
+    "targeted_pairs",
+]
 
 
 @torch.no_grad()
@@ -83,6 +89,14 @@ def targeted_pairs(
     return torch.cat(xs), torch.cat(ts)
 
 
+ATTACK_PRESETS = {
+    # name: IterativeAttack switches (spec §4: DI p 0.7, TI kernel 5; Logit keeps the raw TI gradient)
+    "mi": {"mi": True},
+    "dtmi": {"mi": True, "di": True, "ti": True},
+    "logit": {"mi": True, "di": True, "ti": True, "normalize_grad": False},
+}
+
+
 def anchor_ablation(
     source: nn.Module,
     victims: Mapping[str, nn.Module],
@@ -94,15 +108,32 @@ def anchor_ablation(
     steps: int = 50,
     include_ce: bool = True,
     batch_size: int = 1024,
+    attack: str = "mi",
+    seed: int | None = 0,
 ) -> dict[str, dict[str, Any]]:
-    """MI-FGSM (targeted) with ``EasySampleMatchingLoss(bank)`` for every bank (and CE), scored as
-    targeted success on ``source`` (white box) and every victim: ``{kind: {model_name: rate}}``."""
+    """Targeted iterative attack (``attack`` in :data:`ATTACK_PRESETS`) with
+    ``EasySampleMatchingLoss(bank)`` for every bank (plus the preset's own loss: CE, or the logit loss
+    for ``"logit"``), scored as targeted success on ``source`` (white box) and every victim:
+    ``{kind: {model_name: rate}}``."""
+    if attack not in ATTACK_PRESETS:
+        raise ValueError(f"attack must be one of {sorted(ATTACK_PRESETS)}, got {attack!r}")
+    if x.shape[0] != targets.shape[0]:
+        raise ValueError("x and targets must have the same length")
     losses: dict[str, Any] = {k: EasySampleMatchingLoss(b) for k, b in banks.items()}
     if include_ce:
-        losses["ce"] = "ce"
+        losses["ce"] = "logit" if attack == "logit" else "ce"
     out: dict[str, dict[str, Any]] = {}
     for kind, loss in losses.items():
-        atk = MIFGSM(source, eps=eps, alpha=alpha, steps=steps, targeted=True, loss=loss)
+        atk = IterativeAttack(
+            source,
+            eps=eps,
+            alpha=alpha,
+            steps=steps,
+            targeted=True,
+            loss=loss,
+            seed=seed,
+            **ATTACK_PRESETS[attack],
+        )
         adv = torch.cat(
             [atk(x[i : i + batch_size], targets[i : i + batch_size]) for i in range(0, len(x), batch_size)]
         )

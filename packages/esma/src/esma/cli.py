@@ -7,6 +7,7 @@ Sub-commands (config overrides ``key=value`` go after the options):
   train        stage 2 (runs screen / pretrain first when --bank / --init are not given)  (spec §3.5)
   eval         10-target sub-source transfer success, CSV per target (spec §5)
   ttp-train    TTP baseline generator for one target                 (spec §4)
+  es-iterative iterative attacks with easy / random / hard anchor matching (spec §3.7)
   quick        the digits quick reproduction (same as ``uv run reproduce esma``)
 """
 
@@ -133,6 +134,21 @@ def _cmd_ttp(args) -> int:
     return 0
 
 
+def _cmd_es(args) -> int:
+    from esma.experiment import run_es_iterative
+
+    cfg = _cfg(args)
+    csv_path = Path(args.csv) if args.csv else _run_dir(cfg) / f"es_{cfg.es.attack}.csv"
+    rows = run_es_iterative(cfg, csv_path)
+    summary: dict[str, dict[str, list[float]]] = {}
+    for r in rows:
+        summary.setdefault(r["loss_kind"], {}).setdefault(r["victim"], []).append(r["success"])
+    table = {k: {v: sum(s) / len(s) for v, s in d.items()} for k, d in summary.items()}
+    print(json.dumps(table, indent=2))
+    print(f"per-target rows: {csv_path}")
+    return 0
+
+
 def _cmd_quick(args) -> int:
     from esma.quick import quick_reproduction
     from papers_shared.results import write_result
@@ -182,6 +198,8 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--target", type=int, required=True)
     sp.add_argument("--out-dir", default=None)
     sp.add_argument("--resume", action="store_true")
+    sp = add("es-iterative", _cmd_es, "easy vs random vs hard anchor matching in iterative attacks -> CSV")
+    sp.add_argument("--csv", default=None)
     sp = sub.add_parser("quick", help="digits quick reproduction")
     sp.add_argument("--out", default="runs/esma/quick")
     sp.add_argument("--full", action="store_true")

@@ -13,6 +13,7 @@ from typing import Literal
 from papers_shared.data import TTP_TARGETS
 
 __all__ = [
+    "EsIterativeConfig",
     "EsmaExperimentConfig",
     "EvalConfig",
     "GeneratorConfig",
@@ -121,6 +122,20 @@ class TTPConfig:
 
 
 @dataclass
+class EsIterativeConfig:
+    """Spec §3.7 / §4: "easy samples help existing attacks" -- instance-specific targeted attacks whose
+    loss matches easy / random / hard anchor logits, against the attack's own loss."""
+
+    attack: Literal["mi", "dtmi", "logit"] = "dtmi"
+    steps: int = 300
+    alpha: float = 2 / 255
+    kinds: list[str] = field(default_factory=lambda: ["easy", "random", "hard"])
+    include_baseline_loss: bool = True
+    max_images_per_target: int | None = None
+    batch_size: int = 25
+
+
+@dataclass
 class EsmaExperimentConfig:
     """One paper table: a source model, the 10 TTP targets, screening -> stage 1 -> stage 2 -> eval.
 
@@ -148,6 +163,7 @@ class EsmaExperimentConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     ttp: TTPConfig = field(default_factory=TTPConfig)
+    es: EsIterativeConfig = field(default_factory=EsIterativeConfig)
 
 
 @dataclass
@@ -180,7 +196,7 @@ class QuickConfig:
     gen_steps: int = 300
     gen_batch: int = 32
     gen_lr: float = 1e-3
-    pretrain_steps: int = 200
+    pretrain_steps: int = 100
     pretrain_lr: float = 1e-3
     eps_gen: float = 0.2
 

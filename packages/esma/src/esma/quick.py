@@ -28,7 +28,7 @@ from .config import QuickConfig
 from .data import digits_split, train_digits_classifier
 from .generator import EsmaGenerator
 from .pretrain import pretrain_target_embeddings
-from .screening import screen_easy_samples
+from .screening import screen_banks
 from .train import EsmaTrainer
 from .ttp import TTPGenerator
 
@@ -56,6 +56,7 @@ def _victim_mean(row: dict, victims) -> float:
 
 def run_seed(seed: int, cfg: QuickConfig, data: dict | None = None) -> dict:
     data = data or digits_split(cfg.size)
+    t0 = time.perf_counter()
     xtr, ytr = data["train"]
     xte, yte = data["test"]
     seed_everything(seed)
@@ -72,6 +73,7 @@ def run_seed(seed: int, cfg: QuickConfig, data: dict | None = None) -> dict:
         for name, m in {"source": source, **victims}.items():
             out[f"clean_acc_{name}"] = 100.0 * float((m(xte).argmax(1) == yte).float().mean())
 
+    out["time_models_s"] = time.perf_counter() - t0
     # (a) premise: consistency vs easiness on the test split
     test_loader = DataLoader(TensorDataset(xte, yte), batch_size=512)
     cons = consistency_vs_easiness([source, *victims.values()], test_loader, 0, cfg.n_bins)
@@ -82,10 +84,11 @@ def run_seed(seed: int, cfg: QuickConfig, data: dict | None = None) -> dict:
     # banks on the training split
     train_ds = TensorDataset(xtr, ytr)
     classes = list(range(10))
-    banks = {k: screen_easy_samples(source, train_ds, classes, q=cfg.q, kind=k, seed=seed) for k in KINDS}
+    banks = screen_banks(source, train_ds, classes, q=cfg.q, kinds=KINDS, seed=seed)
     out["easy_fallback_classes"] = float(len(banks["easy"].fallback_used))
 
     # (b) anchor ablation with MI-FGSM
+    t1 = time.perf_counter()
     xa, ta = targeted_pairs(xte, yte, classes, cfg.attack_images or None)
     abl = anchor_ablation(
         source, victims, banks, xa, ta, eps=cfg.attack_eps, alpha=cfg.attack_alpha, steps=cfg.attack_steps
@@ -93,10 +96,12 @@ def run_seed(seed: int, cfg: QuickConfig, data: dict | None = None) -> dict:
     for kind, row in abl.items():
         out[f"mi_{kind}_victims"] = _victim_mean(row, victims)
         out[f"mi_{kind}_source"] = 100.0 * row["source"]
+    out["time_ablation_s"] = time.perf_counter() - t1
 
     # (c) tiny ESMA generators: easy bank vs hard bank, same init / data order / target draws
     if seed not in cfg.gen_seeds:
         return out
+    t2 = time.perf_counter()
     init = EsmaGenerator(10, ch=cfg.gen_ch, ch_mult=cfg.gen_ch_mult)
     pretrain_target_embeddings(init, banks["easy"].class_means, steps=cfg.pretrain_steps, lr=cfg.pretrain_lr)
     state = {k: v.clone() for k, v in init.state_dict().items()}
@@ -117,6 +122,7 @@ def run_seed(seed: int, cfg: QuickConfig, data: dict | None = None) -> dict:
         out[f"gen_{kind}_victims"] = _victim_mean(row, victims)
         out[f"gen_{kind}_source"] = 100.0 * row["source"]
         out[f"gen_{kind}_final_loss"] = sum(trainer.history[-20:]) / len(trainer.history[-20:])
+    out["time_generators_s"] = time.perf_counter() - t2
     return out
 
 

@@ -26,6 +26,7 @@ __all__ = [
     "class_mean_logits",
     "easy_sample_thresholds",
     "per_sample_loss_gradnorm",
+    "screen_banks",
     "screen_easy_samples",
     "select_indices",
     "split_normalizer",
@@ -270,8 +271,33 @@ def screen_easy_samples(
     ``dataset`` may be a Dataset (indices are dataset positions) or any iterable of batches (indices
     count the kept samples in iteration order).
     """
-    if kind not in KINDS:
-        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    return screen_banks(
+        model, dataset, class_ids, q, batch_size, device, fallback, (kind,), grad_wrt, seed, progress
+    )[kind]
+
+
+def screen_banks(
+    model: nn.Module,
+    dataset: Dataset | DataLoader | Iterable,
+    class_ids: Sequence[int],
+    q: int = 2,
+    batch_size: int = 64,
+    device: str | torch.device = "cpu",
+    fallback: str = "lowest_loss",
+    kinds: Sequence[str] = KINDS,
+    grad_wrt: str = "normalized",
+    seed: int = 0,
+    progress: bool = False,
+) -> dict[str, EasySampleBank]:
+    """One screening pass, one bank per kind (``easy`` / ``hard`` / ``random``; spec §3.7 controls)."""
+    bad = [k for k in kinds if k not in KINDS]
+    if bad or not kinds:
+        raise ValueError(f"kinds must be a non-empty subset of {KINDS}, got {list(kinds)}")
+    per_class = _screening_pass(model, dataset, class_ids, batch_size, device, grad_wrt, progress)
+    return {k: _bank_from_pass(per_class, class_ids, q, k, fallback, seed) for k in kinds}
+
+
+def _screening_pass(model, dataset, class_ids, batch_size, device, grad_wrt, progress) -> dict[int, dict]:
     class_ids = [int(c) for c in class_ids]
     if not class_ids:
         raise ValueError("class_ids must be non-empty")
@@ -310,9 +336,13 @@ def screen_easy_samples(
     missing = [c for c, d in per_class.items() if not d["index"]]
     if missing:
         raise ValueError(f"no samples of target classes {missing} found in the screening data")
+    return per_class
+
+
+def _bank_from_pass(per_class, class_ids, q, kind, fallback, seed) -> EasySampleBank:
     gen = torch.Generator().manual_seed(seed)
     anchors, means, indices, stats, fell = [], [], {}, {}, []
-    for k, c in enumerate(class_ids):
+    for k, c in enumerate(int(c) for c in class_ids):
         d = per_class[c]
         losses = torch.tensor(d["loss"], dtype=torch.float64)
         gns = torch.tensor(d["gradnorm"], dtype=torch.float64)
@@ -324,7 +354,7 @@ def screen_easy_samples(
                 f"class {c}: no sample is among the {q} smallest in both loss and gradient norm; "
                 f"using the {min(q, len(losses))} lowest-loss samples instead",
                 RuntimeWarning,
-                stacklevel=2,
+                stacklevel=3,
             )
         anchors.append(logits[sel].mean(dim=0))
         means.append(logits.mean(dim=0))
@@ -332,7 +362,7 @@ def screen_easy_samples(
         stats[k] = {"index": d["index"], "loss": d["loss"], "gradnorm": d["gradnorm"]}
     return EasySampleBank(
         anchors=torch.stack(anchors),
-        class_ids=class_ids,
+        class_ids=[int(c) for c in class_ids],
         kind=kind,
         q=q,
         indices=indices,
