@@ -120,3 +120,29 @@ def test_metrics_on_hand_written_matrix():
     assert forgetting(AccuracyMatrix.from_array(a)) == pytest.approx(expect)
     # the off-by-one version (max over rows s..T-2, mean over s < T-1) differs
     assert expect != pytest.approx(np.mean([0.90 - 0.60, 0.70 - 0.65]))
+
+
+def test_bad_graphs_and_features_are_rejected(tiny_experiment, graph):
+    from mecoin import GCNEncoder, build_task
+
+    cfg = tiny_experiment()
+    bad = graph.clone()
+    bad.x[3, 2] = float("nan")
+    with pytest.raises(ValueError, match="NaN or inf"):
+        build_task(cfg, 0, data=bad)
+    bad = graph.clone()
+    bad.y = bad.y.float()
+    with pytest.raises(ValueError, match="integer class ids"):
+        build_task(cfg, 0, data=bad)
+    enc = GCNEncoder(8, 16)
+    with pytest.raises(ValueError, match="columns"):
+        enc(torch.randn(5, 7), graph.edge_index[:, :0])
+    with pytest.raises(ValueError, match="floating point"):
+        enc(torch.ones(5, 8, dtype=torch.long), graph.edge_index[:, :0])
+
+
+def test_mecoin_rejects_bad_embeddings(model):
+    with pytest.raises(ValueError, match="NaN or inf"):
+        model.forward_embeddings(torch.full((3, 16), float("inf")))
+    with pytest.raises(ValueError, match=r"\[n, 16\]"):
+        model.forward_embeddings(torch.randn(3, 15))

@@ -109,12 +109,29 @@ def legacy_base_session(y: torch.Tensor, base: list[int], shots: int, generator:
     return tuple(torch.cat(p) for p in parts)
 
 
+def _check_graph(data) -> None:
+    """Clear errors for malformed graphs before any training starts."""
+    for name in ("x", "y", "edge_index"):
+        if not isinstance(getattr(data, name, None), torch.Tensor):
+            raise ValueError(f"the graph needs a tensor attribute {name!r}")
+    x, y = data.x, data.y
+    if x.ndim != 2 or not x.dtype.is_floating_point:
+        raise ValueError(f"node features must be a floating [N, F] tensor, got {tuple(x.shape)} {x.dtype}")
+    if y.ndim != 1 or y.shape[0] != x.shape[0] or y.dtype.is_floating_point:
+        raise ValueError(
+            f"labels must be integer class ids of shape [{x.shape[0]}], got {tuple(y.shape)} {y.dtype}"
+        )
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError("node features contain NaN or inf")
+
+
 def build_task(cfg: ExperimentConfig, seed: int, data=None) -> GFSCILTask:
     """Graph + sessions for one seed (clean split by default, the official one with ``legacy_split``)."""
     from papers_shared.data.graph import make_gfscil_split
     from papers_shared.sessions import Session
 
     data = load_graph(cfg) if data is None else data
+    _check_graph(data)
     p = cfg.protocol
     y = data.y.cpu()
     num_classes = int(y.max()) + 1
