@@ -54,7 +54,9 @@ def main(argv=None) -> int:
         "sr_cis_cat": ("sr_cis_fast_only", "cat"),
         "sr_cis_svd": ("sr_cis_fast_only", "svd"),
     }
-    out: dict = {"setup": vars(args) | {"image_size": q.image_size, "lora_r": q.lora_r, "restructure_period": 2}}
+    out: dict = {
+        "setup": vars(args) | {"image_size": q.image_size, "lora_r": q.lora_r, "restructure_period": 2}
+    }
     rows = {}
     for label, (method, merge) in variants.items():
         seed_everything(0)
@@ -93,7 +95,11 @@ def main(argv=None) -> int:
         # routing fraction of CA-OAD on the final test stream (no large model attached: fast predictions kept)
         m.cfg.caoad.enabled = True
         res = m.evaluate(bench.test)
-        rows[label] = {"per_task": per_task, "route_frac": res["route_frac"], "final_acc_fast": res["acc_fast"]}
+        rows[label] = {
+            "per_task": per_task,
+            "route_frac": res["route_frac"],
+            "final_acc_fast": res["acc_fast"],
+        }
     out["results"] = rows
     ref = rows["per_task_lora"]["per_task"][-1]
     out["ratios_vs_per_task_lora_last_task"] = {

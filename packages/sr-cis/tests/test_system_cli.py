@@ -159,7 +159,13 @@ def test_cli_train_smoke_and_resume(tmp_path, capsys):
     assert set(res) == {"sr_cis", "seq_lora"}
     r = res["sr_cis"]
     assert r["tasks_done"] == 2 and len(r["matrix_acc"]) == 2 and r["restructures"][0]["new"] == "ltm_1"
-    assert (tmp_path / "digits_smoke" / "sr_cis" / "ckpt" / "latest.json").is_file()
+    ckpt = tmp_path / "digits_smoke" / "sr_cis" / "ckpt"
+    assert (ckpt / "latest.json").is_file()
+    capsys.readouterr()
+    state = ckpt / json.loads((ckpt / "latest.json").read_text())["file"]
+    assert main(["eval", "--config", f"{CONFIGS}/digits_smoke.yaml", "--state", str(state)]) == 0
+    ev = json.loads(capsys.readouterr().out)
+    assert abs(ev["acc_fast"] - r["final_acc_fast"]) < 0.15  # same memory; the runner evaluated 100 samples
     # resume: nothing left to train, the stored rows come back
     rc = main(["train", "--config", f"{CONFIGS}/digits_smoke.yaml", "--out", str(tmp_path), "--resume"])
     assert rc == 0

@@ -150,7 +150,8 @@ def run_method(
         res = method.evaluate(test, task_of_class)
         rows.append(res)
         if mgr is not None and isinstance(method, SRCIS):
-            mgr.save(t, {"task": t, "rows": rows, "system": method.state_dict()})
+            tiny = cfg.system.small.model_id is None  # random/pre-trained-here backbone: store it too
+            mgr.save(t, {"task": t, "rows": rows, "system": method.state_dict(include_backbone=tiny)})
     out = _summary(rows, T)
     out["restructures"] = reports
     return out

@@ -440,7 +440,10 @@ class SRCIS:
 
         if not Path(path).is_file():
             raise FileNotFoundError(f"SR-CIS state file not found: {path}")
-        self.load_state_dict(load_checkpoint(path))
+        state = load_checkpoint(path)
+        if isinstance(state, dict) and "system" in state:  # a runner checkpoint
+            state = state["system"]
+        self.load_state_dict(state)
 
     # ------------------------------------------------------------------ inference (spec §3.6-3.8)
     def reset_stream(self) -> None:
