@@ -106,3 +106,26 @@ def test_es_loss_plugs_into_iterative_attack(source):
         assert loss(source(adv), t) < loss(source(x), t)
     with pytest.raises(ValueError, match="logits"):
         loss(torch.zeros(2, 5), torch.tensor([0, 1]))
+
+
+def test_projection_and_smoothing_invariants(tiny_gen):
+    from papers_shared.attacks import generator_smoothing, project_generated
+
+    torch.manual_seed(0)
+    x = torch.rand(3, 3, 16, 16)
+    u = torch.rand(3, 3, 16, 16) * 1.4 - 0.2
+    p = project_generated(u, x, 0.05)
+    assert float((p - x).abs().max()) <= 0.05 + 1e-6 and float(p.min()) >= 0 and float(p.max()) <= 1
+    assert torch.equal(project_generated(p, x, 0.05), p)  # idempotent
+    s = generator_smoothing(3, 1.0)
+    assert torch.allclose(s.kernel.sum(dim=(1, 2, 3)), torch.ones(3))
+    const = torch.full((1, 3, 8, 8), 0.7)
+    out = s(const)
+    assert out.shape == const.shape
+    assert torch.allclose(out[..., 1:-1, 1:-1], const[..., 1:-1, 1:-1], atol=1e-6)
+    assert float(out[0, 0, 0, 0]) < 0.7  # zero-padded border darkens
+    atk = EsmaAttack(tiny_gen, [0, 1, 2, 3], eps=0.05)
+    bad = x.clone()
+    bad[0, 0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        atk(bad, torch.zeros(3, dtype=torch.long))
