@@ -38,7 +38,8 @@ def node_similarity(z: torch.Tensor, zc: torch.Tensor, node_match: str = "aligne
     zn = F.normalize(z, dim=-1, eps=_EPS)
     cn = F.normalize(zc, dim=-1, eps=_EPS)
     if node_match == "aligned":
-        return torch.einsum("bmd,cmd->bc", zn, cn) / z.shape[1]
+        # one [B, M*d] x [M*d, C] matmul: sum over nodes of per-node cosines
+        return (zn.flatten(1) @ cn.flatten(1).T) / z.shape[1]
     if node_match == "soft":
         return torch.einsum("bid,cjd->bcij", zn, cn).amax(dim=-1).mean(dim=-1)
     raise ValueError(f"node_match must be 'aligned' or 'soft', got {node_match!r}")
