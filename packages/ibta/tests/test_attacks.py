@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 import ibta.attacks as A
-from ibta import BASES, IBTA_LogitTI, IBTA_MIFGSM, IBTA_RAPLogitTI, IBTAAttack, base_attack, ib_objective
+from ibta import BASES, IBTA_MIFGSM, IBTA_LogitTI, IBTA_RAPLogitTI, IBTAAttack, base_attack, ib_objective
 from papers_shared.attacks import MIFGSM, TIFGSM, IterativeAttack, dct_2d, idct_2d
 
 FAST = dict(ssa_n=2, rap_late_start=1)
@@ -177,7 +177,9 @@ def test_s2i_reduces_to_mi_without_spectrum_randomness(model, inner_batch):
     # spec §8.8: rho = 0, zero spectrum noise, no DI => N identical copies, the MI direction
     x, y = inner_batch
     for kw in (dict(lam=0.0, gamma=0.0), dict(sigma=0.0)):
-        s2i = IBTAAttack(model, base="s2i", ssa_rho=0.0, ssa_sigma=0.0, diversity_prob=0.0, ssa_n=3, steps=4, **kw)
+        s2i = IBTAAttack(
+            model, base="s2i", ssa_rho=0.0, ssa_sigma=0.0, diversity_prob=0.0, ssa_n=3, steps=4, **kw
+        )
         mi = IBTAAttack(model, base="mi", steps=4, **kw)
         assert torch.allclose(s2i(x, y), mi(x, y), atol=1e-6)
 

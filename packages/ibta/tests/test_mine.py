@@ -38,12 +38,18 @@ def test_bound_with_the_optimal_critic_recovers_the_true_mi():
     s = 1 - rho * rho
 
     def log_ratio(u, v):
-        return (-0.5 * d * math.log(s) - (u * u + v * v - 2 * rho * u * v).sum(1) / (2 * s) + (u * u + v * v).sum(1) / 2)
+        return (
+            -0.5 * d * math.log(s)
+            - (u * u + v * v - 2 * rho * u * v).sum(1) / (2 * s)
+            + (u * u + v * v).sum(1) / 2
+        )
 
     est = MINE(log_ratio).lower_bound(a, b, generator=torch.Generator().manual_seed(1))
     assert float(est) == pytest.approx(gaussian_mi(rho, d), abs=0.06)
     # a constant critic gives exactly 0 (the bound is never positive without dependence)
-    assert float(MINE(lambda u, v: torch.full((u.shape[0],), 3.0)).lower_bound(a, b)) == pytest.approx(0.0, abs=1e-5)
+    assert float(MINE(lambda u, v: torch.full((u.shape[0],), 3.0)).lower_bound(a, b)) == pytest.approx(
+        0.0, abs=1e-5
+    )
 
 
 def test_ema_bias_correction_and_step_improves_bound():

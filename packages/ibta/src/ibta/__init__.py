@@ -9,11 +9,11 @@ from .attacks import (
     DEFAULT_STEPS,
     IBTA_DIFGSM,
     IBTA_MIFGSM,
-    IBTA_RAPLogitTI,
     IBTA_S2IFGSM,
     IBTA_TIFGSM,
-    IBTAAttack,
     IBTA_LogitTI,
+    IBTA_RAPLogitTI,
+    IBTAAttack,
     base_attack,
     base_attack_spec,
 )

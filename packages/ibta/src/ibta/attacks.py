@@ -399,8 +399,10 @@ class IBTA_S2IFGSM(IBTAAttack, SSA):
         else:
             xs = IterativeAttack.perturb(self, x_tilde, delta)
             spec = spectrum_transform(xs.detach(), self.rho, self.sigma_spec, noise=noise, mask=mask)
-            out = xs + (spec - xs.detach()) if self.straight_through else spectrum_transform(
-                xs, self.rho, self.sigma_spec, noise=noise, mask=mask
+            out = (
+                xs + (spec - xs.detach())
+                if self.straight_through
+                else spectrum_transform(xs, self.rho, self.sigma_spec, noise=noise, mask=mask)
             )
         return IterativeAttack.transform(self, out)
 

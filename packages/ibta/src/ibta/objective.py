@@ -42,7 +42,9 @@ def _check_pair(z: Tensor, z_tilde: Tensor) -> None:
         if not t.is_floating_point():
             raise ValueError(f"{name} must be a floating tensor, got {t.dtype}")
     if z.shape != z_tilde.shape:
-        raise ValueError(f"z and z_tilde must have the same shape, got {tuple(z.shape)} vs {tuple(z_tilde.shape)}")
+        raise ValueError(
+            f"z and z_tilde must have the same shape, got {tuple(z.shape)} vs {tuple(z_tilde.shape)}"
+        )
     if not (bool(torch.isfinite(z).all()) and bool(torch.isfinite(z_tilde).all())):
         raise ValueError("logits contain NaN or inf values")
 
