@@ -6,6 +6,7 @@ merged LTM; textual scenario memory) and SRM (scenario replay for STM -> LTM res
 
 from sr_cis.baselines import MLLMZeroShot, SeqLoRA, SimpleCIL, import_results_table, variant_config
 from sr_cis.ca_oad import OnlineConfidenceAnomalyDetector, RandomRouter, confidence_score
+from sr_cis.clip_model import CLIPCandidateLargeModel
 from sr_cis.config import (
     CAOADConfig,
     DataConfig,
@@ -33,6 +34,7 @@ from sr_cis.text_memory import CHOOSE_TEMPLATE, DESCRIBE_TEMPLATE, TextMemory, c
 
 __all__ = [
     "CAOADConfig",
+    "CLIPCandidateLargeModel",
     "CHOOSE_TEMPLATE",
     "ComplementaryMemory",
     "DESCRIBE_TEMPLATE",

@@ -37,8 +37,9 @@ class SlowPath:
     ) -> None:
         if answer_mode not in ("generate", "loglik"):
             raise ValueError(f"answer_mode must be 'generate' or 'loglik', got {answer_mode!r}")
-        if not hasattr(model, "generate"):
-            raise TypeError("the large model must implement generate(images, prompts, max_new_tokens)")
+        need = "generate" if answer_mode == "generate" else "score_options"
+        if not hasattr(model, need):
+            raise TypeError(f"answer_mode={answer_mode!r} needs a large model with {need}(...)")
         self.model = model
         self.names = dict(names)
         self.answer_mode = answer_mode
@@ -79,6 +80,8 @@ class SlowPath:
 
     def describe(self, images: torch.Tensor, class_id: int, max_new_tokens: int = 60) -> list[str]:
         """One description per image with ``DESCRIBE_TEMPLATE`` (spec §3.3)."""
+        if not hasattr(self.model, "generate"):
+            raise TypeError("this large model cannot write descriptions (no generate); use class_name_only")
         name = self._names([class_id])[0]
         prompts = [DESCRIBE_TEMPLATE.format(name=name)] * images.shape[0]
         return self.model.generate(list(images.detach().cpu()), prompts, max_new_tokens=max_new_tokens)

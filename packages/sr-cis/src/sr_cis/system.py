@@ -106,6 +106,13 @@ class SRCIS:
             )
         return self._slow
 
+    @property
+    def describe_mode(self) -> str:
+        """``cfg.text.describe_mode``, or ``class_name_only`` when the large model cannot generate text."""
+        if self.large_model is not None and not hasattr(self.large_model, "generate"):
+            return "class_name_only"
+        return self.cfg.text.describe_mode
+
     def fast(self) -> FastInference:
         f = self.cfg.fast
         return FastInference(self.model, self.memory, f.routing, f.top_k, self.cfg.caoad.score)
@@ -218,7 +225,7 @@ class SRCIS:
             self.memory.text.set_name(c, name)
             if fit:
                 self.generator.fit(name, class_images(train, labels, c, None, gen))
-            if t.describe_mode == "class_name_only":
+            if self.describe_mode == "class_name_only":
                 continue
             if self.large_model is None:
                 raise ValueError(
@@ -236,7 +243,7 @@ class SRCIS:
         prompts, seeds, labels = [], [], []
         for c in self.memory.seen_classes:
             name = self._name(c)
-            if t.describe_mode == "class_name_only":
+            if self.describe_mode == "class_name_only":
                 ps = [CLASS_NAME_TEMPLATE.format(name=name)] * t.n_desc
             else:
                 ds = self.memory.text.for_class(c)[: t.n_desc]
