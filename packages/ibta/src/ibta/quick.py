@@ -171,9 +171,7 @@ def quick_reproduction(out_dir: Path, quick: bool = True, cfg: QuickConfig | Non
             for f in cfg.families
         }
         name = f"ibta_{key}.png"
-        bar_plot(
-            {}, out_dir / name, "success rate", f"digits, untargeted, eps {cfg.eps:g}: {title}", groups=groups
-        )
+        bar_plot({}, out_dir / name, "success rate", f"digits, eps {cfg.eps:g}: {title}", groups=groups)
         plots.append(name)
     if "mine/mi/base" in s:
         vals = {("MI" if v == "base" else pretty[v].replace("X", "MI")): s[f"mine/mi/{v}"] for v in variants}
