@@ -90,8 +90,10 @@ def test_paper_configs_load():
         assert cfg.screening.q == 2 and cfg.pretrain.steps == 15000 and cfg.train.epochs == 300
         assert cfg.train.eps_train == pytest.approx(10 / 255) and cfg.eval.eps == pytest.approx(16 / 255)
         assert cfg.generator.legacy_padding_idx and cfg.pretrain.legacy_accumulate_grads
+        assert cfg.train.legacy_double_normalize
     d = EsmaExperimentConfig()
     assert not d.generator.legacy_padding_idx and not d.pretrain.legacy_accumulate_grads
+    assert not d.train.legacy_double_normalize
     with pytest.raises(ConfigError, match="unknown config key"):
         load_config(EsmaExperimentConfig, None, ["screening.qq=3"])
     q = load_config(QuickConfig, "packages/esma/configs/quick.yaml")

@@ -129,3 +129,28 @@ def test_projection_and_smoothing_invariants(tiny_gen):
     bad[0, 0, 0, 0] = float("nan")
     with pytest.raises(ValueError, match="NaN"):
         atk(bad, torch.zeros(3, dtype=torch.long))
+
+
+def test_legacy_double_normalize_feeds_normalized_images(tiny_gen):
+    from papers_shared.attacks import IMAGENET_MEAN, IMAGENET_STD, ImageNetWrapper
+
+    net = tiny_cnn(10, 3, width=8, seed=0).eval()
+    wrapped = ImageNetWrapper(net)
+    bank = EasySampleBank(torch.randn(4, 10), [0, 1, 2, 3])
+    x = torch.rand(3, 3, 16, 16)
+    tgt = torch.tensor([0, 1, 2])
+    src = torch.tensor([-1, -1, -1])
+    clean = EsmaTrainer(tiny_gen, wrapped, bank, eps_train=0.1)
+    legacy = EsmaTrainer(tiny_gen, wrapped, bank, eps_train=0.1, legacy_double_normalize=True)
+    tiny_gen.eval()
+    with torch.no_grad():
+        adv = clean.attack.perturb(x, tgt)
+        mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+        std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+        twice = net((((adv - mean) / std) - mean) / std)
+        from esma import esma_matching_loss
+
+        assert legacy.loss(x, src, tgt).item() == pytest.approx(
+            esma_matching_loss(twice, bank.anchors, tgt).item(), rel=1e-5
+        )
+        assert clean.loss(x, src, tgt).item() != pytest.approx(legacy.loss(x, src, tgt).item())

@@ -75,6 +75,7 @@ class TrainConfig:
     beta: float = 1.0
     num_workers: int = 4
     max_steps: int | None = None  # stop early (tests, quick runs); None = full epochs
+    legacy_double_normalize: bool = False  # official trainer normalises the adversarial images twice
     # augmentation of the ImageNet training images (spec §3.5)
     crop_scale: list[float] = field(default_factory=lambda: [0.8, 1.0])
     grayscale_p: float = 0.2

@@ -229,6 +229,7 @@ def run_train(
         beta=t.beta,
         device=_device(cfg),
         seed=cfg.seed,
+        legacy_double_normalize=t.legacy_double_normalize,
     )
     trainer.fit(
         _train_loader(cfg, t.batch_size),

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from papers_shared.attacks import GenerativeAttack, smooth_l1_match
+from papers_shared.attacks import IMAGENET_MEAN, IMAGENET_STD, GenerativeAttack, smooth_l1_match
 from papers_shared.checkpoints import CheckpointManager
 
 from .generator import EsmaGenerator, save_generator
@@ -70,6 +70,10 @@ class EsmaTrainer:
         smoothing: 3x3 Gaussian on the generator output.
         beta: SmoothL1 transition point.
         seed: seeds the target sampling (``torch.Generator``).
+        legacy_double_normalize: reproduce the official stage-2 trainer, which applies the ImageNet
+            normalisation twice to the adversarial images before the source model (the anchors come
+            from singly normalised images). Here: the images are normalised once before a source
+            model that normalises inside (``ImageNetWrapper``).
     """
 
     def __init__(
@@ -84,6 +88,7 @@ class EsmaTrainer:
         beta: float = 1.0,
         device: str | torch.device = "cpu",
         seed: int = 0,
+        legacy_double_normalize: bool = False,
     ) -> None:
         if generator.num_targets != bank.num_targets:
             raise ValueError(
@@ -109,6 +114,7 @@ class EsmaTrainer:
         self.step = 0
         self.epoch = 0
         self.history: list[float] = []
+        self.legacy_double_normalize = bool(legacy_double_normalize)
 
     def sample_targets(self, n: int) -> Tensor:
         return torch.randint(0, self.generator.num_targets, (n,), generator=self.rng)
@@ -116,6 +122,10 @@ class EsmaTrainer:
     def loss(self, x: Tensor, source_idx: Tensor, target_idx: Tensor) -> Tensor:
         """Differentiable stage-2 loss for given targets."""
         adv = self.attack.perturb(x, target_idx)
+        if self.legacy_double_normalize:
+            mean = torch.tensor(IMAGENET_MEAN, device=adv.device, dtype=adv.dtype).view(1, -1, 1, 1)
+            std = torch.tensor(IMAGENET_STD, device=adv.device, dtype=adv.dtype).view(1, -1, 1, 1)
+            adv = (adv - mean) / std
         z = self.source_model(adv)
         return esma_matching_loss(z, self.anchors, target_idx, source_idx, self.beta)
 
