@@ -94,6 +94,32 @@ def test_run_experiment_digits_resumes(tmp_path):
     assert len(again) == 8  # every cell was already in the CSV
 
 
+def test_positional_base(model):
+    from ibta import IBTA_TIFGSM, IBTAAttack
+
+    assert isinstance(IBTAAttack(model, "ti"), IBTA_TIFGSM)
+
+
+@pytest.mark.slow
+def test_ablate_cli_one_value_each(tmp_path, capsys):
+    args = [
+        "ablate",
+        "--config",
+        str(CONFIGS / "digits_tiny.yaml"),
+        "--no-progress",
+        *TINY,
+        "attacks=[ibta_mi]",
+        "sweep_lam=[0.0]",
+        "sweep_gamma=[0.5]",
+        "sweep_sigma=[0.2]",
+        f"out_dir={tmp_path}",
+    ]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "lam=0 untargeted digits_cnn->digits_mlp ibta_mi" in out and "sigma=0.2" in out
+    assert (tmp_path / "digits_tiny_gamma0.5" / "results.csv").is_file()
+
+
 def test_cli_smoke(tmp_path, capsys):
     assert main(["show-config", "--config", str(CONFIGS / "exp1_cnn.yaml"), "attack.lam=1"]) == 0
     assert "lam: 1" in capsys.readouterr().out

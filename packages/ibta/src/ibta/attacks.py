@@ -201,7 +201,7 @@ class IBTAAttack(IterativeAttack):
 
     def __new__(cls, *args: Any, **kwargs: Any) -> IBTAAttack:
         if cls is IBTAAttack:
-            base = kwargs.get("base")
+            base = kwargs.get("base", args[1] if len(args) > 1 else None)
             if base is None:
                 raise ValueError(f"IBTAAttack needs base=... one of {list(BASES)}")
             if base not in _PRESET_BY_BASE:

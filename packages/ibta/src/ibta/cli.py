@@ -3,6 +3,7 @@
 Sub-commands:
   attack       run a transfer table from a config (``configs/exp1_cnn.yaml`` ...), writes results.csv
                (alias: ``run``); ``--resume`` is on by default (cells already in the CSV are skipped)
+  ablate       one-at-a-time lambda / gamma / sigma sweep (one results.csv per value)
   eval         summarise a results CSV: X vs IBTA-X success per source -> victim (mean over targets)
   mine         MINE estimate of I(delta; X) for one attack on the configured data
   quick        the digits quick reproduction (same as ``uv run reproduce ibta``)
@@ -40,6 +41,28 @@ def _cmd_attack(args) -> int:
     print(summarize(rows))
     print(f"results: {path}")
     return 0
+
+
+def _cmd_ablate(args) -> int:
+    from ibta.experiment import run_ablation
+
+    cfg = _exp_config(args)
+    rows = run_ablation(cfg, log=print if args.verbose else None, progress=not args.no_progress)
+    for param in ("lam", "gamma", "sigma"):
+        for r in rows:
+            if (
+                r["param"] == param
+                and str(r.get("target")) in ("None", "", "mean")
+                and not _is_true(r["white_box"])
+            ):
+                print(
+                    f"{param}={r['value']:g} {r['mode']} {r['source']}->{r['victim']} {r['attack']}: {float(r['success']):.3f}"
+                )
+    return 0
+
+
+def _is_true(v) -> bool:
+    return v is True or str(v) == "True"
 
 
 def summarize(rows: list[dict]) -> str:
@@ -138,6 +161,12 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--no-progress", action="store_true")
         p.add_argument("overrides", nargs="*", help="key=value overrides (dotted keys, e.g. attack.lam=1)")
         p.set_defaults(fn=_cmd_attack)
+    p = sub.add_parser("ablate", help="lambda / gamma / sigma sweep (spec §7)")
+    p.add_argument("--config", required=True)
+    p.add_argument("--verbose", action="store_true")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("overrides", nargs="*")
+    p.set_defaults(fn=_cmd_ablate)
     p = sub.add_parser("eval", help="summarise a results CSV")
     p.add_argument("--csv", required=True)
     p.set_defaults(fn=_cmd_eval)

@@ -112,6 +112,10 @@ class ExperimentConfig:
     out_dir: str = "runs/ibta"
     resume: bool = True
     legacy_eval_white_box_only: bool = False  # transfer.py overwrote the victims with [source] (spec §6)
+    # one-at-a-time IB-weight ablation (spec §7 ablation_ib_weights.py), used by `ibta ablate`
+    sweep_lam: list[float] = field(default_factory=lambda: [0.0, 0.01, 0.1, 1.0])
+    sweep_gamma: list[float] = field(default_factory=lambda: [0.0, 0.1, 0.5, 1.0])
+    sweep_sigma: list[float] = field(default_factory=lambda: [0.01, 0.05, 0.1, 0.2])
     attack: AttackConfig = field(default_factory=AttackConfig)
     mine: MINEConfig = field(default_factory=MINEConfig)
     digits: DigitsConfig = field(default_factory=DigitsConfig)

@@ -45,6 +45,7 @@ __all__ = [
     "build_data",
     "build_model",
     "read_rows",
+    "run_ablation",
     "run_experiment",
 ]
 
@@ -291,3 +292,24 @@ def run_experiment(
                 if r["target"] in (None, "mean"):
                     log(f"{src} -> {r['victim']} {att} {mode}: {float(r['success']):.3f}")
     return rows
+
+
+def run_ablation(
+    cfg: ExperimentConfig, log: Callable[[str], None] | None = None, progress: bool = True
+) -> list[dict[str, Any]]:
+    """One-at-a-time sweep of ``lam``, ``gamma`` and ``sigma`` (spec §7) around ``cfg.attack``.
+
+    Each value is its own experiment ``<name>_<param><value>`` (own CSV, resumable); the returned rows
+    carry ``param`` and ``value``.
+    """
+    import copy
+
+    out: list[dict[str, Any]] = []
+    for param, values in (("lam", cfg.sweep_lam), ("gamma", cfg.sweep_gamma), ("sigma", cfg.sweep_sigma)):
+        for v in values:
+            sub = copy.deepcopy(cfg)
+            setattr(sub.attack, param, float(v))
+            sub.name = f"{cfg.name}_{param}{float(v):g}"
+            for r in run_experiment(sub, log=log, progress=progress):
+                out.append(dict(r) | {"param": param, "value": float(v)})
+    return out
