@@ -48,7 +48,6 @@ from papers_shared.attacks import (
     repeat_labels,
     spectrum_transform,
 )
-from papers_shared.attacks import losses as L
 
 from .noise import noisy_companion
 from .objective import ib_terms
@@ -308,7 +307,6 @@ class IBTAAttack(IterativeAttack):
             raise ValueError(
                 f"noisy branch logits {tuple(z_tilde.shape)} do not match clean logits {tuple(z.shape)}"
             )
-        loss = self.loss_fn if self.loss_fn is not L.po_trip else "ce"
         terms = ib_terms(
             z,
             z_tilde,
@@ -316,7 +314,7 @@ class IBTAAttack(IterativeAttack):
             self.targeted,
             gamma=self.gamma,
             lam=self.lam,
-            base_loss=loss,
+            base_loss=self.loss_fn,
             gamma_kl=self.gamma_kl,
         )
         self.last_stats.append(

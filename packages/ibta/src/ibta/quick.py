@@ -10,6 +10,7 @@ the measured numbers; they are reported as they come out.
 
 from __future__ import annotations
 
+import copy
 import statistics
 import time
 from pathlib import Path
@@ -149,7 +150,7 @@ def build_claims(summary: dict[str, float], cfg: QuickConfig) -> list[Claim]:
 def quick_reproduction(out_dir: Path, quick: bool = True, cfg: QuickConfig | None = None) -> QuickResult:
     """``uv run reproduce ibta``: the digits experiment, claims from the numbers, three bar plots."""
     t0 = time.perf_counter()
-    cfg = cfg or QuickConfig()
+    cfg = copy.deepcopy(cfg) if cfg is not None else QuickConfig()
     if not quick:
         cfg.seeds = [0, 1, 2, 3, 4]
         cfg.n_attack = 540
