@@ -176,6 +176,7 @@ class SRCISConfig:
     slow: SlowPathConfig = field(default_factory=SlowPathConfig)
     device: str = "auto"
     progress: bool = True
+    num_workers: int = 0  # DataLoader workers for image datasets
 
 
 @dataclass
@@ -190,7 +191,6 @@ class DataConfig:
     image_size: int = 224
     test_frac: float = 0.2  # ImageNet-R: 24k / 6k split when no split file is given
     download: bool = False
-    num_workers: int = 0
     domainnet_domains: list[str] = field(
         default_factory=lambda: ["clipart", "infograph", "painting", "quickdraw", "real", "sketch"]
     )

@@ -38,8 +38,9 @@ def pretrain_backbone(
         return
     labels = dataset_labels(train)
     n_cls = int(labels.max()) + 1
-    head = nn.Linear(small_model.dim, n_cls)
     bb = small_model.backbone
+    dev = next(bb.parameters()).device
+    head = nn.Linear(small_model.dim, n_cls).to(dev)
     for p in bb.parameters():
         p.requires_grad_(True)
     opt = torch.optim.Adam(list(bb.parameters()) + list(head.parameters()), lr=lr)
@@ -47,7 +48,7 @@ def pretrain_backbone(
     bb.train()
     for _ in tqdm(range(epochs), desc="pre-train backbone", disable=not progress, leave=False):
         for xb, yb in DataLoader(train, batch_size=batch_size, shuffle=True, generator=gen):
-            loss = F.cross_entropy(head(small_model.features(xb)), yb)
+            loss = F.cross_entropy(head(small_model.features(xb.to(dev))), yb.to(dev))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -55,8 +55,10 @@ class RestructureReport:
     skipped: bool = False
 
 
-def _feature_loader(ds: Dataset, batch_size: int, shuffle: bool, gen: torch.Generator | None = None):
-    return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, generator=gen, num_workers=0)
+def _feature_loader(
+    ds: Dataset, batch_size: int, shuffle: bool, gen: torch.Generator | None = None, workers: int = 0
+):
+    return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, generator=gen, num_workers=workers)
 
 
 class SRCIS:
@@ -136,7 +138,7 @@ class SRCIS:
         counts = dict.fromkeys(classes, 0)
         self.model.eval()
         with torch.no_grad():
-            for xb, yb in _feature_loader(ds, self.cfg.fast.batch_size, False):
+            for xb, yb in _feature_loader(ds, self.cfg.fast.batch_size, False, None, self.cfg.num_workers):
                 h = self._feats(xb, adapter).cpu()
                 for c in classes:
                     m = yb == c
@@ -190,7 +192,7 @@ class SRCIS:
             )
             for _ in bar:
                 tot, n = 0.0, 0
-                for xb, yb in _feature_loader(train, s.batch_size, True, gen):
+                for xb, yb in _feature_loader(train, s.batch_size, True, gen, self.cfg.num_workers):
                     z = head(self._feats(xb, name))
                     loss = F.cross_entropy(z, local[yb].to(self.device))
                     if not torch.isfinite(loss):
@@ -489,7 +491,7 @@ class SRCIS:
     ) -> dict:
         """Accuracy of fast and fast+slow, per-task accuracies, routing and MLLM fix/harm rates."""
         self.reset_stream()
-        loader = _feature_loader(test, self.cfg.fast.batch_size, False)
+        loader = _feature_loader(test, self.cfg.fast.batch_size, False, None, self.cfg.num_workers)
         ys, fast, final, flags = [], [], [], []
         seen = 0
         for xb, yb in loader:
