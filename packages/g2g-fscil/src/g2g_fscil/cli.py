@@ -63,6 +63,7 @@ def _pretrained_state(cfg, data, seed: int, out: Path, resume: bool, progress: b
         out / "ckpt_pretrain",
         resume,
         progress,
+        cfg.num_workers,
     )
     state = {k: v.detach().cpu() for k, v in net.state_dict().items()}
     atomic_save({"model": state, "losses": losses}, path)

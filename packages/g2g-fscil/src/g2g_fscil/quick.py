@@ -98,6 +98,7 @@ def run_seed(qc: QuickConfig, seed: int) -> dict[str, dict]:
             "last": 100 * rep.last,
             "hm_last": 100 * rep.extra["hm"][-1],
             "collapse": rep.extra["collapse"][0],
+            "backbone_collapse": rep.extra["backbone_collapse"][0],
             "backbone_unchanged": rep.extra.get("backbone_unchanged", True),
         }
     return out
@@ -123,7 +124,7 @@ def summarise(per_seed: list[dict[str, dict]]) -> dict[str, dict]:
             "accs_mean": [_mean([r["accs"][t] for r in rows]) for t in range(n_sess)],
             "accs_std": [_std([r["accs"][t] for r in rows]) for t in range(n_sess)],
         }
-        for k in ("avg", "pd", "last", "hm_last", "collapse"):
+        for k in ("avg", "pd", "last", "hm_last", "collapse", "backbone_collapse"):
             out[m][k] = _mean([r[k] for r in rows])
             out[m][k + "_std"] = _std([r[k] for r in rows])
         out[m]["backbone_unchanged"] = all(r["backbone_unchanged"] for r in rows)
@@ -258,6 +259,11 @@ def quick_reproduction(out_dir: Path, quick: bool = True, cfg: QuickConfig | Non
         "cosine between the 4 projected local features of base-class test images after meta-training. "
         + ("All claims hold." if not failed else f"Claims that do NOT hold: {failed}.")
     )
+    if "g2g" in summary and not math.isnan(summary["g2g"]["backbone_collapse"]):
+        notes += (
+            f" Backbone local-graph collapse index B (post-ReLU features) for G2G: "
+            f"{summary['g2g']['backbone_collapse']:.3f}; LGP 'preserve' pulls A towards B."
+        )
     metrics = {
         "summary": summary,
         "per_seed": per_seed,

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch.utils.data import DataLoader, Subset, TensorDataset
 from tqdm.auto import tqdm
 
 from g2g_fscil.augment import augment_batch
@@ -85,6 +86,7 @@ def pretrain(
     ckpt_dir: str | Path | None = None,
     resume: bool = False,
     progress: bool = False,
+    num_workers: int = 0,
 ) -> list[float]:
     """Stage 1: cross-entropy on the base classes, backbone + linear head on ``D`` features."""
     device = torch.device(device)
@@ -106,8 +108,13 @@ def pretrain(
         model.train()
         perm = idx[torch.randperm(idx.numel(), generator=generator)]
         tot, n = 0.0, 0
-        for i in range(0, perm.numel(), batch_size):
-            x, y = gather(data.train, perm[i : i + batch_size])
+        if isinstance(data.train, TensorDataset):
+            batches = (
+                gather(data.train, perm[i : i + batch_size]) for i in range(0, perm.numel(), batch_size)
+            )
+        else:  # image files: decode and augment in worker processes
+            batches = DataLoader(Subset(data.train, perm.tolist()), batch_size, num_workers=num_workers)
+        for x, y in batches:
             if x.shape[0] < 2:
                 continue
             x, y = x.to(device), lut[y.to(device)]
@@ -360,20 +367,23 @@ def evaluate(model, data: FSCILData, t: int, batch: int = 256, device="cpu") -> 
     """Top-1 over the test images of every class seen up to session ``t`` (single joint head)."""
     model.eval()
     idx = data.split.test_idx_seen(t)
-    preds, ys, coll = [], [], []
+    preds, ys, coll, bcoll = [], [], [], []
     for i in range(0, idx.numel(), batch):
         x, y = gather(data.test, idx[i : i + batch])
         x = x.to(device)
         preds.append(model.predict(x).cpu())
         ys.append(y)
         if isinstance(model, G2GNet) and model.num_nodes > 1:
-            coll.append(collapse_index(model.local_graph(x)[1]))
+            f = model.local_maps(x)
+            coll.append(collapse_index(model.embed(f)[2]))
+            bcoll.append(collapse_index(cosine_adjacency(f)))
     pred, y = torch.cat(preds), torch.cat(ys)
     acc = session_accuracy(pred, y)
     b, n = base_novel_accuracy(pred, y, data.base_classes)
     out = {"acc": acc, "base_acc": b, "novel_acc": n}
     out["hm"] = harmonic_mean(b, n) if t > 0 else float("nan")
     out["collapse"] = sum(coll) / len(coll) if coll else float("nan")
+    out["backbone_collapse"] = sum(bcoll) / len(bcoll) if bcoll else float("nan")
     return out
 
 
@@ -414,6 +424,7 @@ def run_fscil(
             out / "pretrain" if out else None,
             resume,
             progress,
+            cfg.num_workers,
         )
     sessions = []
     if method in ("ncm", "teen"):
@@ -445,7 +456,7 @@ def run_fscil(
             torch.equal(v, model.backbone.state_dict()[k]) for k, v in frozen.items()
         )
     accs = [r["acc"] for r in sessions]
-    for k in ("base_acc", "novel_acc", "hm", "collapse"):
+    for k in ("base_acc", "novel_acc", "hm", "collapse", "backbone_collapse"):
         extra[k] = [r[k] for r in sessions]
     report = RunReport(method, data.name, seed, accs, config=dataclasses.asdict(mcfg), extra=extra)
     return report, model
