@@ -238,3 +238,16 @@ def test_clear_errors(model, batch):
         atk(x[0], y)
     with pytest.raises(ValueError, match="labels"):
         atk(x, y[:2])
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("base", BASES)
+def test_cuda_device_preserved(batch, base):
+    from papers_shared.attacks import tiny_cnn
+
+    m = tiny_cnn(10, width=8, seed=0).cuda().eval()
+    x, y = (t.cuda() for t in batch)
+    atk = IBTAAttack(m, base=base, steps=3, seed=0, generator=None, **FAST)
+    adv = atk(x, y)
+    assert adv.device == x.device and float((adv - x).abs().max()) <= atk.eps + 1e-6
