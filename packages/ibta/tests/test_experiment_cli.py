@@ -146,3 +146,13 @@ def test_cli_smoke(tmp_path, capsys):
     bad = ["attack", "--config", str(CONFIGS / "exp1_cnn.yaml"), f"data_root={tmp_path / 'no_imagenet'}"]
     assert main(bad) == 2
     assert "no_imagenet" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_mine_cli_on_digits(capsys):
+    args = ["mine", "--config", str(CONFIGS / "digits_tiny.yaml"), "--attack", "ibta_mi", *TINY]
+    args += ["mine.steps=10", "mine.hidden=8", "mine.pool=2", "mine.eval_every=5"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert '"attack": "ibta_mi"' in out and "mi_nats" in out
+    assert main(["mine", "--config", str(CONFIGS / "digits_tiny.yaml"), "--attack", "nope", *TINY]) == 2
