@@ -53,7 +53,7 @@ def _cmd_eval(args) -> int:
 
     from papers_shared.results import _jsonable
     from sr_cis.data import load_benchmark
-    from sr_cis.experiment import build_method
+    from sr_cis.experiment import build_method, eval_subset
     from sr_cis.small_model import build_small_model
 
     cfg = _load(args)
@@ -71,8 +71,8 @@ def _cmd_eval(args) -> int:
     system = build_method("sr_cis", cfg.system, build_small_model(small_cfg), large, bench.class_names)
     system.load(args.state)
     n = system.tasks_seen
-    test = ConcatDataset([bench.task_test(s) for s in range(n)])
-    res = system.evaluate(test, {c: s.index for s in bench.split for c in s.classes}, cfg.max_eval_samples)
+    test = eval_subset(ConcatDataset([bench.task_test(s) for s in range(n)]), cfg.max_eval_samples, cfg.seed)
+    res = system.evaluate(test, {c: s.index for s in bench.split for c in s.classes})
     res.pop("storage", None)
     print(json.dumps(_jsonable(res), indent=2))
     return 0

@@ -23,7 +23,7 @@ from sr_cis.data import CILBenchmark, dataset_labels
 from sr_cis.scenario import build_generator
 from sr_cis.system import SRCIS
 
-__all__ = ["METHODS", "build_method", "pretrain_backbone", "run_experiment", "run_method"]
+__all__ = ["METHODS", "build_method", "eval_subset", "pretrain_backbone", "run_experiment", "run_method"]
 
 METHODS = (*SR_CIS_VARIANTS, "seq_lora", "simple_cil", "mllm_zero_shot")
 
@@ -88,6 +88,14 @@ def build_method(
     raise ValueError(f"unknown method {name!r}; choose from {METHODS}")
 
 
+def eval_subset(test: Dataset, max_samples: int | None, seed: int = 0) -> Dataset:
+    """A seeded random subset of ``max_samples`` test samples (all of them when ``None``)."""
+    if max_samples is None or len(test) <= max_samples:
+        return test
+    g = torch.Generator().manual_seed(seed)
+    return Subset(test, torch.randperm(len(test), generator=g)[:max_samples].tolist())
+
+
 def _summary(rows: list[dict], num_tasks: int) -> dict[str, Any]:
     done = len(rows)
     out: dict[str, Any] = {"tasks_done": done, "steps": rows}
@@ -144,10 +152,9 @@ def run_method(
             reports.append(
                 {"task": t, "merged": rep.merged, "new": rep.new_adapter, "replay": rep.replay_samples}
             )
-        test = ConcatDataset([bench.task_test(s) for s in range(t + 1)])
-        if cfg.max_eval_samples is not None and len(test) > cfg.max_eval_samples:
-            g = torch.Generator().manual_seed(cfg.seed)
-            test = Subset(test, torch.randperm(len(test), generator=g)[: cfg.max_eval_samples].tolist())
+        test = eval_subset(
+            ConcatDataset([bench.task_test(s) for s in range(t + 1)]), cfg.max_eval_samples, cfg.seed
+        )
         res = method.evaluate(test, task_of_class)
         rows.append(res)
         if mgr is not None and isinstance(method, SRCIS):
