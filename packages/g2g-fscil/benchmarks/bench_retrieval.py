@@ -7,7 +7,8 @@ Both read-outs run side by side in one process on random tensors shaped like the
 query (``q [B, d]`` for V2V, nodes ``Z [B, M, d]`` for G2G) to the ``[B, C]`` similarity matrix, i.e. V2V =
 ``v2v_similarity`` (tanh + normalise + matmul); G2G = query cos-adjacency + ``g2g_similarity`` (aligned
 nodes + cosine edges). The projection and the backbone are shared by both and not timed. Medians over
-``--repeats`` round-robin pairs (each call after a warm-up call).
+``--repeats`` round-robin pairs (each call after a warm-up call). "cached" rows use prototypes prepared
+once (normalised keys for V2V, ``ExplicitMemory.prepared()`` for G2G), as the model does at test time.
 The node term alone contracts over ``M * d`` instead of ``d``, so G2G does about ``M`` times the
 multiply-adds of V2V (plus the tanh of ``M`` nodes and the ``M x M`` edge term). Memory: stored bytes per class (float32) and the size of the intermediate
 tensors of one batch, counted from the shapes.
@@ -21,9 +22,10 @@ import statistics
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 from g2g_fscil.graphs import cosine_adjacency, represent
-from g2g_fscil.interaction import g2g_similarity, v2v_similarity
+from g2g_fscil.interaction import g2g_similarity, g2g_similarity_prepared, prepare_graphs, v2v_similarity
 from papers_shared.checkpoints import atomic_write_text
 from papers_shared.device import time_fn
 
@@ -45,7 +47,22 @@ def bench(classes: int, m: int, d: int, batch: int, repeats: int, node_match: st
         z = represent(zq_raw, "tanh")
         return g2g_similarity(z, cosine_adjacency(z), nodes, adj, 0.5, node_match, "cosine")
 
+    prep = prepare_graphs(nodes, adj)  # what ExplicitMemory caches between writes
+    keys_n = F.normalize(torch.tanh(keys), dim=-1)
+
+    def v2v_cached():
+        return F.normalize(torch.tanh(q), dim=-1) @ keys_n.T
+
+    def g2g_cached():
+        z = represent(zq_raw, "tanh")
+        return g2g_similarity_prepared(z, cosine_adjacency(z), prep, 0.5)
+
     with torch.no_grad():
+        tvc, tgc = [], []
+        if node_match == "aligned":
+            for _ in range(repeats):
+                tvc += time_fn(v2v_cached, repeats=1, warmup=1)
+                tgc += time_fn(g2g_cached, repeats=1, warmup=1)
         # round-robin: alternate the two read-outs so that load from other jobs hits both alike
         tvs, tgs = [], []
         for _ in range(repeats):
@@ -68,6 +85,9 @@ def bench(classes: int, m: int, d: int, batch: int, repeats: int, node_match: st
         "v2v_us_per_query": 1e6 * tv / batch,
         "g2g_us_per_query": 1e6 * tg / batch,
         "time_ratio_g2g_over_v2v": tg / tv,
+        "cached_v2v_us_per_query": 1e6 * statistics.median(tvc) / batch if tvc else None,
+        "cached_g2g_us_per_query": 1e6 * statistics.median(tgc) / batch if tgc else None,
+        "cached_time_ratio_g2g_over_v2v": statistics.median(tgc) / statistics.median(tvc) if tvc else None,
         "v2v_times_s": tvs,
         "g2g_times_s": tgs,
         "op_ratio_g2g_over_v2v": macs_g2g / macs_v2v,
@@ -99,6 +119,11 @@ def main(argv=None) -> int:
                 f"ops x{r['op_ratio_g2g_over_v2v']:.2f}  "
                 f"stored x{r['memory_ratio_stored']:.2f}  workspace x{r['memory_ratio_intermediate']:.2f}"
             )
+            if r["cached_time_ratio_g2g_over_v2v"] is not None:
+                print(
+                    f"      cached: V2V {r['cached_v2v_us_per_query']:.2f} us/q  G2G "
+                    f"{r['cached_g2g_us_per_query']:.2f} us/q  time x{r['cached_time_ratio_g2g_over_v2v']:.2f}"
+                )
     target = [r for r in rows if r["M"] == 4 and r["node_match"] == "aligned"]
     out = {
         "benchmark": "g2g-fscil retrieval cost per query, G2G vs V2V",
@@ -107,6 +132,7 @@ def main(argv=None) -> int:
         "note": "shared 2-core machine under load from other jobs; ratios are more reliable than absolute times",
         "target": "time ratio <= 3x V2V at M=4 (issue #11)",
         "target_met": all(r["time_ratio_g2g_over_v2v"] <= 3.0 for r in target),
+        "target_met_cached": all(r["cached_time_ratio_g2g_over_v2v"] <= 3.0 for r in target),
         "rows": rows,
     }
     atomic_write_text(args.out, json.dumps(out, indent=2) + "\n")

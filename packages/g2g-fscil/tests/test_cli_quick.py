@@ -61,6 +61,18 @@ def test_cli_run_eval_show_config(tmp_path, capsys):
     assert "alpha: 0.7" in capsys.readouterr().out
 
 
+def test_cli_ablate_shares_pretraining(tmp_path):
+    out = str(tmp_path / "runs")
+    args = ["ablate", "--config", str(CONFIGS / "digits.yaml"), "--quiet", "--variants", "v2v,full"]
+    assert main([*args, f"out_dir={out}", *TINY]) == 0
+    res = json.loads((tmp_path / "runs" / "digits" / "ablation" / "results.json").read_text())
+    assert set(res) == {"v2v", "full"}
+    assert (
+        res["v2v"][0]["config"]["interaction"] == "v2v" and res["full"][0]["config"]["interaction"] == "g2g"
+    )
+    assert (tmp_path / "runs" / "digits" / "ablation" / "seed0" / "pretrain.pt").is_file()
+
+
 def test_cli_clear_errors(tmp_path, capsys):
     rc = main(
         ["run", "--config", str(CONFIGS / "cifar100.yaml"), f"data_root={tmp_path / 'nope'}", "--quiet"]

@@ -182,3 +182,27 @@ def test_representation_used_for_nodes(tiny_cfg):
     torch.testing.assert_close(z, represent(net.proj(f), "tanh"))
     torch.testing.assert_close(q, net.proj(f.mean(1)))
     assert G2GConfig().feat_dim == 512 and G2GConfig().alpha == 0.5
+
+
+def test_prepared_readout_equals_reference_and_cache_invalidates():
+    from g2g_fscil.interaction import g2g_similarity, g2g_similarity_prepared
+
+    proj = _proj()
+    mem = ExplicitMemory(5, 4, 3)
+    mem.write(torch.tensor([0, 0, 1, 2]), torch.randn(4, 3, 5), proj)
+    z = torch.tanh(torch.randn(6, 3, 4))
+    a = cosine_adjacency(z)
+    ref = g2g_similarity(z, a, mem.nodes, mem.adj, 0.3)
+    torch.testing.assert_close(g2g_similarity_prepared(z, a, mem.prepared(), 0.3), ref)
+    first = mem.prepared()
+    assert mem.prepared() is first  # cached
+    mem.write(torch.tensor([3]), torch.randn(1, 3, 5), proj)
+    assert mem.prepared() is not first and mem.prepared().nodes.shape[0] == 4
+    with torch.no_grad():
+        proj.weight.mul_(2)
+    before = mem.prepared()
+    mem.rebuild(proj)
+    assert mem.prepared() is not before
+    torch.testing.assert_close(
+        g2g_similarity_prepared(z, a, mem.prepared(), 0.3), g2g_similarity(z, a, mem.nodes, mem.adj, 0.3)
+    )

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from g2g_fscil.graphs import check_finite, cosine_adjacency, represent
+from g2g_fscil.interaction import PreparedGraphs, prepare_graphs
 
 __all__ = ["ExplicitMemory", "class_stats"]
 
@@ -79,11 +80,23 @@ class ExplicitMemory(nn.Module):
         self.register_buffer("keys", torch.empty(0, dd))
         self.register_buffer("nodes", torch.empty(0, m, dd))
         self.register_buffer("adj", torch.empty(0, m, m))
+        self._prepared: PreparedGraphs | None = None
 
     def __len__(self) -> int:
         return int(self.class_ids.numel())
 
+    def invalidate(self) -> None:
+        """Drop the cached prepared prototypes (call after assigning ``keys``/``nodes``/``adj`` directly)."""
+        self._prepared = None
+
+    def prepared(self) -> PreparedGraphs:
+        """Normalised, flattened prototype graphs for the default read-out, cached until the next change."""
+        if self._prepared is None:
+            self._prepared = prepare_graphs(self.nodes, self.adj)
+        return self._prepared
+
     def reset(self) -> None:
+        self._prepared = None
         for name in _FIELDS:
             buf = getattr(self, name)
             setattr(self, name, buf.new_empty((0, *buf.shape[1:])))
@@ -131,6 +144,7 @@ class ExplicitMemory(nn.Module):
             adj = torch.stack([stats[c]["adj"] for c in cs]).to(self.adj) / n.view(-1, 1, 1)
         else:
             raise ValueError(f"edge_proto must be from_nodes|mean_adj, got {edge_proto!r}")
+        self._prepared = None
         new_ids = torch.tensor(cs, dtype=torch.long, device=self.class_ids.device)
         self.class_ids = torch.cat([self.class_ids, new_ids])
         self.counts = torch.cat([self.counts, n])
@@ -156,6 +170,7 @@ class ExplicitMemory(nn.Module):
     @torch.no_grad()
     def rebuild(self, proj: nn.Module, representation: str = "tanh", knn: int | None = None) -> None:
         """Recompute keys, nodes and edges of every class from the stored ``F_bar_c`` (spec §3.6 step 4)."""
+        self._prepared = None
         if len(self) == 0:
             return
         self.keys = proj(self.feats.mean(1)).to(self.keys)
@@ -168,7 +183,12 @@ class ExplicitMemory(nn.Module):
     def graphs(self) -> tuple[torch.Tensor, torch.Tensor]:
         return self.nodes, self.adj
 
+    def _apply(self, fn, *args, **kwargs):
+        self._prepared = None  # device / dtype moves
+        return super()._apply(fn, *args, **kwargs)
+
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        self._prepared = None
         for name in _FIELDS:
             key = prefix + name
             if key in state_dict:

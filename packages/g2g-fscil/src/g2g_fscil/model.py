@@ -8,7 +8,7 @@ from torch import nn
 from g2g_fscil.backbones import build_backbone
 from g2g_fscil.config import G2GConfig
 from g2g_fscil.graphs import check_finite, cosine_adjacency, local_features, represent
-from g2g_fscil.interaction import g2g_similarity, v2v_similarity, weightings
+from g2g_fscil.interaction import g2g_similarity, g2g_similarity_prepared, v2v_similarity, weightings
 from g2g_fscil.memory import ExplicitMemory
 
 __all__ = ["G2GNet", "infer_num_nodes"]
@@ -108,6 +108,9 @@ class G2GNet(nn.Module):
         if len(self.memory) == 0:
             raise RuntimeError("the explicit memory is empty: write the base classes first")
         q, z, a = self.embed(self.local_maps(x))
+        c = self.config
+        if c.interaction == "g2g" and c.node_match == "aligned" and c.edge_sim == "cosine":
+            return g2g_similarity_prepared(z, a, self.memory.prepared(), c.alpha)
         nodes, adj = self.memory.graphs()
         return self.similarity(q, z, a, self.memory.vectors(), nodes, adj)
 

@@ -358,6 +358,7 @@ def incremental_session(
         mem.keys = keys_t
         mem.nodes = nodes_t
         mem.adj = cosine_adjacency(nodes_t, c.edge_knn)
+        mem.invalidate()
     model.eval()
     return info
 
