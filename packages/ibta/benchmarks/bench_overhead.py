@@ -1,7 +1,8 @@
 """Time per attack call of every IBTA variant over its base attack (issue: target <= 2.2x).
 
 Same model, batch, seed and settings for X and IBTA-X; calls are interleaved (X, IBTA-X, X, ...) after
-a warm-up and the median over ``--repeats`` is reported. Writes ``docs/benchmarks/ibta-overhead.json``.
+a warm-up and the median over ``--repeats`` is reported; ``ibta_fused`` is IBTA-X with
+``fuse_branches=True`` (one 2B forward; S2I and RAP fall back to two passes). Writes ``docs/benchmarks/ibta-overhead.json``.
 
     uv run --frozen --no-sync python packages/ibta/benchmarks/bench_overhead.py [--out PATH]
 """
@@ -40,24 +41,34 @@ def main(argv: list[str] | None = None) -> int:
     kw = dict(steps=args.steps, seed=0, ssa_n=4, rap_late_start=args.steps // 2)
     results = {}
     for base in BASES:
-        atks = {"base": base_attack(base, model, **kw), "ibta": IBTAAttack(model, base=base, **kw)}
+        atks = {
+            "base": base_attack(base, model, **kw),
+            "ibta": IBTAAttack(model, base=base, **kw),
+            "ibta_fused": IBTAAttack(model, base=base, fuse_branches=True, **kw),
+        }
         for a in atks.values():
             a(x, y)  # warm-up
-        times: dict[str, list[float]] = {"base": [], "ibta": []}
+        times: dict[str, list[float]] = {k: [] for k in atks}
         for _ in range(args.repeats):
             for k, a in atks.items():
                 t0 = time.perf_counter()
                 a(x, y)
                 times[k].append(time.perf_counter() - t0)
         mb, mi = statistics.median(times["base"]), statistics.median(times["ibta"])
+        mf = statistics.median(times["ibta_fused"])
         results[base] = {
             "base_s": mb,
             "ibta_s": mi,
             "ratio": mi / mb,
+            "ibta_fused_s": mf,
+            "ratio_fused": mf / mb,
             "target": 2.2,
             "meets_target": mi / mb <= 2.2,
         }
-        print(f"{base:14s} base {mb * 1e3:8.1f} ms  ibta {mi * 1e3:8.1f} ms  ratio {mi / mb:.2f}")
+        print(
+            f"{base:14s} base {mb * 1e3:8.1f} ms  ibta {mi * 1e3:8.1f} ms  ratio {mi / mb:.2f}"
+            f"  fused {mf * 1e3:8.1f} ms  ratio {mf / mb:.2f}"
+        )
     out = {
         "benchmark": "ibta attack time over its base attack",
         "command": "uv run --frozen --no-sync python packages/ibta/benchmarks/bench_overhead.py",

@@ -251,3 +251,15 @@ def test_cuda_device_preserved(batch, base):
     atk = IBTAAttack(m, base=base, steps=3, seed=0, generator=None, **FAST)
     adv = atk(x, y)
     assert adv.device == x.device and float((adv - x).abs().max()) <= atk.eps + 1e-6
+
+
+@pytest.mark.parametrize("base", ["mi", "di", "ti", "logit_ti", "s2i", "rap_logit_ti"])
+def test_fused_branches_match_two_passes(model, batch, base):
+    x, y = batch
+    cm = Counting(model)
+    a = IBTAAttack(model, base=base, steps=3, seed=4, **FAST)
+    b = IBTAAttack(cm, base=base, steps=3, seed=4, fuse_branches=True, **FAST)
+    assert torch.allclose(a(x, y), b(x, y), atol=1e-6)
+    if base in ("mi", "di", "ti", "logit_ti"):
+        assert cm.calls == 3  # one forward of 2B per step
+        assert len(b.last_stats) == 3

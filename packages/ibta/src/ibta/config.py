@@ -40,6 +40,7 @@ class AttackConfig:
     rap_eps_n: float = 12 / 255  # [ours]; identical to the code's unscaled 12 after one inner step
     legacy_rap_eps_n: bool = False  # True: the code's unscaled bound epsilon_n = 12 (spec §6)
     clip_delta: bool = False  # official code: delta only eps-clipped
+    fuse_branches: bool = False  # [ours] one 2B forward for both IBTA branches (MI/DI/TI/Logit-TI)
     seed: int | None = 0
 
 

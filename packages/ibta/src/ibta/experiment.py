@@ -116,6 +116,7 @@ def build_attack(name: str, model: nn.Module, cfg: AttackConfig, targeted: bool)
             gamma=cfg.gamma,
             lam=cfg.lam,
             gamma_kl=cfg.gamma_kl,
+            fuse_branches=cfg.fuse_branches,
             **kw,
         )
     common = dict(eps=cfg.eps, targeted=targeted, seed=cfg.seed)
