@@ -71,6 +71,10 @@ def test_cli_ablate_shares_pretraining(tmp_path):
         res["v2v"][0]["config"]["interaction"] == "v2v" and res["full"][0]["config"]["interaction"] == "g2g"
     )
     assert (tmp_path / "runs" / "digits" / "ablation" / "seed0" / "pretrain.pt").is_file()
+    assert (
+        main(["metatrain", "--config", str(CONFIGS / "digits.yaml"), "--quiet", f"out_dir={out}", *TINY]) == 0
+    )
+    assert (tmp_path / "runs" / "digits" / "g2g" / "seed0" / "metatrain.pt").is_file()
 
 
 def test_cli_clear_errors(tmp_path, capsys):

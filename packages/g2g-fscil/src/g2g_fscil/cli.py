@@ -4,6 +4,7 @@ Sub-commands:
   run / train  a paper table row from a config (``configs/cifar100.yaml`` ...): pre-train, meta-train,
                incremental sessions; writes ``results.json`` and ``model.pt`` per seed (``--resume``)
   pretrain     stage 1 only (base-class CE), writes ``pretrain.pt``
+  metatrain    stages 1-2 (pre-training, episodic meta-training), writes ``metatrain.pt``
   ablate       component ablation (v2v, g2g, g2g+lgp, g2g+cag2g, full) on one shared pre-training
   eval         evaluate a saved ``model.pt`` on every session its memory covers
   quick        the digits quick reproduction (same as ``uv run reproduce g2g-fscil``)
@@ -120,6 +121,41 @@ def _cmd_pretrain(args) -> int:
     return 0
 
 
+def _cmd_metatrain(args) -> int:
+    from g2g_fscil.data import load_fscil_data
+    from g2g_fscil.trainer import build_model, metatrain, method_config
+    from papers_shared.checkpoints import atomic_save
+    from papers_shared.device import get_device, seed_everything
+
+    cfg = _cfg(args)
+    method = args.method or cfg.method
+    if method not in ("g2g", "v2v"):
+        raise ValueError(f"metatrain needs a memory method (g2g or v2v), got {method!r}")
+    data = load_fscil_data(cfg)
+    device = get_device(cfg.device)
+    for seed in cfg.seeds:
+        out = Path(cfg.out_dir) / cfg.name / method / f"seed{seed}"
+        out.mkdir(parents=True, exist_ok=True)
+        state = _pretrained_state(cfg, data, seed, out, args.resume, not args.quiet)
+        gen = seed_everything(seed)
+        model = build_model(data, method_config(cfg.model, method, cfg.v2v_mode)).to(device)
+        model.load_state_dict(state, strict=False)
+        hist = metatrain(
+            model,
+            data,
+            None,
+            device,
+            gen,
+            out / f"meta_{method}",
+            cfg.ckpt_every,
+            args.resume,
+            not args.quiet,
+        )
+        atomic_save({"model": model.state_dict(), "hist": hist, "method": method}, out / "metatrain.pt")
+        print(f"meta-trained weights: {out / 'metatrain.pt'} (final loss {hist['loss'][-1]:.4f})")
+    return 0
+
+
 def _cmd_ablate(args) -> int:
     from g2g_fscil.data import load_fscil_data
     from g2g_fscil.trainer import run_fscil
@@ -218,6 +254,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--resume", action="store_true")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(fn=_cmd_pretrain)
+    p = sub.add_parser("metatrain", help="stages 1-2 (pre-training, then episodic meta-training)")
+    common(p)
+    p.add_argument("--method", choices=["g2g", "v2v"], default=None)
+    p.add_argument("--resume", action="store_true")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(fn=_cmd_metatrain)
     p = sub.add_parser("ablate", help="component ablation on one shared pre-training")
     common(p)
     p.add_argument("--variants", default=",".join(ABLATIONS))
