@@ -206,3 +206,29 @@ def test_legacy_mode_schedule():
     on = [e for e in range(302) if legacy_train_mode(0, e)]
     assert on == [0, 1, 101, 201, 301]
     assert [e for e in range(202) if legacy_train_mode(3, e)] == [1, 101, 201]
+
+
+def test_interrupted_run_resumes_to_the_same_result(tiny_experiment, tmp_path):
+    """Atomic per-session checkpoints: a run killed after session 1 and resumed gives the same numbers."""
+    from mecoin import build_method, build_task, pretrain_task, run_method
+
+    cfg = tiny_experiment()
+    dev = torch.device("cpu")
+    task = build_task(cfg, 0)
+    pre = pretrain_task(task, cfg, 0, dev)
+    full = run_method(task, pre, cfg, "mecoin", 0, dev)
+
+    method = build_method("mecoin", cfg, 0)
+    fit = method.fit_session
+
+    def crash_at_2(ctx):
+        if ctx.t == 2:
+            raise KeyboardInterrupt
+        return fit(ctx)
+
+    method.fit_session = crash_at_2
+    with pytest.raises(KeyboardInterrupt):
+        run_method(task, pre, cfg, method, 0, dev, checkpoint_dir=tmp_path)
+    resumed = run_method(task, pre, cfg, "mecoin", 0, dev, checkpoint_dir=tmp_path, resume=True)
+    assert resumed.accs == pytest.approx(full.accs)
+    assert resumed.acc_matrix == full.acc_matrix
