@@ -125,3 +125,18 @@ def test_device_and_seed():
 
 def test_paths_are_pathlike(tmp_path):
     assert isinstance(ck.atomic_write_text(tmp_path / "t.txt", "hi"), Path)
+
+
+@dataclasses.dataclass
+class Validated:
+    rate: float = 0.5
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.rate <= 1.0:
+            raise ValueError(f"rate must lie in [0, 1], got {self.rate}")
+
+
+def test_config_validation_errors_become_config_errors(tmp_path):
+    assert load_config(Validated, None, ["rate=0.25"]).rate == 0.25
+    with pytest.raises(ConfigError, match=r"Validated: rate must lie in \[0, 1\], got 2.0"):
+        load_config(Validated, None, ["rate=2.0"])

@@ -62,6 +62,16 @@ def test_csbm_graph_properties():
     assert torch.equal(d2.x, make_csbm_graph(num_classes=4, nodes_per_class=50, feat_dim=8, seed=0).x)
 
 
+def test_csbm_graph_depends_on_its_seed_only():
+    torch.manual_seed(1)
+    a = make_csbm_graph(num_classes=3, nodes_per_class=20, feat_dim=4, p_in=0.2, p_out=0.02, seed=5)
+    torch.manual_seed(2)
+    b = make_csbm_graph(num_classes=3, nodes_per_class=20, feat_dim=4, p_in=0.2, p_out=0.02, seed=5)
+    c = make_csbm_graph(num_classes=3, nodes_per_class=20, feat_dim=4, p_in=0.2, p_out=0.02, seed=6)
+    assert torch.equal(a.edge_index, b.edge_index) and torch.equal(a.x, b.x)
+    assert not torch.equal(a.x, c.x)
+
+
 def test_gfscil_split_clean_and_legacy():
     d = make_csbm_graph(num_classes=8, nodes_per_class=40, seed=1)
     split = make_gfscil_split(d.y, base_classes=4, ways=2, shots=5, seed=0)

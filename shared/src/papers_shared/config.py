@@ -122,7 +122,9 @@ def from_dict(cls: type[T], data: Mapping[str, Any], prefix: str = "") -> T:
     kwargs = {k: _convert(v, hints[k], prefix + k) for k, v in data.items()}
     try:
         return cls(**kwargs)
-    except TypeError as exc:
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as exc:  # a config's own __post_init__ validation
         raise ConfigError(f"{cls.__name__}: {exc}") from exc
 
 

@@ -67,7 +67,13 @@ def make_csbm_graph(
             pairs = nodes_per_class * (nodes_per_class - 1) // 2 if a == b else nodes_per_class**2
             if p == 0.0 or pairs == 0:
                 continue
-            count = int(torch.distributions.Binomial(pairs, torch.tensor(p)).sample().item())
+            count = int(
+                torch.binomial(
+                    torch.tensor(float(pairs), dtype=torch.float64),
+                    torch.tensor(p, dtype=torch.float64),
+                    generator=g,
+                ).item()
+            )
             if count == 0:
                 continue
             i = torch.randint(0, nodes_per_class, (count,), generator=g) + a * nodes_per_class
