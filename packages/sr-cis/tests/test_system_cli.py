@@ -185,6 +185,8 @@ def test_quick_claims_are_computed_from_numbers():
     assert [c.holds for c in claims] == [True, True, True, True, True, False]
     m["final.sr_cis_fast"] = 40.0
     assert not build_claims(m)[1].holds
+    m |= {"fewshot_drop.sr_cis": 1.0, "fewshot_drop.per_task_lora": 3.0, "fewshot_drop.simple_cil": 0.5}
+    assert [c.holds for c in build_claims(m)[6:]] == [True, False]
 
 
 @pytest.mark.slow
@@ -195,6 +197,7 @@ def test_quick_reproduction_tiny_budget(tmp_path):
         pretrain_epochs=1, stm_epochs=1, seq_epochs=1, restructure_epochs=1, n_desc=4, tiny_llava=False
     )
     res = quick_reproduction(tmp_path, cfg=q)
-    assert len(res.claims) == 6 and all(isinstance(c.holds, bool) for c in res.claims)
+    assert len(res.claims) == 8 and all(isinstance(c.holds, bool) for c in res.claims)
+    assert "fewshot_drop.sr_cis" in res.metrics
     assert (tmp_path / "sr-cis_accuracy_per_task.png").is_file()
     assert 0 <= res.metrics["final.sr_cis"] <= 100

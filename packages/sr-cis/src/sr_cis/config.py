@@ -231,3 +231,5 @@ class QuickConfig:
     lora_r: int = 4
     mllm_accuracy: float = 0.9
     tiny_llava: bool = True  # also run the slow path through a tiny random LLaVA (plumbing check)
+    few_shot: int | None = 5  # also run a few-shot protocol with this many images per class (None: skip)
+    few_shot_epochs: int = 10

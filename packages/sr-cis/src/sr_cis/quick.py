@@ -139,6 +139,16 @@ def run_seed(seed: int, q: QuickConfig) -> dict:
         t0 = time.perf_counter()
         out[name] = run_method(name, cfg, bench, lambda: copy.deepcopy(base), oracle)
         out[name]["time_s"] = time.perf_counter() - t0
+    if q.few_shot:
+        fs = copy.deepcopy(cfg)
+        fs.data.shots = q.few_shot
+        fs.system.stm.epochs = q.few_shot_epochs
+        fs.system.stm.train_head = q.few_shot > 5  # spec §3.2: pure prototype head when shots <= 5
+        for name in ("per_task_lora", "sr_cis", "simple_cil"):
+            seed_everything(seed)
+            t0 = time.perf_counter()
+            out[f"fewshot.{name}"] = run_method(name, fs, bench, lambda: copy.deepcopy(base), oracle)
+            out[f"fewshot.{name}"]["time_s"] = time.perf_counter() - t0
     if q.tiny_llava:
         from papers_shared.mllm import build_tiny_llava
         from sr_cis.text_memory import DESCRIBE_TEMPLATE, choose_prompt
@@ -196,7 +206,16 @@ def build_claims(m: dict) -> list[Claim]:
             "SR-CIS >= SimpleCIL, the frozen-feature PTM-CIL reference (final acc)",
             "sr_cis", m["final.sr_cis"], "simple_cil", m["final.simple_cil"], ">=",
         ),
-    ]  # fmt: skip
+    ] + ([
+        Claim.compare(
+            "few-shot robustness: SR-CIS loses no more final accuracy than per-task LoRA when going few-shot",
+            "sr_cis", m["fewshot_drop.sr_cis"], "per_task_lora", m["fewshot_drop.per_task_lora"], "<=",
+        ),
+        Claim.compare(
+            "few-shot robustness: SR-CIS loses no more final accuracy than SimpleCIL when going few-shot",
+            "sr_cis", m["fewshot_drop.sr_cis"], "simple_cil", m["fewshot_drop.simple_cil"], "<=",
+        ),
+    ] if "fewshot_drop.sr_cis" in m else [])  # fmt: skip
 
 
 def quick_reproduction(out_dir: Path, quick: bool = True, cfg: QuickConfig | None = None) -> QuickResult:
@@ -232,6 +251,9 @@ def quick_reproduction(out_dir: Path, quick: bool = True, cfg: QuickConfig | Non
     m["harm_rate"] = float(np.mean([s["harm_rate"] for s in last]))
     m["acc_fast_flagged"] = 100 * float(np.nanmean([s["acc_fast_flagged"] for s in last]))
     m["acc_fast_unflagged"] = 100 * float(np.nanmean([s["acc_fast_unflagged"] for s in last]))
+    if q.few_shot:
+        for k in ("per_task_lora", "sr_cis", "simple_cil"):
+            m[f"fewshot_drop.{k}"] = m[f"final.{k}"] - m[f"final.fewshot.{k}"]
     for k in ("sr_cis", "per_task_lora"):
         st = runs[0][k]["steps"][-1]["storage"]
         m[f"storage.{k}"] = {x: st[x] for x in ("regions", "lora_bytes", "head_bytes", "text_bytes")}
