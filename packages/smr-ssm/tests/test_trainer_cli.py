@@ -251,6 +251,9 @@ def test_quick_claims_are_computed_from_numbers():
     bad = build_claims(_summary(2.0, 3.0, 1.4, 1.5, 0.01, 0.02, 0.005, 1), 3)
     assert not any(c.holds for c in bad)
     assert bad[2].method_value == 3.0 and bad[2].baseline_value == 2.0
+    s5 = build_claims(_summary(2.0, 3.0, 1.4, 1.5, 0.01, 0.02, 0.005, 1), 3, host="S5")
+    assert s5[0].claim.startswith("S5 ") and s5[2].method == "S5+SMR" and s5[2].baseline == "S5"
+    assert [c.holds for c in s5] == [c.holds for c in bad]
 
 
 @pytest.mark.slow

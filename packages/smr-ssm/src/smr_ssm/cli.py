@@ -95,11 +95,13 @@ def _run(args) -> int:
     if args.command == "nss":
         from papers_shared.checkpoints import atomic_write_text
         from smr_ssm.nss import run_nss
-        from smr_ssm.quick import build_claims
+        from smr_ssm.quick import build_claims, host_name
 
         cfg = load_config(NSSConfig, args.config, args.overrides)
         res = run_nss(cfg)
-        res["claims"] = [c.__dict__ for c in build_claims(res["summary"], len(cfg.seeds))]
+        claims = build_claims(res["summary"], len(cfg.seeds), host=host_name(cfg.layer_type))
+        res["claims"] = [c.__dict__ for c in claims]
+        res["config"] = {k: getattr(cfg, k) for k in cfg.__dataclass_fields__}
         out = args.out or Path(cfg.out_dir) / "nss.json"
         atomic_write_text(out, json.dumps(res, indent=2, default=float) + "\n")
         for c in res["claims"]:

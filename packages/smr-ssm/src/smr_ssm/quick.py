@@ -9,7 +9,7 @@ from typing import Any
 from papers_shared.results import Claim, QuickResult, bar_plot
 from smr_ssm.config import NSSConfig
 
-__all__ = ["build_claims", "nss_plots", "quick_config", "quick_reproduction"]
+__all__ = ["build_claims", "host_name", "nss_plots", "quick_config", "quick_reproduction"]
 
 PACKAGE = "smr-ssm"
 
@@ -22,21 +22,30 @@ def quick_config(quick: bool = True) -> NSSConfig:
     return NSSConfig(seeds=[0, 1, 2, 3, 4], steps=600)
 
 
-def build_claims(summary: dict[str, Any], n_seeds: int) -> list[Claim]:
-    """Claims of spec §8 from the seed means (``summary`` of :func:`smr_ssm.nss.summarise`)."""
+HOST_NAMES = {"s4d": "S4D", "s4": "S4", "s5": "S5", "mamba": "Mamba", "mega": "Mega", "mega_ema": "Mega-EMA"}
+
+
+def host_name(layer_type: str) -> str:
+    """Display name of a host layer type (``"s5"`` -> ``"S5"``)."""
+    return HOST_NAMES.get(layer_type, layer_type)
+
+
+def build_claims(summary: dict[str, Any], n_seeds: int, host: str = "S4D") -> list[Claim]:
+    """Claims of spec §8 from the seed means (``summary`` of :func:`smr_ssm.nss.summarise`); ``host``
+    names the model without SMR in the claim texts."""
     b, s, rl = summary["baseline"], summary["smr"], summary["repeat_last"]
     return [
         Claim.compare(
-            "S4D beats repeat-last on the training grid (MSE)",
-            "S4D",
+            f"{host} beats repeat-last on the training grid (MSE)",
+            host,
             b["mse"]["same"]["mean"],
             "repeat-last",
             rl["same"]["mean"],
             op="<",
         ),
         Claim.compare(
-            "S4D+SMR beats repeat-last on the training grid (MSE)",
-            "S4D+SMR",
+            f"{host}+SMR beats repeat-last on the training grid (MSE)",
+            f"{host}+SMR",
             s["mse"]["same"]["mean"],
             "repeat-last",
             rl["same"]["mean"],
@@ -44,15 +53,15 @@ def build_claims(summary: dict[str, Any], n_seeds: int) -> list[Claim]:
         ),
         Claim.compare(
             "SMR degrades less under jittered sampling (MSE_jitter / MSE_same)",
-            "S4D+SMR",
+            f"{host}+SMR",
             s["degradation"]["jitter"]["mean"],
-            "S4D",
+            host,
             b["degradation"]["jitter"]["mean"],
             op="<",
         ),
         Claim.compare(
             "SMR degrades less under jitter in >= 2/3 of the seeds (count of seeds)",
-            "S4D+SMR",
+            f"{host}+SMR",
             summary["seeds_smr_degrades_less_jitter"],
             "2/3 of seeds",
             2 * n_seeds / 3,
@@ -60,17 +69,17 @@ def build_claims(summary: dict[str, Any], n_seeds: int) -> list[Claim]:
         ),
         Claim.compare(
             "SMR state-norm ratio (max/median, layer 1) no larger under jitter",
-            "S4D+SMR",
+            f"{host}+SMR",
             s["state_norm_ratio"]["jitter"]["mean"],
-            "S4D",
+            host,
             b["state_norm_ratio"]["jitter"]["mean"],
             op="<=",
         ),
         Claim.compare(
             "In-distribution MSE of SMR within 10% of the baseline",
-            "S4D+SMR",
+            f"{host}+SMR",
             s["mse"]["same"]["mean"],
-            "1.1 x S4D",
+            f"1.1 x {host}",
             b["mse"]["same"]["mean"],
             op="<=",
             margin=0.1 * b["mse"]["same"]["mean"],
@@ -126,7 +135,7 @@ def quick_reproduction(out_dir: Path, quick: bool = True) -> QuickResult:
     cfg = quick_config(quick)
     res = run_nss(cfg, progress=False, log=lambda msg: print(msg, flush=True))
     summary = res["summary"]
-    claims = build_claims(summary, len(cfg.seeds))
+    claims = build_claims(summary, len(cfg.seeds), host=host_name(cfg.layer_type))
     plots = nss_plots(summary, out_dir)
     s, b = summary["smr"], summary["baseline"]
     direction = (
