@@ -64,8 +64,8 @@ def load_graph(cfg: ExperimentConfig):
 
     if cfg.dataset == "csbm":
         c = cfg.csbm
-        # make_csbm_graph draws its edge counts from the global RNG (Binomial.sample): pin it to the
-        # graph seed so that the graph is a function of ``csbm.seed`` alone.
+        # make_csbm_graph is a function of its seed; the global RNG is forked as well so that loading the
+        # graph never disturbs the caller's random stream.
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(c.seed)
             data = make_csbm_graph(
