@@ -119,6 +119,9 @@ def test_run_fscil_all_methods_share_pretraining(digits, tiny_cfg):
         rep, _ = run_fscil(digits, cfg, method, 0, pretrained=state)
         assert len(rep.accs) == 3
         assert all(0 <= a <= 1 for a in rep.accs)
+        m = rep.acc_matrix
+        assert len(m) == 3 and m[0][1] is None and all(v is not None for v in m[2])
+        assert rep.forgetting is not None and rep.forgetting >= -1
         if method in ("v2v", "g2g"):
             assert rep.extra["backbone_unchanged"]
 
@@ -150,3 +153,17 @@ def test_augment_batch_shape_range_and_identity():
     assert (same - x).abs().mean() < 0.25
     with pytest.raises(ValueError, match="augment_batch"):
         augment_batch(torch.rand(3, 8, 8))
+
+
+def test_metrics_on_hand_made_matrix():
+    """Spec §8.10, on the shared metrics this package reports."""
+    from papers_shared.metrics import average_accuracy, forgetting, harmonic_mean, performance_drop
+
+    accs = [0.9, 0.8, 0.6]
+    assert performance_drop(accs) == pytest.approx(0.3)
+    assert average_accuracy(accs) == pytest.approx(0.7666666, rel=1e-5)
+    assert harmonic_mean(0.8, 0.4) == pytest.approx(2 * 0.8 * 0.4 / 1.2)
+    assert harmonic_mean(0.8, 0.0) == 0.0
+    m = [[0.9, None, None], [0.8, 0.7, None], [0.6, 0.5, 0.4]]
+    # F = mean(max(0.9, 0.8) - 0.6, 0.7 - 0.5) = mean(0.3, 0.2) = 0.25
+    assert forgetting(m) == pytest.approx(0.25)

@@ -26,7 +26,13 @@ from g2g_fscil.memory import class_stats, merge_stats
 from g2g_fscil.model import G2GNet
 from papers_shared.checkpoints import CheckpointManager
 from papers_shared.device import get_device, seed_everything
-from papers_shared.metrics import RunReport, base_novel_accuracy, harmonic_mean, session_accuracy
+from papers_shared.metrics import (
+    AccuracyMatrix,
+    RunReport,
+    base_novel_accuracy,
+    harmonic_mean,
+    session_accuracy,
+)
 
 __all__ = [
     "build_model",
@@ -382,6 +388,11 @@ def evaluate(model, data: FSCILData, t: int, batch: int = 256, device="cpu") -> 
     acc = session_accuracy(pred, y)
     b, n = base_novel_accuracy(pred, y, data.base_classes)
     out = {"acc": acc, "base_acc": b, "novel_acc": n}
+    groups = []  # accuracy on the test images of each session's classes (a row of the accuracy matrix)
+    for s in list(data.split)[: t + 1]:
+        mask = torch.isin(y, torch.as_tensor(s.classes, dtype=y.dtype))
+        groups.append(float((pred[mask] == y[mask]).float().mean()) if mask.any() else float("nan"))
+    out["groups"] = groups
     out["hm"] = harmonic_mean(b, n) if t > 0 else float("nan")
     out["collapse"] = sum(coll) / len(coll) if coll else float("nan")
     out["backbone_collapse"] = sum(bcoll) / len(bcoll) if bcoll else float("nan")
@@ -457,7 +468,19 @@ def run_fscil(
             torch.equal(v, model.backbone.state_dict()[k]) for k, v in frozen.items()
         )
     accs = [r["acc"] for r in sessions]
+    matrix = AccuracyMatrix(len(sessions))
+    for t, r in enumerate(sessions):
+        for g, v in enumerate(r["groups"]):
+            matrix.set(t, g, v)
     for k in ("base_acc", "novel_acc", "hm", "collapse", "backbone_collapse"):
         extra[k] = [r[k] for r in sessions]
-    report = RunReport(method, data.name, seed, accs, config=dataclasses.asdict(mcfg), extra=extra)
+    report = RunReport(
+        method,
+        data.name,
+        seed,
+        accs,
+        acc_matrix=matrix.tolist(),
+        config=dataclasses.asdict(mcfg),
+        extra=extra,
+    )
     return report, model
