@@ -124,3 +124,16 @@ def test_quick_reproduction_tiny_budget(tmp_path):
     assert a.holds == (s["g2g"]["collapse"] < s["g2g_no_lgp"]["collapse"])
     for p in res.plots:
         assert (tmp_path / p).is_file() and p.startswith("g2g-fscil_")
+
+
+def test_quick_variants_and_bad_variant():
+    from g2g_fscil.quick import variant_config
+
+    base = G2GConfig(backbone="tiny")
+    assert variant_config(base, "v2v_mode3") == ("v2v", base)
+    assert variant_config(base, "g2g_no_lgp")[1].lgp is None
+    assert variant_config(base, "g2g_anti_collapse")[1].lgp == "anti_collapse"
+    with pytest.raises(ConfigError, match="unknown quick variants"):
+        QuickConfig(variants=["v2v", "magic"])
+    with pytest.raises(ValueError, match="unknown variant"):
+        variant_config(base, "magic")

@@ -202,7 +202,16 @@ class QuickConfig:
     variants: list[str] = field(default_factory=lambda: ["v2v", "g2g_no_lgp", "g2g"])
 
     def __post_init__(self) -> None:
-        known = ("v2v", "g2g", "g2g_no_lgp", "g2g_no_cag2g", "g2g_plain", "g2g_anti_collapse")
+        known = (
+            "v2v",
+            "v2v_mode2",
+            "v2v_mode3",
+            "g2g",
+            "g2g_no_lgp",
+            "g2g_no_cag2g",
+            "g2g_plain",
+            "g2g_anti_collapse",
+        )
         bad = [v for v in self.variants if v not in known]
         _check(not bad, f"unknown quick variants {bad}; valid: {list(known)}")
         _check(len(self.seeds) >= 1, "seeds must not be empty")

@@ -31,7 +31,7 @@ PACKAGE = "g2g-fscil"
 
 def variant_config(base: G2GConfig, variant: str) -> tuple[str, G2GConfig]:
     """``(method, model config)`` of a quick variant."""
-    if variant == "v2v":
+    if variant in ("v2v", "v2v_mode2", "v2v_mode3"):
         return "v2v", base
     changes = {
         "g2g": {},
@@ -90,7 +90,9 @@ def run_seed(qc: QuickConfig, seed: int) -> dict[str, dict]:
     runs = [("ncm", "ncm", cfg.model), ("teen", "teen", cfg.model)]
     runs += [(v, *variant_config(cfg.model, v)) for v in qc.variants]
     for name, method, mcfg in runs:
-        rep, _ = run_fscil(data, dataclasses.replace(cfg, model=mcfg), method, seed, pretrained=state)
+        mode = int(name[-1]) if name.startswith("v2v_mode") else 1
+        exp = dataclasses.replace(cfg, model=mcfg, v2v_mode=mode)
+        rep, _ = run_fscil(data, exp, method, seed, pretrained=state)
         out[name] = {
             "accs": [100 * a for a in rep.accs],
             "avg": 100 * rep.avg,
@@ -224,6 +226,8 @@ def quick_reproduction(out_dir: Path, quick: bool = True, cfg: QuickConfig | Non
         "ncm": "NCM",
         "teen": "TEEN",
         "v2v": "V2V (C-FSCIL)",
+        "v2v_mode2": "V2V mode 2 (retrain+bipolar)",
+        "v2v_mode3": "V2V mode 3 (retrain+nudge)",
         "g2g_no_lgp": "G2G w/o LGP",
         "g2g_no_cag2g": "G2G w/o CAG2G",
         "g2g_plain": "G2G (no LGP/CAG2G)",
