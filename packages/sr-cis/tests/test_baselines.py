@@ -48,6 +48,20 @@ def test_simple_cil_is_ncm_on_frozen_features(small, tiny_cfg, make_task):
     assert torch.equal(m.predict(x), ref)
 
 
+def test_seq_lora_prototype_init_of_new_rows(small, tiny_cfg, make_task):
+    m = SeqLoRA(small, tiny_cfg, epochs=0)
+    ds = make_task([0, 1], 40)
+    m.train_task(ds, 0)
+    x, y = ds.tensors
+    with torch.no_grad():
+        h = small.features(x, "seq")
+    p = torch.stack([h[y == c].mean(0) for c in (0, 1)])
+    assert torch.allclose(m.head.weight, p, atol=1e-5)
+    assert torch.allclose(m.head.bias, -0.5 * (p * p).sum(1), atol=1e-5)
+    with pytest.raises(ValueError, match="init"):
+        SeqLoRA(small, tiny_cfg, init="zeros")
+
+
 def test_seq_lora_grows_head_and_keeps_old_rows_shape(small, tiny_cfg, make_task):
     m = SeqLoRA(small, tiny_cfg, epochs=1)
     m.train_task(make_task([0, 1], 40), 0)

@@ -179,14 +179,14 @@ def test_quick_claims_are_computed_from_numbers():
     m = {
         "final.per_task_lora": 50.0, "final.seq_lora": 20.0, "final.sr_cis_fast": 47.0, "final.sr_cis": 52.0,
         "passes.sr_cis": 2.0, "passes.per_task_lora": 5.0, "acc_fast_flagged": 20.0, "acc_fast_unflagged": 60.0,
-        "final.simple_cil": 60.0,
+        "final.simple_cil": 60.0, "forgetting.per_task_lora": 5.0, "forgetting.seq_lora": 30.0,
     }  # fmt: skip
     claims = build_claims(m)
-    assert [c.holds for c in claims] == [True, True, True, True, True, False]
+    assert [c.holds for c in claims] == [True, True, True, True, True, True, False]
     m["final.sr_cis_fast"] = 40.0
-    assert not build_claims(m)[1].holds
+    assert not build_claims(m)[2].holds
     m |= {"fewshot_drop.sr_cis": 1.0, "fewshot_drop.per_task_lora": 3.0, "fewshot_drop.simple_cil": 0.5}
-    assert [c.holds for c in build_claims(m)[6:]] == [True, False]
+    assert [c.holds for c in build_claims(m)[7:]] == [True, False]
 
 
 @pytest.mark.slow
@@ -197,7 +197,7 @@ def test_quick_reproduction_tiny_budget(tmp_path):
         pretrain_epochs=1, stm_epochs=1, seq_epochs=1, restructure_epochs=1, n_desc=4, tiny_llava=False
     )
     res = quick_reproduction(tmp_path, cfg=q)
-    assert len(res.claims) == 8 and all(isinstance(c.holds, bool) for c in res.claims)
+    assert len(res.claims) == 9 and all(isinstance(c.holds, bool) for c in res.claims)
     assert "fewshot_drop.sr_cis" in res.metrics
     assert (tmp_path / "sr-cis_accuracy_per_task.png").is_file()
     assert 0 <= res.metrics["final.sr_cis"] <= 100

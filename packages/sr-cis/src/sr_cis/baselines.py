@@ -72,7 +72,17 @@ def _loader(ds: Dataset, bs: int, shuffle: bool, gen=None):
 class SeqLoRA:
     """One LoRA adapter and a growing linear head trained on each task in turn (spec §4.1)."""
 
-    def __init__(self, small_model, cfg: SRCISConfig | None = None, epochs: int | None = None, device="cpu"):
+    def __init__(
+        self,
+        small_model,
+        cfg: SRCISConfig | None = None,
+        epochs: int | None = None,
+        device="cpu",
+        init="prototype",
+    ):
+        if init not in ("prototype", "random"):
+            raise ValueError(f"init must be 'prototype' or 'random', got {init!r}")
+        self.init = init
         self.cfg = cfg or SRCISConfig()
         self.model = small_model.to(device)
         self.device = torch.device(device)
@@ -81,20 +91,35 @@ class SeqLoRA:
         self.classes: list[int] = []
         self.head: nn.Linear | None = None
 
-    def _grow(self, new: list[int]) -> None:
+    def _grow(self, new: list[int], protos: torch.Tensor | None = None) -> None:
+        """Add rows for ``new`` classes: NCM-as-linear from ``protos`` (like the STM heads) or random."""
         old = self.head
         head = nn.Linear(self.model.dim, len(self.classes) + len(new)).to(self.device)
-        if old is not None:
-            with torch.no_grad():
-                head.weight[: old.out_features] = old.weight
-                head.bias[: old.out_features] = old.bias
+        n_old = 0 if old is None else old.out_features
+        with torch.no_grad():
+            if old is not None:
+                head.weight[:n_old] = old.weight
+                head.bias[:n_old] = old.bias
+            if protos is not None:
+                p = protos.to(head.weight)
+                head.weight[n_old:] = p
+                head.bias[n_old:] = -0.5 * (p * p).sum(1)
         self.head = head
         self.classes += new
 
     def train_task(self, train: Dataset, task_id: int = 0, class_names: Mapping[int, str] | None = None):
         labels = dataset_labels(train)
         new = [c for c in sorted(torch.unique(labels).tolist()) if c not in self.classes]
-        self._grow(new)
+        protos = None
+        if self.init == "prototype":  # streamed class means of the current (shared) adapter's features
+            sums = {c: torch.zeros(self.model.dim) for c in new}
+            with torch.no_grad():
+                for xb, yb in _loader(train, self.cfg.fast.batch_size, False):
+                    h = self.model.features(xb.to(self.device), "seq").cpu()
+                    for c in new:
+                        sums[c] += h[yb == c].sum(0)
+            protos = torch.stack([sums[c] / int((labels == c).sum()) for c in new])
+        self._grow(new, protos)
         col = torch.full((max(self.classes) + 1,), -1, dtype=torch.long)
         col[torch.tensor(self.classes)] = torch.arange(len(self.classes))
         s = self.cfg.stm

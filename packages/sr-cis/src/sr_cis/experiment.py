@@ -25,7 +25,7 @@ from sr_cis.system import SRCIS
 
 __all__ = ["METHODS", "build_method", "eval_subset", "pretrain_backbone", "run_experiment", "run_method"]
 
-METHODS = (*SR_CIS_VARIANTS, "seq_lora", "simple_cil", "mllm_zero_shot")
+METHODS = (*SR_CIS_VARIANTS, "seq_lora", "seq_lora_random_head", "simple_cil", "mllm_zero_shot")
 
 
 def pretrain_backbone(
@@ -77,8 +77,9 @@ def build_method(
                 "set text.describe_mode=class_name_only to run without one"
             )
         return SRCIS(small_model, lm, gen, vc, class_names, device)
-    if name == "seq_lora":
-        return SeqLoRA(small_model, cfg, seq_epochs, device)
+    if name in ("seq_lora", "seq_lora_random_head"):
+        init = "prototype" if name == "seq_lora" else "random"
+        return SeqLoRA(small_model, cfg, seq_epochs, device, init=init)
     if name == "simple_cil":
         return SimpleCIL(small_model, cfg, device)
     if name == "mllm_zero_shot":
