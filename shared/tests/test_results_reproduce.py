@@ -6,7 +6,15 @@ from importlib.metadata import EntryPoint
 import pytest
 
 from papers_shared import reproduce
-from papers_shared.results import Claim, QuickResult, bar_plot, line_plot, write_report, write_result
+from papers_shared.results import (
+    Claim,
+    QuickResult,
+    bar_plot,
+    line_plot,
+    save_and_report,
+    write_report,
+    write_result,
+)
 
 
 def test_claim_compare():
@@ -76,3 +84,12 @@ def test_reproduce_runs_dummy_entry_point(tmp_path, monkeypatch):
     with pytest.raises(SystemExit):
         reproduce.main(["nonexistent", "--out", str(out)])
     sys.modules.pop("dummy_quick_pkg", None)
+
+
+def test_save_and_report_counts_held_claims(tmp_path, capsys):
+    claims = [Claim.compare("up", "a", 2.0, "b", 1.0), Claim.compare("down", "a", 0.5, "b", 1.0)]
+    r = QuickResult("pkg", "cmd", "digits", [0], {"acc": 0.5}, claims)
+    path = save_and_report(r, tmp_path)
+    assert path == tmp_path / "pkg.json"
+    assert [c["holds"] for c in json.loads(path.read_text())["claims"]] == [True, False]
+    assert capsys.readouterr().out.strip() == f"1/2 claims hold -> {path}"

@@ -21,7 +21,16 @@ from typing import Any
 
 from papers_shared.checkpoints import atomic_write_text
 
-__all__ = ["Claim", "QuickResult", "bar_plot", "line_plot", "load_result", "write_report", "write_result"]
+__all__ = [
+    "Claim",
+    "QuickResult",
+    "bar_plot",
+    "line_plot",
+    "load_result",
+    "save_and_report",
+    "write_report",
+    "write_result",
+]
 
 _OPS = {">": operator.gt, ">=": operator.ge, "<": operator.lt, "<=": operator.le}
 
@@ -104,6 +113,14 @@ def _jsonable(x: Any) -> Any:
 def write_result(result: QuickResult, out_dir: str | Path) -> Path:
     path = Path(out_dir) / f"{result.package}.json"
     atomic_write_text(path, json.dumps(_jsonable(result.to_dict()), indent=2) + "\n")
+    return path
+
+
+def save_and_report(result: QuickResult, out_dir: str | Path) -> Path:
+    """Write ``<out_dir>/<package>.json`` and print ``held/total claims hold -> path`` (the packages' CLIs)."""
+    path = write_result(result, out_dir)
+    held = sum(bool(c.holds) for c in result.claims)
+    print(f"{held}/{len(result.claims)} claims hold -> {path}")
     return path
 
 

@@ -51,12 +51,10 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.cmd == "quick":
             from fsg_bnn.quick import quick_reproduction
-            from papers_shared.results import write_result
+            from papers_shared.results import save_and_report
 
             res = quick_reproduction(args.out, quick=not args.full)
-            path = write_result(res, args.out)
-            held = sum(c.holds for c in res.claims)
-            print(f"{held}/{len(res.claims)} claims hold -> {path}")
+            save_and_report(res, args.out)
             return 0
         cfg = load_config(ExperimentConfig, args.config, args.overrides)
         if args.cmd == "pretrain":

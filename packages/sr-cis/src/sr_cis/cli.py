@@ -79,15 +79,13 @@ def _cmd_eval(args) -> int:
 
 
 def _cmd_quick(args) -> int:
-    from papers_shared.results import write_result
+    from papers_shared.results import save_and_report
     from sr_cis.config import QuickConfig
     from sr_cis.quick import quick_reproduction
 
     cfg = load_config(QuickConfig, args.config, args.overrides) if (args.config or args.overrides) else None
     res = quick_reproduction(Path(args.out), quick=not args.full, cfg=cfg)
-    path = write_result(res, args.out)
-    held = sum(c.holds for c in res.claims)
-    print(f"{held}/{len(res.claims)} claims hold -> {path}")
+    save_and_report(res, args.out)
     return 0
 
 
