@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from papers_shared.kernels import has_mamba_cuda, selective_scan, selective_scan_chunked, selective_scan_ref
+from papers_shared.ssm.ops import has_mamba_cuda, selective_scan, selective_scan_chunked, selective_scan_ref
 
 
 def naive(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False):

@@ -1,4 +1,4 @@
-"""``papers_shared.kernels.selective_scan`` (chunked, CPU) against a naive per-step loop at the
+"""``papers_shared.ssm.ops.selective_scan`` (chunked, CPU) against a naive per-step loop at the
 sequence lengths FSG produces on CIFAR ResNet-20 (``1 + L * n`` with ``L = 5`` and ``n`` the size of a
 conv / FC weight), with the slow net's channel sizes: the paper's Mamba (``d_inner = 100``,
 ``d_state = 16``) and the small digits-demo one (``d_inner = 4``, ``d_state = 4``).
@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from papers_shared.checkpoints import atomic_write_text
-from papers_shared.kernels import selective_scan
+from papers_shared.ssm.ops import selective_scan
 
 ROOT = Path(__file__).resolve().parents[3]
 #: distinct weight sizes of CIFAR ResNet-20 (conv1, fc, stage convs, downsample convs)

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 import fsg_bnn as fb
-from papers_shared.kernels import has_mamba_cuda, selective_scan
+from papers_shared.ssm.ops import has_mamba_cuda, selective_scan
 
 
 def small_slow(num_layers=3, **kw):

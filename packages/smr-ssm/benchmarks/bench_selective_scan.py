@@ -1,6 +1,6 @@
 """Selective-scan benchmark (issue #10, benchmark 1 and 3).
 
-(1) CPU: ``papers_shared.kernels.selective_scan`` (chunked scan, custom autograd function) against
+(1) CPU: ``papers_shared.ssm.ops.selective_scan`` (chunked scan, custom autograd function) against
 mamba-ssm's pure-PyTorch reference algorithm (``selective_scan_ref``: materialise ``exp(delta A)`` and
 ``delta B u``, then one einsum step per position), re-implemented below because ``mamba_ssm`` cannot be
 imported without CUDA. Mamba shapes: ``u, delta, z (b, d, l)``, variable ``B, C (b, n, l)``, ``D``,
@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from papers_shared.checkpoints import atomic_write_text
-from papers_shared.kernels import has_mamba_cuda, selective_scan
+from papers_shared.ssm.ops import has_mamba_cuda, selective_scan
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -134,7 +134,7 @@ def main(argv=None) -> int:
         min(args.warmup, 1),
     )
     res = {
-        "benchmark": "selective scan, CPU: papers_shared.kernels.selective_scan vs mamba-ssm reference algorithm",
+        "benchmark": "selective scan, CPU: papers_shared.ssm.ops.selective_scan vs mamba-ssm reference algorithm",
         "shape": {
             "batch": b,
             "d": d,

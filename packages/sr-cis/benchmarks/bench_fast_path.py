@@ -23,7 +23,7 @@ import torch
 def main(argv=None) -> int:
     from papers_shared.data import stratified_split
     from papers_shared.device import seed_everything
-    from papers_shared.results import _jsonable
+    from papers_shared.results import to_jsonable
     from sr_cis.config import QuickConfig
     from sr_cis.data import load_benchmark
     from sr_cis.experiment import build_method, pretrain_backbone
@@ -111,8 +111,8 @@ def main(argv=None) -> int:
         for k, v in rows.items()
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(_jsonable(out), indent=2) + "\n")
-    print(json.dumps(_jsonable(out["ratios_vs_per_task_lora_last_task"]), indent=2))
+    Path(args.out).write_text(json.dumps(to_jsonable(out), indent=2) + "\n")
+    print(json.dumps(to_jsonable(out["ratios_vs_per_task_lora_last_task"]), indent=2))
     return 0
 
 

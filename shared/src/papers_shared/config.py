@@ -1,13 +1,22 @@
-"""Typed YAML configs with command-line overrides.
+"""Typed YAML configs with command-line overrides and one way to validate them.
 
-Each package describes its configuration as a dataclass. :func:`load_config` reads a YAML file, applies
-``key=value`` overrides (dotted keys reach nested dataclasses), converts values to the field types and
-rejects unknown keys with an error that lists the valid ones.
+Each package describes its configuration as a dataclass deriving from :class:`Config` (the peft/trl
+pattern: ``@dataclass class XConfig(Config)``). Fields declared with :func:`field` carry a help text and
+their constraints (``choices``, ``ge``/``gt``/``le``/``lt``); ``Literal`` types are choices too, and every
+float must be finite unless the field says ``finite=False``. :class:`Config` checks all of this when the
+object is built (in Python, from YAML, or by the CLI), so ``show-config`` and a run accept exactly the
+same configs. Cross-field checks go in the config's own ``__post_init__`` after ``super().__post_init__()``.
+
+:func:`load_config` reads a YAML file, applies ``key=value`` overrides (dotted keys reach nested
+dataclasses), converts values to the field types and rejects unknown keys with an error that lists the
+valid ones.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import math
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -16,13 +25,157 @@ from typing import Any, TypeVar
 
 import yaml
 
-__all__ = ["ConfigError", "config_to_dict", "from_dict", "load_config", "parse_overrides", "save_config"]
+from papers_shared.errors import ConfigError
+
+__all__ = [
+    "Config",
+    "ConfigError",
+    "config_to_dict",
+    "describe_config",
+    "field",
+    "from_dict",
+    "load_config",
+    "parse_overrides",
+    "save_config",
+    "validate_fields",
+]
 
 T = TypeVar("T")
 
+_BOUNDS = {
+    "ge": (lambda v, b: v >= b, ">="),
+    "gt": (lambda v, b: v > b, ">"),
+    "le": (lambda v, b: v <= b, "<="),
+    "lt": (lambda v, b: v < b, "<"),
+}
 
-class ConfigError(ValueError):
-    """Raised for unknown keys, wrong types or unreadable config files."""
+
+def field(
+    default: Any = dataclasses.MISSING,
+    *,
+    default_factory: Any = dataclasses.MISSING,
+    help: str = "",
+    choices: Sequence[Any] | None = None,
+    ge: float | None = None,
+    gt: float | None = None,
+    le: float | None = None,
+    lt: float | None = None,
+    finite: bool = True,
+    **kwargs: Any,
+) -> Any:
+    """A dataclass field with a help text and constraints, checked by :class:`Config` when built.
+
+    ``ge``/``gt``/``le``/``lt`` bound a number (for a list, every element); ``choices`` lists the
+    allowed values; ``finite=False`` lets a float be ``inf``/``nan``. ``help`` is what ``show-config
+    --help`` prints, as ``metadata={"help": ...}`` in peft and trl configs.
+    """
+    meta = dict(kwargs.pop("metadata", None) or {})
+    meta["help"] = help
+    for name, bound in (("ge", ge), ("gt", gt), ("le", le), ("lt", lt)):
+        if bound is not None:
+            meta[name] = bound
+    if choices is not None:
+        meta["choices"] = tuple(choices)
+    meta["finite"] = finite
+    return dataclasses.field(default=default, default_factory=default_factory, metadata=meta, **kwargs)
+
+
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _literal_choices(tp: Any) -> tuple[Any, ...] | None:
+    origin = typing.get_origin(tp)
+    if origin is typing.Literal:
+        return typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        found = [c for a in typing.get_args(tp) if (c := _literal_choices(a)) is not None]
+        if found:
+            return tuple(x for c in found for x in c) + ((None,) if type(None) in typing.get_args(tp) else ())
+    return None
+
+
+class _FieldError(ConfigError):
+    """A single field's rule broken; its message starts with the field name, so a prefix can be added."""
+
+
+def _check_value(name: str, value: Any, tp: Any, meta: Mapping[str, Any]) -> None:
+    helptext = f" ({meta['help']})" if meta.get("help") else ""
+    choices = meta.get("choices") or _literal_choices(tp)
+    if choices is not None and value not in choices:
+        raise _FieldError(f"{name}={value!r} is not one of {list(choices)}{helptext}")
+    items = value if isinstance(value, (list, tuple)) else [value]
+    for v in items:
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            continue
+        if isinstance(v, float) and meta.get("finite", True) and not math.isfinite(v):
+            raise _FieldError(f"{name}={value!r}: must be a finite number{helptext}")
+        for key, (ok, sym) in _BOUNDS.items():
+            if key in meta and not ok(v, meta[key]):
+                raise _FieldError(f"{name}={value!r}: must be {sym} {meta[key]}{helptext}")
+
+
+def validate_fields(obj: Any) -> None:
+    """Check every field of dataclass ``obj`` against its type's choices and its :func:`field` constraints.
+
+    Nested dataclasses are checked recursively; a float field must be finite unless ``finite=False``.
+    Raises :class:`ConfigError` naming the field, the value and the rule.
+    """
+    hints = _hints(type(obj))
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            try:
+                validate_fields(value)
+            except _FieldError as exc:
+                raise _FieldError(f"{f.name}.{exc}") from None
+            continue
+        _check_value(f.name, value, hints.get(f.name, Any), f.metadata)
+
+
+class Config:
+    """Base class of every package config: validates its fields when built (see :func:`validate_fields`).
+
+    Subclasses are ``@dataclass``; a subclass with cross-field checks defines ``__post_init__`` that
+    calls ``super().__post_init__()`` first and raises :class:`ConfigError` with the reason.
+    """
+
+    def __post_init__(self) -> None:
+        validate_fields(self)
+
+
+def describe_config(cls: type, prefix: str = "") -> list[str]:
+    """One line per (dotted) field: ``key: type = default  help [constraints]`` - the show-config help."""
+    lines = []
+    hints = _hints(cls)
+    for f in dataclasses.fields(cls):
+        if not f.init:
+            continue
+        tp = hints.get(f.name, Any)
+        key = prefix + f.name
+        if dataclasses.is_dataclass(tp):
+            lines.append(f"{key}: {tp.__name__}  {f.metadata.get('help', '')}".rstrip())
+            lines += describe_config(tp, prefix=f"{key}.")
+            continue
+        if f.default is not dataclasses.MISSING:
+            default = repr(f.default)
+        elif f.default_factory is not dataclasses.MISSING:
+            default = repr(f.default_factory())
+        else:
+            default = "(required)"
+        rules = [f"{_BOUNDS[k][1]} {f.metadata[k]}" for k in _BOUNDS if k in f.metadata]
+        if f.metadata.get("choices"):
+            rules.append(f"one of {list(f.metadata['choices'])}")
+        generic = typing.get_args(tp) or not hasattr(tp, "__name__")
+        tname = str(tp).replace("typing.", "") if generic else tp.__name__
+        text = f"{key}: {tname} = {default}"
+        if f.metadata.get("help"):
+            text += f"  {f.metadata['help']}"
+        if rules:
+            text += f"  [{', '.join(rules)}]"
+        lines.append(text)
+    return lines
 
 
 def _convert(value: Any, tp: Any, where: str) -> Any:
@@ -44,7 +197,7 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
         raise ConfigError(f"{where}: {value!r} matches none of {tp}")
     if origin is typing.Literal:
         if value not in args:
-            raise ConfigError(f"{where}: {value!r} is not one of {list(args)}")
+            raise ConfigError(f"{where}={value!r} is not one of {list(args)}")
         return value
     if dataclasses.is_dataclass(tp):
         if isinstance(value, tp):
@@ -111,7 +264,7 @@ def from_dict(cls: type[T], data: Mapping[str, Any], prefix: str = "") -> T:
         raise TypeError(f"{cls} is not a dataclass")
     if not isinstance(data, Mapping):
         raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {type(data).__name__}")
-    hints = typing.get_type_hints(cls)
+    hints = _hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(data) - set(fields))
     if unknown:
@@ -121,11 +274,14 @@ def from_dict(cls: type[T], data: Mapping[str, Any], prefix: str = "") -> T:
         )
     kwargs = {k: _convert(v, hints[k], prefix + k) for k, v in data.items()}
     try:
-        return cls(**kwargs)
-    except ConfigError:
-        raise
-    except (TypeError, ValueError) as exc:  # a config's own __post_init__ validation
-        raise ConfigError(f"{cls.__name__}: {exc}") from exc
+        obj = cls(**kwargs)
+        if not isinstance(obj, Config):  # plain dataclasses get the same field checks
+            validate_fields(obj)
+        return obj
+    except _FieldError as exc:
+        raise _FieldError(f"{prefix}{exc}") from None
+    except (TypeError, ValueError) as exc:  # a config's own __post_init__ (cross-field) validation
+        raise ConfigError(f"{prefix.rstrip('.') or cls.__name__}: {exc}") from None
 
 
 def parse_overrides(items: Sequence[str] | None) -> dict[str, Any]:

@@ -4,7 +4,8 @@ JSON schema (one file per package, ``<out>/<package>.json``)::
 
     {"package": str, "command": str, "dataset": str, "seeds": [int], "device": str, "runtime_s": float,
      "metrics": {...}, "claims": [{"claim", "method", "baseline", "method_value", "baseline_value",
-     "op", "margin", "holds"}], "plots": [file names], "notes": str}
+     "op", "margin", "holds"}], "plots": [file names], "notes": str,
+     "environment": {"torch", "numpy", "python", "platform", "cpu", "threads", "deterministic", "gpu"}}
 
 ``holds`` is computed from the measured numbers by :meth:`Claim.compare`, never written by hand.
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 import operator
+import platform
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -25,9 +27,13 @@ __all__ = [
     "Claim",
     "QuickResult",
     "bar_plot",
+    "environment_info",
+    "format_claims",
     "line_plot",
     "load_result",
     "save_and_report",
+    "to_jsonable",
+    "write_json",
     "write_report",
     "write_result",
 ]
@@ -87,6 +93,7 @@ class QuickResult:
     runtime_s: float | None = None
     plots: list[str] = field(default_factory=list)
     notes: str = ""
+    environment: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -94,34 +101,85 @@ class QuickResult:
         return d
 
 
-def _jsonable(x: Any) -> Any:
+def to_jsonable(x: Any) -> Any:
+    """Plain JSON types from tensors, numpy values, paths and nested containers (non-finite floats -> null)."""
     if isinstance(x, Mapping):
-        return {str(k): _jsonable(v) for k, v in x.items()}
+        return {str(k): to_jsonable(v) for k, v in x.items()}
     if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
+        return [to_jsonable(v) for v in x]
     if isinstance(x, float):
         return x if math.isfinite(x) else None
     if hasattr(x, "item") and callable(x.item) and getattr(x, "ndim", 1) == 0:
-        return _jsonable(x.item())
+        return to_jsonable(x.item())
     if hasattr(x, "tolist"):
-        return _jsonable(x.tolist())
+        return to_jsonable(x.tolist())
     if isinstance(x, Path):
         return str(x)
     return x
 
 
+def write_json(obj: Any, path: str | Path) -> Path:
+    """The one result writer: ``obj`` as indented JSON (see :func:`to_jsonable`), written atomically."""
+    return atomic_write_text(path, json.dumps(to_jsonable(obj), indent=2) + "\n")
+
+
 def write_result(result: QuickResult, out_dir: str | Path) -> Path:
-    path = Path(out_dir) / f"{result.package}.json"
-    atomic_write_text(path, json.dumps(_jsonable(result.to_dict()), indent=2) + "\n")
-    return path
+    return write_json(result.to_dict(), Path(out_dir) / f"{result.package}.json")
+
+
+def format_claims(result: QuickResult | Mapping[str, Any]) -> str:
+    """One line per claim, ``[holds|FAILS] claim: value op baseline (+ margin)``, as ``reproduce`` prints."""
+    claims = result["claims"] if isinstance(result, Mapping) else [asdict(c) for c in result.claims]
+    lines = []
+    for c in claims:
+        tag = "holds" if c["holds"] else "FAILS"
+        if c["method_value"] is None:
+            lines.append(f"  [{tag}] {c['claim']}")
+            continue
+        margin = f" {c['margin']:+g}" if c["margin"] else ""
+        lines.append(
+            f"  [{tag}] {c['claim']}: {c['method']} {_fmt(c['method_value'])} {c['op']} "
+            f"{c['baseline']} {_fmt(c['baseline_value'])}{margin}"
+        )
+    return "\n".join(lines)
 
 
 def save_and_report(result: QuickResult, out_dir: str | Path) -> Path:
-    """Write ``<out_dir>/<package>.json`` and print ``held/total claims hold -> path`` (the packages' CLIs)."""
+    """Write ``<out_dir>/<package>.json`` and print its claims and ``held/total claims hold -> path``."""
     path = write_result(result, out_dir)
     held = sum(bool(c.holds) for c in result.claims)
+    if result.claims:
+        print(format_claims(result))
     print(f"{held}/{len(result.claims)} claims hold -> {path}")
     return path
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith(("model name", "hardware", "cpu model")):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def environment_info() -> dict[str, Any]:
+    """What the numbers depend on: library versions, CPU model, thread count, determinism flag, GPU."""
+    import numpy as np
+    import torch
+
+    env = {
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(terse=True),
+        "cpu": _cpu_model(),
+        "threads": torch.get_num_threads(),
+        "deterministic": torch.are_deterministic_algorithms_enabled(),
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
+    return env
 
 
 def load_result(path: str | Path) -> dict[str, Any]:

@@ -74,7 +74,7 @@ def _digits_model(cfg: EsmaExperimentConfig, kind: str, seed: int) -> nn.Module:
     model = build[kind]()
     path = Path(cfg.out_dir) / cfg.name / f"digits_{kind}_s{seed}_{s}px.pt"
     if path.is_file():
-        model.load_state_dict(load_checkpoint(path, weights_only=True))
+        model.load_state_dict(load_checkpoint(path))
         model.eval().requires_grad_(False)
         return model
     x, y = digits_split(s)["train"]

@@ -1,5 +1,5 @@
 """Sequence models for the slow net (spec §3.4, §4): a pure-PyTorch Mamba-1 block and the S4 / S5
-variants of the ablations, all running on :func:`papers_shared.kernels.selective_scan`.
+variants of the ablations, all running on :func:`papers_shared.ssm.ops.selective_scan`.
 
 The scan is the workspace's chunked pure-PyTorch implementation on CPU and mamba-ssm's CUDA kernel on
 CUDA when the ``cuda`` extra is installed (``backend="auto"``); mamba-ssm is never imported at module
@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from papers_shared.kernels import selective_scan
+from papers_shared.ssm.ops import selective_scan
 
 __all__ = ["MambaBlock", "S4DLayer", "S4SequenceModel", "S5Layer", "S5SequenceModel", "SCAN_BACKENDS"]
 

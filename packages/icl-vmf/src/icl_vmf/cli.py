@@ -64,7 +64,7 @@ def _cmd_eval(args) -> int:
     from icl_vmf.trainer import evaluate
     from papers_shared.checkpoints import CheckpointManager
     from papers_shared.device import get_device
-    from papers_shared.results import _jsonable
+    from papers_shared.results import to_jsonable
 
     cfg = _load(args)
     device = get_device(cfg.device)
@@ -89,7 +89,7 @@ def _cmd_eval(args) -> int:
         "class_il_with_system2": final,
         "interaction": stats.as_dict(),
     }
-    print(json.dumps(_jsonable(out), indent=2))
+    print(json.dumps(to_jsonable(out), indent=2))
     return 0
 
 

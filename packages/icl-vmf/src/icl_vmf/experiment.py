@@ -90,7 +90,7 @@ def run_experiment(
     evaluation. Writes ``results.json`` (and per-run checkpoints) under ``out_dir`` when given."""
     from papers_shared.checkpoints import atomic_write_text
     from papers_shared.config import config_to_dict
-    from papers_shared.results import _jsonable
+    from papers_shared.results import to_jsonable
 
     device = get_device(cfg.device)
     out = Path(out_dir) if out_dir is not None else None
@@ -116,7 +116,7 @@ def run_experiment(
                 if out is not None:
                     atomic_write_text(
                         out / "runs" / f"{method}-seed{seed}.json",
-                        json.dumps(_jsonable(res.to_dict()), indent=2),
+                        json.dumps(to_jsonable(res.to_dict()), indent=2),
                     )
     report = {
         "name": cfg.name,
@@ -127,5 +127,5 @@ def run_experiment(
         "config": config_to_dict(cfg),
     }
     if out is not None:
-        atomic_write_text(out / "results.json", json.dumps(_jsonable(report), indent=2) + "\n")
+        atomic_write_text(out / "results.json", json.dumps(to_jsonable(report), indent=2) + "\n")
     return report

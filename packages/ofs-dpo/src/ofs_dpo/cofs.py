@@ -541,7 +541,7 @@ class ContinualRunner:
 
         from papers_shared.checkpoints import load_checkpoint
 
-        state = load_checkpoint(path, weights_only=False)
+        state = load_checkpoint(path)
         if state.get("method") != self.method:
             raise ValueError(f"checkpoint is for method {state.get('method')!r}, runner is {self.method!r}")
         self.domains = list(state["domains"])

@@ -30,7 +30,7 @@ def _load(args):
 
 def _cmd_train(args) -> int:
     from papers_shared.checkpoints import atomic_write_text
-    from papers_shared.results import _jsonable
+    from papers_shared.results import to_jsonable
     from sr_cis.experiment import run_experiment
 
     cfg = _load(args)
@@ -38,12 +38,12 @@ def _cmd_train(args) -> int:
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
     res = run_experiment(cfg, out_dir=out, resume=args.resume)
-    atomic_write_text(out / "results.json", json.dumps(_jsonable(res), indent=2) + "\n")
+    atomic_write_text(out / "results.json", json.dumps(to_jsonable(res), indent=2) + "\n")
     summary = {
         k: {x: v[x] for x in ("final_acc", "avg_acc", "final_acc_fast", "forgetting_acc", "route_frac")}
         for k, v in res.items()
     }
-    print(json.dumps(_jsonable(summary), indent=2))
+    print(json.dumps(to_jsonable(summary), indent=2))
     print(f"results: {out / 'results.json'}")
     return 0
 
@@ -51,7 +51,7 @@ def _cmd_train(args) -> int:
 def _cmd_eval(args) -> int:
     from torch.utils.data import ConcatDataset
 
-    from papers_shared.results import _jsonable
+    from papers_shared.results import to_jsonable
     from sr_cis.data import load_benchmark
     from sr_cis.experiment import build_method, eval_subset
     from sr_cis.small_model import build_small_model
@@ -74,7 +74,7 @@ def _cmd_eval(args) -> int:
     test = eval_subset(ConcatDataset([bench.task_test(s) for s in range(n)]), cfg.max_eval_samples, cfg.seed)
     res = system.evaluate(test, {c: s.index for s in bench.split for c in s.classes})
     res.pop("storage", None)
-    print(json.dumps(_jsonable(res), indent=2))
+    print(json.dumps(to_jsonable(res), indent=2))
     return 0
 
 

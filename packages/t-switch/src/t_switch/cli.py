@@ -31,7 +31,7 @@ def load_state(src: str) -> dict:
     if p.is_file():
         if p.suffix == ".safetensors":
             return load_safetensors(p)[0]
-        obj = load_checkpoint(p, weights_only=True)
+        obj = load_checkpoint(p)
         obj = obj.get("state_dict", obj) if isinstance(obj, dict) else obj
         if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
             raise ValueError(f"{p} does not hold a flat state dict of tensors")
@@ -45,7 +45,7 @@ def load_state(src: str) -> dict:
 
 def _cmd_run(args) -> int:
     from papers_shared.checkpoints import atomic_write_text
-    from papers_shared.results import _jsonable
+    from papers_shared.results import to_jsonable
     from t_switch.config import ExperimentConfig
     from t_switch.hub import run_experiment
 
@@ -54,10 +54,10 @@ def _cmd_run(args) -> int:
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
     res = run_experiment(cfg)
-    atomic_write_text(out / "results.json", json.dumps(_jsonable(res), indent=2) + "\n")
+    atomic_write_text(out / "results.json", json.dumps(to_jsonable(res), indent=2) + "\n")
     print(
         json.dumps(
-            _jsonable({k: v.get("avg") for k, v in res.items() if isinstance(v, dict) and "avg" in v}),
+            to_jsonable({k: v.get("avg") for k, v in res.items() if isinstance(v, dict) and "avg" in v}),
             indent=2,
         )
     )

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from papers_shared.errors import UserError
 
-class DatasetNotFoundError(FileNotFoundError):
+
+class DatasetNotFoundError(UserError, FileNotFoundError):
     """A dataset (or model weights) is absent locally and cannot be fetched.
 
     The message names the expected path and how to obtain the data; loaders never fall back to

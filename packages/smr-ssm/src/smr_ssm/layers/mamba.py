@@ -9,7 +9,7 @@ Parameterisation and initialisation follow state-spaces/mamba's ``Mamba`` block:
     Delta = softplus(dt_proj(x_proj(x)_dt) + bias) [* tau_k],   B_k, C_k = x_proj(x)_{B, C}
     h_k = exp(Delta_k A) h_{k-1} + Delta_k B_k u_k,   y_k = C_k h_k + D u_k,   y <- y * SiLU(z)
 
-runs in :func:`papers_shared.kernels.selective_scan` (chunked PyTorch scan on CPU, mamba-ssm's CUDA
+runs in :func:`papers_shared.ssm.ops.selective_scan` (chunked PyTorch scan on CPU, mamba-ssm's CUDA
 kernel when it imports and the tensors are on CUDA).
 
 SMR positions (spec §3.5): ``"pre_proj"`` (default) sets ``x <- SMR(x)`` after the convolution so

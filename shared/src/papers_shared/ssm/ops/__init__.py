@@ -1,6 +1,6 @@
-"""Compute kernels shared by several packages (pure PyTorch, optional CUDA dispatch)."""
+"""SSM compute kernels with their pure-PyTorch references (mamba-ssm's ``ops/`` split)."""
 
-from papers_shared.kernels.selective_scan import (
+from papers_shared.ssm.ops.selective_scan import (
     has_mamba_cuda,
     selective_scan,
     selective_scan_chunked,

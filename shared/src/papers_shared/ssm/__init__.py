@@ -1,0 +1,9 @@
+"""State-space-model building blocks shared by smr-ssm and fsg-bnn.
+
+``ops`` holds the kernels (the selective scan: chunked pure PyTorch on CPU, mamba-ssm's CUDA kernel when
+importable and on CUDA) with their references; ``modules`` holds the layers built on them.
+"""
+
+from papers_shared.ssm.ops import has_mamba_cuda, selective_scan, selective_scan_chunked, selective_scan_ref
+
+__all__ = ["has_mamba_cuda", "selective_scan", "selective_scan_chunked", "selective_scan_ref"]
