@@ -92,4 +92,8 @@ def test_save_and_report_counts_held_claims(tmp_path, capsys):
     path = save_and_report(r, tmp_path)
     assert path == tmp_path / "pkg.json"
     assert [c["holds"] for c in json.loads(path.read_text())["claims"]] == [True, False]
-    assert capsys.readouterr().out.strip() == f"1/2 claims hold -> {path}"
+    assert capsys.readouterr().out.strip().splitlines() == [
+        "[holds] up: a 2 >= b 1",
+        "  [FAILS] down: a 0.5 >= b 1",
+        f"1/2 claims hold -> {path}",
+    ]

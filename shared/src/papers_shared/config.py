@@ -90,9 +90,12 @@ def _literal_choices(tp: Any) -> tuple[Any, ...] | None:
     if origin is typing.Literal:
         return typing.get_args(tp)
     if origin in (typing.Union, types.UnionType):
-        found = [c for a in typing.get_args(tp) if (c := _literal_choices(a)) is not None]
-        if found:
-            return tuple(x for c in found for x in c) + ((None,) if type(None) in typing.get_args(tp) else ())
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        found = [_literal_choices(a) for a in args]
+        if found and all(c is not None for c in found):  # only Literals (and None): a closed set
+            return tuple(x for c in found for x in c) + (
+                (None,) if len(args) < len(typing.get_args(tp)) else ()
+            )
     return None
 
 

@@ -134,7 +134,9 @@ def on_main_process(progress: bool = True) -> bool:
     return bool(progress) and is_main_process()
 
 
-def wrap_ddp(model: torch.nn.Module, device: torch.device | None = None, **ddp_kwargs: Any) -> torch.nn.Module:
+def wrap_ddp(
+    model: torch.nn.Module, device: torch.device | None = None, **ddp_kwargs: Any
+) -> torch.nn.Module:
     """``DistributedDataParallel(model)`` when several processes run, else ``model`` unchanged.
 
     On CUDA BatchNorm layers become SyncBatchNorm so that batch statistics are those of the global batch

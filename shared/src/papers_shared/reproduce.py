@@ -15,10 +15,11 @@ and a combined ``<out>/report.md``. Every package's ``<cli> quick`` goes through
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import time
 import traceback
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
 
@@ -52,11 +53,13 @@ def discover() -> dict[str, EntryPoint]:
     return {ep.name: ep for ep in entry_points(group=GROUP)}
 
 
-def deterministic_run(threads: int = DEFAULT_THREADS, seed: int = 0) -> None:
+@contextlib.contextmanager
+def deterministic_run(threads: int = DEFAULT_THREADS, seed: int = 0) -> Iterator[None]:
     """Make a run repeatable on one machine: fixed intra-op threads, deterministic kernels, seeded RNGs.
 
     The thread count is fixed (not the machine's core count) because reductions split across a different
-    number of threads round differently; quick runs are small, so two threads cost little.
+    number of threads round differently; quick runs are small, so two threads cost little. The previous
+    thread count and determinism flag are restored afterwards.
     """
     import torch
 
@@ -64,8 +67,15 @@ def deterministic_run(threads: int = DEFAULT_THREADS, seed: int = 0) -> None:
 
     if threads < 1:
         raise ValueError(f"threads must be >= 1, got {threads}")
+    before = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    before_warn = torch.is_deterministic_algorithms_warn_only_enabled()
     torch.set_num_threads(threads)
     seed_everything(seed, deterministic=True)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before[0])
+        torch.use_deterministic_algorithms(before[1], warn_only=before_warn)
 
 
 def run_one(ep: EntryPoint, out_dir: Path, quick: bool = True, threads: int = DEFAULT_THREADS) -> QuickResult:
@@ -73,16 +83,17 @@ def run_one(ep: EntryPoint, out_dir: Path, quick: bool = True, threads: int = DE
     import torch
 
     fn = ep.load()
-    deterministic_run(threads)
-    t0 = time.perf_counter()
-    result = fn(out_dir, quick=quick)
+    with deterministic_run(threads):
+        t0 = time.perf_counter()
+        result = fn(out_dir, quick=quick)
+        environment = environment_info()
     if not isinstance(result, QuickResult):
         raise TypeError(f"{ep.name}: quick reproduction returned {type(result).__name__}, not QuickResult")
     if result.runtime_s is None:
         result.runtime_s = round(time.perf_counter() - t0, 2)
     if not result.device:
         result.device = "cuda" if torch.cuda.is_available() else "cpu"
-    result.environment = {**environment_info(), **result.environment}
+    result.environment = {**environment, **result.environment}
     return result
 
 

@@ -54,7 +54,9 @@ def torchrun(
     ]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=_env(env), cwd=cwd)
     if res.returncode != 0:
-        raise AssertionError(f"torchrun failed ({res.returncode}):\n{res.stdout[-4000:]}\n{res.stderr[-4000:]}")
+        raise AssertionError(
+            f"torchrun failed ({res.returncode}):\n{res.stdout[-4000:]}\n{res.stderr[-4000:]}"
+        )
     return res
 
 

@@ -520,7 +520,9 @@ class ContinualRunner:
             "domains": list(self.domains),
             "memory": self.memory,
             "deployed": self.deployed,
-            "deployed_config": None if self.deployed_config is None else self.deployed_config.to_dict(),
+            "deployed_config": None
+            if self.deployed_config is None
+            else _plain(self.deployed_config.to_dict()),
             "deployed_weights": self.deployed_weights,
             "last_fast": self.last_fast,
             "last_slow": self.last_slow,
@@ -573,3 +575,19 @@ class COFSDPO(ContinualRunner):
         if self.deployed is None:
             raise RuntimeError("nothing deployed yet: call fit_domain first")
         return self.deployed
+
+
+def _plain(value: Any) -> Any:
+    """Enums (peft's ``PeftType``/``TaskType``) -> their values, sets -> sorted lists: loadable with
+    ``weights_only=True``."""
+    import enum
+
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (set, frozenset)):
+        return sorted(_plain(v) for v in value)
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
