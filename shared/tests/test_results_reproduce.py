@@ -2,6 +2,7 @@ import json
 import sys
 import textwrap
 from importlib.metadata import EntryPoint
+from pathlib import Path
 
 import pytest
 
@@ -97,3 +98,24 @@ def test_save_and_report_counts_held_claims(tmp_path, capsys):
         "  [FAILS] down: a 0.5 >= b 1",
         f"1/2 claims hold -> {path}",
     ]
+
+
+def test_paired_claim_records_per_seed_differences_and_min_wins(tmp_path):
+    c = Claim.paired_compare(
+        "a beats b", "a", [0.9, 0.8, 0.7], "b", [0.8, 0.85, 0.6], op=">", seeds=[0, 1, 2]
+    )
+    assert c.holds and c.method_value == pytest.approx(0.8) and c.baseline_value == pytest.approx(0.75)
+    assert c.paired["diff"] == pytest.approx([0.1, -0.05, 0.1]) and c.paired["wins"] == 2
+    assert c.paired["diff_std"] == pytest.approx(0.0866025, rel=1e-5)
+    assert c.paired["diff_sem"] == pytest.approx(0.0866025 / 3**0.5, rel=1e-5)
+    strict = Claim.paired_compare(
+        "a beats b", "a", [0.9, 0.8, 0.7], "b", [0.8, 0.85, 0.6], op=">", min_wins=3
+    )
+    assert not strict.holds  # the mean moves, but one seed of three disagrees
+    with pytest.raises(ValueError, match="equal"):
+        Claim.paired_compare("x", "a", [1.0], "b", [1.0, 2.0])
+    text = write_report(
+        [QuickResult("p", "c", "d", [0, 1, 2], {}, [c]).to_dict()], Path(".").resolve() / "x", {}
+    )
+    assert "0.05 +- 0.0866 (2/3)" in text.read_text()
+    text.unlink()

@@ -53,6 +53,59 @@ class Claim:
     op: str
     margin: float
     holds: bool
+    #: for claims over several seeds (:meth:`paired`): per-seed values and their paired differences
+    paired: dict[str, Any] | None = None
+
+    @classmethod
+    def paired_compare(
+        cls,
+        claim: str,
+        method: str,
+        method_values: Sequence[float],
+        baseline: str,
+        baseline_values: Sequence[float],
+        op: str = ">=",
+        margin: float = 0.0,
+        min_wins: int | None = None,
+        seeds: Sequence[int] | None = None,
+    ) -> Claim:
+        """A claim over seeds: ``mean(method) <op> mean(baseline) + margin`` on paired per-seed runs.
+
+        The record keeps both per-seed lists, the paired differences ``method - baseline``, their mean,
+        standard deviation (ddof=1) and standard error, and ``wins`` (seeds where the per-seed comparison
+        holds). ``min_wins`` makes the claim also require that many per-seed wins, so that a mean moved by
+        one seed, or a tie, does not count as an effect.
+        """
+        if op not in _OPS:
+            raise ValueError(f"op must be one of {sorted(_OPS)}, got {op!r}")
+        mv = [float(v) for v in method_values]
+        bv = [float(v) for v in baseline_values]
+        if len(mv) != len(bv) or not mv:
+            raise ValueError(
+                f"paired claim needs equal, non-empty per-seed lists, got {len(mv)} and {len(bv)}"
+            )
+        if seeds is not None and len(seeds) != len(mv):
+            raise ValueError(f"{len(seeds)} seeds for {len(mv)} values")
+        diffs = [a - b for a, b in zip(mv, bv)]
+        n = len(diffs)
+        dmean = sum(diffs) / n
+        dstd = math.sqrt(sum((d - dmean) ** 2 for d in diffs) / (n - 1)) if n > 1 else 0.0
+        wins = sum(bool(_OPS[op](a, b + margin)) for a, b in zip(mv, bv))
+        base = cls.compare(claim, method, sum(mv) / n, baseline, sum(bv) / n, op=op, margin=margin)
+        base.holds = bool(base.holds and (min_wins is None or wins >= min_wins))
+        base.paired = {
+            "seeds": list(seeds) if seeds is not None else None,
+            "method": mv,
+            "baseline": bv,
+            "diff": diffs,
+            "diff_mean": dmean,
+            "diff_std": dstd,
+            "diff_sem": dstd / math.sqrt(n) if n > 1 else 0.0,
+            "wins": wins,
+            "n": n,
+            "min_wins": min_wins,
+        }
+        return base
 
     @classmethod
     def compare(
@@ -137,9 +190,16 @@ def format_claims(result: QuickResult | Mapping[str, Any]) -> str:
             lines.append(f"  [{tag}] {c['claim']}")
             continue
         margin = f" {c['margin']:+g}" if c["margin"] else ""
+        paired = c.get("paired")
+        seeds = ""
+        if paired:
+            seeds = (
+                f" (paired diff {_fmt(paired['diff_mean'])} +- {_fmt(paired['diff_std'])}, "
+                f"{paired['wins']}/{paired['n']} seeds)"
+            )
         lines.append(
             f"  [{tag}] {c['claim']}: {c['method']} {_fmt(c['method_value'])} {c['op']} "
-            f"{c['baseline']} {_fmt(c['baseline_value'])}{margin}"
+            f"{c['baseline']} {_fmt(c['baseline_value'])}{margin}{seeds}"
         )
     return "\n".join(lines)
 
@@ -304,12 +364,24 @@ def write_report(
         lines.append(f"| {name} | FAILED | | | | {err.splitlines()[-1] if err else ''} |")
     for r in results:
         lines += ["", f"## {r['package']}", "", f"`{r['command']}`", ""]
+        env = r.get("environment") or {}
+        if env:
+            lines += [
+                f"torch {env.get('torch')}, {env.get('cpu')}, {env.get('threads')} threads"
+                f"{', GPU ' + env['gpu'] if env.get('gpu') else ''}",
+                "",
+            ]
         if r["claims"]:
-            lines += ["| claim | method | value | baseline | value | holds |", "|---|---|---|---|---|---|"]
+            lines += [
+                "| claim | method | value | baseline | value | paired diff (seeds won) | holds |",
+                "|---|---|---|---|---|---|---|",
+            ]
             for c in r["claims"]:
+                p = c.get("paired")
+                diff = f"{_fmt(p['diff_mean'])} +- {_fmt(p['diff_std'])} ({p['wins']}/{p['n']})" if p else ""
                 lines.append(
                     f"| {c['claim']} | {c['method']} | {_fmt(c['method_value'])} | {c['baseline']} | "
-                    f"{_fmt(c['baseline_value'])} | {'yes' if c['holds'] else 'NO'} |"
+                    f"{_fmt(c['baseline_value'])} | {diff} | {'yes' if c['holds'] else 'NO'} |"
                 )
         for p in r.get("plots", []):
             lines.append(f"\n![{p}]({p})")
