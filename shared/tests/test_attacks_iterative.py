@@ -1,4 +1,4 @@
-"""Tests of papers_shared.attacks.iterative: the hook loop, every preset, and attack behaviour."""
+"""Tests of the iterative attacks: the engine's hook loop, every preset, the registry, attack behaviour."""
 
 from __future__ import annotations
 
@@ -71,7 +71,7 @@ def digits():
 
 def _preset_kwargs(name: str) -> dict:
     kw: dict = {"eps": EPS, "steps": 3}
-    if name in ("rap", "rap_ibta"):
+    if name == "rap":
         kw.update(late_start=1, inner_steps=2)
     if name == "ssa":
         kw.update(n_spectrum=4, copies_per_pass=3)
@@ -192,11 +192,10 @@ def test_admix_without_mixing_equals_mifgsm(model):
     assert torch.equal(a, b)
 
 
-@pytest.mark.parametrize("mode", ["ssa_paper", "ibta_code"])
-def test_ssa_without_noise_or_mask_equals_mifgsm(model, mode):
+def test_ssa_without_noise_or_mask_equals_mifgsm(model):
     x, y = _batch()
     kw = {"eps": EPS, "alpha": 1 / 255, "steps": 4}
-    a = A.SSA(model, rho=0.0, sigma=0.0, n_spectrum=5, copies_per_pass=2, ssa_mode=mode, seed=0, **kw)(x, y)
+    a = A.SSA(model, rho=0.0, sigma=0.0, n_spectrum=5, copies_per_pass=2, seed=0, **kw)(x, y)
     b = A.MIFGSM(model, **kw)(x, y)
     # the DCT round trip is exact up to ~1e-7, so at most a handful of near-zero gradient signs differ
     assert (a != b).float().mean() < 0.01
@@ -205,32 +204,74 @@ def test_ssa_without_noise_or_mask_equals_mifgsm(model, mode):
 
 def test_rap_before_late_start_equals_base_loop(model):
     x, y = _batch()
-    kw = {"eps": EPS, "alpha": 1.25 / 255, "steps": 3, "loss": "logit", "di": True, "ti": True, "mi": True}
-    rap = A.RAPIBTA(model, late_start=3, seed=0, **{k: v for k, v in kw.items() if k != "loss"})(x, y)
-    base = A.IterativeAttack(model, clip_delta=False, seed=0, **kw)(x, y)
+    kw = {"eps": EPS, "alpha": 1.25 / 255, "steps": 3, "di": True, "ti": True, "mi": True, "seed": 0}
+    rap = A.RAP(model, late_start=3, **kw)(x, y)
+    base = A.IterativeAttack(model, **kw)(x, y)
     assert torch.equal(rap, base)
-    rap_late = A.RAPIBTA(model, late_start=1, seed=0, **{k: v for k, v in kw.items() if k != "loss"})(x, y)
+    rap_late = A.RAP(model, late_start=1, **kw)(x, y)
     assert not torch.equal(rap_late, base)
 
 
-@pytest.mark.parametrize("mode", ["official", "reverse"])
-def test_rap_reverse_perturbation_bounds(model, mode):
+def test_rap_reverse_perturbation_bounds(model):
     x, y = _batch()
-    alpha = 1.25 / 255
-    atk = A.RAP(
-        model, eps=EPS, alpha=alpha, steps=2, inner_mode=mode, inner_steps=1, inner_random_start=False, seed=0
-    )
+    atk = A.RAP(model, eps=EPS, alpha=1.25 / 255, steps=2, inner_steps=1, inner_random_start=False, seed=0)
     atk.state = A.AttackState(x=x, labels=y, generator=torch.Generator().manual_seed(0))
-    delta = torch.zeros_like(x)
-    n = atk.reverse_perturbation(x, delta, y)
-    bound = atk.alpha_n
-    assert (n.abs() <= bound + 1e-7).all() and n.abs().max() > 0
-    if mode == "official":
-        assert bound == pytest.approx(16 / 255)  # eps_n / inner_steps
-        assert (x + n).min() >= 0 and (x + n).max() <= 1
-    else:
-        assert bound == pytest.approx(alpha)
+    n = atk.reverse_perturbation(x, torch.zeros_like(x), y)
+    assert atk.alpha_n == pytest.approx(16 / 255)  # eps_n / inner_steps
+    assert (n.abs() <= atk.alpha_n + 1e-7).all() and n.abs().max() > 0
+    assert (x + n).min() >= 0 and (x + n).max() <= 1
     atk.state = None
+
+
+# ------------------------------------------------------------------ defaults and registry
+
+
+def test_presets_change_defaults_not_signatures(model):
+    assert A.IterativeAttack.defaults["alpha"] == pytest.approx(2 / 255)
+    assert A.SINIFGSM.defaults["alpha"] == pytest.approx(1.6 / 255) and A.SINIFGSM.defaults["mi"]
+    assert A.LogitAttack.defaults["steps"] == 300 and A.LogitAttack.defaults["normalize_grad"] is False
+    assert A.PoTrip.defaults["targeted"] is True and A.RAP.defaults["mi"] is False
+    atk = A.TIFGSM(model)
+    assert (atk.eps, atk.alpha, atk.steps, atk.di, atk.ti, atk.mi) == (
+        16 / 255,
+        2 / 255,
+        10,
+        True,
+        True,
+        True,
+    )
+    # the five common arguments stay positional; an explicit value beats the class default
+    atk = A.LogitAttack(model, 4 / 255, 1 / 255, 7, True, normalize_grad=True)
+    assert (atk.eps, atk.alpha, atk.steps, atk.targeted, atk.normalize_grad) == (
+        4 / 255,
+        1 / 255,
+        7,
+        True,
+        True,
+    )
+    assert A.IFGSM(model, mi=True).mi
+    assert repr(A.DEFAULT) == "DEFAULT"
+
+    class Half(A.DIFGSM):
+        defaults = {"alpha": 1 / 255}
+
+    assert Half.defaults["di"] and Half.defaults["alpha"] == 1 / 255 and A.DIFGSM.defaults["alpha"] == 2 / 255
+    with pytest.raises(TypeError, match="unknown arguments"):
+
+        class Bad(A.IFGSM):
+            defaults = {"epsilon": 0.1}
+
+
+def test_registry_by_name(model):
+    assert {"ifgsm", "mifgsm", "difgsm", "tifgsm", "sinifgsm", "vmifgsm", "admix", "ssa", "logit"} <= set(
+        A.list_attacks()
+    )
+    assert A.attack_class("TI-FGSM".replace("-", "")) is A.TIFGSM
+    atk = A.get_attack("po-trip", model, steps=2)
+    assert isinstance(atk, A.PoTrip) and atk.targeted
+    assert A.create_attack is A.get_attack
+    with pytest.raises(ValueError, match="unknown attack preset"):
+        A.attack_class("deepfool")
 
 
 # ------------------------------------------------------------------ attack behaviour

@@ -1,37 +1,43 @@
-"""IBTA attacks: the IB objective (spec §3.3) plugged into the shared iterative attacks (spec §3.4-3.5).
+"""IBTA attacks: the IB objective plugged into the iterative attacks of the baselines.
 
-Every variant is the shared base attack of :mod:`papers_shared.attacks` (same transforms, TI, momentum,
-update and projection) with two IBTA hooks:
+Every variant is its baseline X (:mod:`ibta.baselines`: the shared presets, or the IBTA-code variants of
+S2I and RAP-LS) with two hooks, as in ``used_attacks.py`` of the official code
+(Biqing-Qi/Enhancing-Adversarial-Transferability-via-Information-Bottleneck-Constraints, commit 6866b7a,
+every ``IBTA_*.forward``):
 
 * :meth:`IBTAAttack.setup` draws the noisy companion ``x~ = clip(x + sigma * xi)`` **once per call**
-  (spec §3.2), from the attack's generator;
+  (:func:`ibta.noise.noisy_companion`), from the attack's generator;
 * :meth:`IBTAAttack.objective` runs the second branch ``z~ = f(T'(clip(x~ + delta)))`` with the shared
-  ``delta`` (``self.state.delta``) and an independent transform draw, and returns the IB objective
-  (spec §3.3, :func:`ibta.objective.ib_objective`).
+  ``delta`` (``self.state.delta``) and an independent transform draw ``T'``, and returns the IB
+  objective (:func:`ibta.objective.ib_objective`).
 
 With ``lam == gamma == 0`` the noisy branch is skipped (no draw, no extra forward pass), so the result
-is bit-identical to the shared baseline with the same seed (spec §4).
+is bit-identical to the baseline with the same seed (ours: one code path for X and IBTA-X).
+``shared_transform=True`` (ours, off by default) gives both branches the same DI draw per step instead of
+independent ones.
 
-Presets (spec §3.5):
+Presets (the six classes of ``used_attacks.py``; steps as ``transfer.py`` runs them):
 
 ========================= ====================== ===================================================
-class                     shared base            settings
+class                     baseline class          settings
 ========================= ====================== ===================================================
 :class:`IBTA_MIFGSM`      ``MIFGSM``             CE, 20 steps
 :class:`IBTA_DIFGSM`      ``DIFGSM``             DI (p 0.7, rate 0.9), CE, 20 steps
 :class:`IBTA_TIFGSM`      ``TIFGSM``             DI + TI 5x5, CE, 20 steps
-:class:`IBTA_S2IFGSM`     ``SSA``                spectrum transform (N 20, rho 0.5) + DI, CE, 20 steps
+:class:`IBTA_S2IFGSM`     ``S2IMIFGSM``          spectrum transform (N 20, rho 0.5) + DI, CE, 20 steps
 :class:`IBTA_LogitTI`     ``LogitAttack``        DI + TI, logit loss, 300 steps, normalised gradient
-:class:`IBTA_RAPLogitTI`  ``RAPIBTA``            Logit-TI + RAP-LS (late start 100), 400 steps
+:class:`IBTA_RAPLogitTI`  ``RAPLogitTI``         Logit-TI + RAP-LS (late start 100), 400 steps
 ========================= ====================== ===================================================
 
 All use eps 16/255, alpha 1.25/255, momentum 1.0, no random start, and ``clip_delta=False`` (``delta``
-is only eps-clipped, the forward pass uses ``clip(x + delta)``; spec §3.4 f).
+is only eps-clipped, the forward pass uses ``clip(x + delta)``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -40,8 +46,6 @@ from torch import Tensor, nn
 from papers_shared.attacks import (
     DIFGSM,
     MIFGSM,
-    RAPIBTA,
-    SSA,
     TIFGSM,
     IterativeAttack,
     LogitAttack,
@@ -49,6 +53,7 @@ from papers_shared.attacks import (
     spectrum_transform,
 )
 
+from .baselines import BASES, DEFAULT_STEPS, S2IMIFGSM, RAPLogitTI, base_attack, base_attack_spec
 from .noise import noisy_companion
 from .objective import ib_terms
 
@@ -66,109 +71,23 @@ __all__ = [
     "base_attack_spec",
 ]
 
-BASES = ("mi", "di", "ti", "s2i", "logit_ti", "rap_logit_ti")
-#: Number of iterations per base attack in the official code (spec §3.7).
-DEFAULT_STEPS = {"mi": 20, "di": 20, "ti": 20, "s2i": 20, "logit_ti": 300, "rap_logit_ti": 400}
-_SHARED_CLASS: dict[str, type[IterativeAttack]] = {
-    "mi": MIFGSM,
-    "di": DIFGSM,
-    "ti": TIFGSM,
-    "s2i": SSA,
-    "logit_ti": LogitAttack,
-    "rap_logit_ti": RAPIBTA,
-}
 
-
-def base_attack_spec(
-    base: str,
-    *,
-    eps: float = 16 / 255,
-    alpha: float = 1.25 / 255,
-    steps: int | None = None,
-    targeted: bool = False,
-    decay: float = 1.0,
-    diversity_prob: float = 0.7,
-    resize_rate: float = 0.9,
-    ti_kernel: int | Tensor = 5,
-    ti_nsig: float = 3.0,
-    ssa_n: int = 20,
-    ssa_rho: float = 0.5,
-    ssa_sigma: float | None = None,
-    ssa_mode: str = "ibta_code",
-    rap_late_start: int = 100,
-    rap_inner_steps: int = 1,
-    rap_alpha_n: float | None = None,
-    rap_eps_n: float = 12 / 255,
-    clip_delta: bool = False,
-    seed: int | None = None,
-    generator: torch.Generator | None = None,
-    **extra: Any,
-) -> tuple[type[IterativeAttack], dict[str, Any]]:
-    """The shared attack class and keyword arguments of base attack ``base`` in the IBTA-code setting.
-
-    One mapping serves the IBTA variants and their baselines, so "X vs IBTA-X" compares identical
-    settings (spec §4). ``ssa_sigma=None`` means 0.1/255 for ``ssa_mode="ibta_code"`` (the value the
-    documented runs used, spec §3.5) and 16/255 for ``"ssa_paper"``.
-    """
-    if base not in BASES:
-        raise ValueError(f"unknown IBTA base attack {base!r}; choose one of {list(BASES)}")
-    steps = DEFAULT_STEPS[base] if steps is None else steps
-    kw: dict[str, Any] = dict(
-        eps=eps,
-        alpha=alpha,
-        steps=steps,
-        targeted=targeted,
-        decay=decay,
-        diversity_prob=diversity_prob,
-        resize_rate=resize_rate,
-        ti_kernel=ti_kernel,
-        ti_nsig=ti_nsig,
-        clip_delta=clip_delta,
-        seed=seed,
-        generator=generator,
-        random_start=False,
-    )
-    if base == "s2i":
-        if ssa_mode not in ("ibta_code", "ssa_paper"):
-            raise ValueError(f"ssa_mode must be 'ibta_code' or 'ssa_paper', got {ssa_mode!r}")
-        if ssa_sigma is None:
-            ssa_sigma = 0.1 / 255 if ssa_mode == "ibta_code" else 16 / 255
-        # code: every pass's gradient is L1-mean normalised, the mean over the N copies goes straight
-        # into the momentum (no second normalisation); DI on every copy.
-        kw.update(
-            n_spectrum=ssa_n,
-            rho=ssa_rho,
-            sigma=ssa_sigma,
-            ssa_mode=ssa_mode,
-            di=True,
-            normalize_per_pass=True,
-            normalize_grad=False,
-        )
-    elif base == "logit_ti":
-        kw.update(normalize_grad=True)  # the IBTA code normalises (the Logit authors' code does not)
-    elif base == "rap_logit_ti":
-        kw.update(
-            late_start=rap_late_start,
-            inner_steps=rap_inner_steps,
-            alpha_n=rap_alpha_n,
-            eps_n=rap_eps_n,
-            normalize_grad=True,
-        )
-    kw.update(extra)
-    return _SHARED_CLASS[base], kw
-
-
-def base_attack(base: str, model: nn.Module, **kwargs: Any) -> IterativeAttack:
-    """The plain baseline X of "X vs IBTA-X" (the shared preset with the IBTA-code settings)."""
-    cls, kw = base_attack_spec(base, **kwargs)
-    return cls(model, **kw)
+@contextlib.contextmanager
+def _replay_rng(generator: torch.Generator | None, state: Tensor) -> Iterator[None]:
+    """Run the block from RNG ``state``, then put the RNG back where it was (no draw is consumed)."""
+    now = generator.get_state() if generator is not None else torch.get_rng_state()
+    (generator.set_state if generator is not None else torch.set_rng_state)(state)
+    try:
+        yield
+    finally:
+        (generator.set_state if generator is not None else torch.set_rng_state)(now)
 
 
 class IBTAAttack(IterativeAttack):
-    """IBTA attack over base attack ``base`` (spec §3, §7 public API).
+    """IBTA attack over base attack ``base``.
 
     ``IBTAAttack(model, base="ti", ...)`` returns the matching preset (:class:`IBTA_TIFGSM` ...), which
-    is also a subclass of the shared base attack. Call it torchattacks-style:
+    is also a subclass of its baseline class. Call it torchattacks-style:
     ``adv = attack(images, labels)`` (labels are target ids when ``targeted``).
 
     Args:
@@ -176,9 +95,10 @@ class IBTAAttack(IterativeAttack):
         base: ``"mi" | "di" | "ti" | "s2i" | "logit_ti" | "rap_logit_ti"``.
         eps, alpha, steps: budget, step size, iterations (``steps=None``: 20/20/20/20/300/400).
         targeted: targeted mode (minimise ``L_tgt``) or untargeted (maximise ``J_untgt``).
-        sigma: noise std of the companion ``x~`` (spec §3.2).
+        sigma: noise std of the companion ``x~`` (official code: ``sigma``/``sig``, default 0.1).
         gamma: weight of the noisy-branch loss (and, by default, of ``KL(p~ || p)``).
-        lam: weight ``lambda`` of the divergence.
+        lam: weight ``lambda`` of the divergence (official code: ``lmd``, default 0.1 in every class and
+            in ``transfer.py``).
         gamma_kl: weight of ``KL(p~ || p)``; ``None`` means ``gamma`` (the code's behaviour).
         decay: momentum ``mu``.
         diversity_prob, resize_rate: DI parameters; ti_kernel, ti_nsig: TI kernel.
@@ -189,7 +109,10 @@ class IBTAAttack(IterativeAttack):
         seed, generator: randomness (x~, DI, spectrum draws); ``seed`` makes every call repeatable.
         clip_delta: keep ``x + delta`` in [0, 1] after each step (off in the official code).
         fuse_branches: run the clean and noisy branches as one ``2B`` batch (MI/DI/TI/Logit-TI only;
-            same result up to float rounding, faster for small batches) [ours, off by default].
+            same result up to float rounding, faster for small batches) (ours, off by default).
+        shared_transform: give the noisy branch the same DI draw as the clean branch in each pass (one
+            random resize-and-pad for both) instead of an independent one (ours, off by default; the
+            official code draws DI independently per branch).
         **kwargs: forwarded to :class:`~papers_shared.attacks.IterativeAttack`.
 
     After a call, :attr:`last_stats` holds one dict per objective evaluation (step, pass, loss,
@@ -240,6 +163,7 @@ class IBTAAttack(IterativeAttack):
         generator: torch.Generator | None = None,
         clip_delta: bool = False,
         fuse_branches: bool = False,
+        shared_transform: bool = False,
         **kwargs: Any,
     ) -> None:
         if type(self) is IBTAAttack or not type(self).base:
@@ -276,13 +200,14 @@ class IBTAAttack(IterativeAttack):
             **kwargs,
         )
         super().__init__(model, **kw)
-        # the shared SSA stores its spectrum-noise std in ``sigma``; IBTA's ``sigma`` is the noise of x~
+        # SSA stores its spectrum-noise std in ``sigma``; IBTA's ``sigma`` is the noise of x~
         self._ssa_sigma = float(getattr(self, "sigma", 0.0))
         self.sigma = float(sigma)
         self.gamma = float(gamma)
         self.lam = float(lam)
         self.gamma_kl = None if gamma_kl is None else float(gamma_kl)
         self.fuse_branches = bool(fuse_branches)
+        self.shared_transform = bool(shared_transform)
         self.last_stats: list[dict[str, float]] = []
 
     # ------------------------------------------------------------------ IBTA hooks
@@ -295,7 +220,7 @@ class IBTAAttack(IterativeAttack):
         super().setup(x, labels)
         self.last_stats = []
         if self.ib_active and self.state is not None:
-            # spec §3.2: drawn once per call, fixed for all iterations
+            # drawn once per call, fixed for all iterations (official code: before the step loop)
             self.state.extra["x_tilde"] = noisy_companion(x, self.sigma, self._gen())
 
     def _fusable(self) -> bool:
@@ -318,7 +243,8 @@ class IBTAAttack(IterativeAttack):
         self.state.delta = delta
         self.state.pass_index = 0
         clean = self.transform(self.perturb(x, delta))
-        noisy = self.noisy_input(self.state.extra["x_tilde"], delta)
+        with self._noisy_branch():
+            noisy = self.noisy_input(self.state.extra["x_tilde"], delta)
         z, z_tilde = self.forward(torch.cat([clean, noisy])).split([clean.shape[0], noisy.shape[0]])
         obj = self._ib_objective(z, z_tilde, labels)
         (g,) = torch.autograd.grad(obj, delta)
@@ -332,8 +258,31 @@ class IBTAAttack(IterativeAttack):
         if not self.ib_active or self.state is None or "x_tilde" not in self.state.extra:
             return super().objective(z, labels, x)
         x_tilde = self.state.extra["x_tilde"]
-        z_tilde = self.forward(self.noisy_input(x_tilde, self.state.delta))
-        return self._ib_objective(z, z_tilde, labels)
+        with self._noisy_branch():
+            noisy = self.noisy_input(x_tilde, self.state.delta)
+        return self._ib_objective(z, self.forward(noisy), labels)
+
+    @contextlib.contextmanager
+    def _noisy_branch(self) -> Iterator[None]:
+        assert self.state is not None
+        self.state.extra["noisy_branch"] = True
+        try:
+            yield
+        finally:
+            self.state.extra["noisy_branch"] = False
+
+    def diversity(self, x: Tensor) -> Tensor:
+        """DI; with ``shared_transform`` the noisy branch replays the clean branch's last draw."""
+        if not self.shared_transform or self.state is None:
+            return super().diversity(x)
+        extra, gen = self.state.extra, self._gen()
+        if not extra.get("noisy_branch"):
+            extra["di_rng"] = gen.get_state() if gen is not None else torch.get_rng_state()
+            return super().diversity(x)
+        if "di_rng" not in extra:
+            return super().diversity(x)
+        with _replay_rng(gen, extra["di_rng"]):
+            return super().diversity(x)
 
     def _ib_objective(self, z: Tensor, z_tilde: Tensor, labels: Tensor) -> Tensor:
         assert self.state is not None
@@ -366,33 +315,37 @@ class IBTAAttack(IterativeAttack):
             gamma=self.gamma,
             lam=self.lam,
             gamma_kl=self.gamma if self.gamma_kl is None else self.gamma_kl,
+            shared_transform=self.shared_transform,
         )
         return d
 
 
 class IBTA_MIFGSM(IBTAAttack, MIFGSM):
-    """IBTA over MI-FGSM (spec §3.5): identity transform, CE, 20 steps."""
+    """IBTA over MI-FGSM (``used_attacks.py:IBTA_MIFGSM``): identity transform, CE, 20 steps."""
 
     base = "mi"
     name = "ibta_mi"
 
 
 class IBTA_DIFGSM(IBTAAttack, DIFGSM):
-    """IBTA over DI-MI-FGSM (spec §3.5): DI drawn independently on both branches, CE, 20 steps."""
+    """IBTA over DI-MI-FGSM (``used_attacks.py:IBTA_DIFGSM``): DI drawn independently on both branches
+    (one shared draw with ``shared_transform``), CE, 20 steps."""
 
     base = "di"
     name = "ibta_di"
 
 
 class IBTA_TIFGSM(IBTAAttack, TIFGSM):
-    """IBTA over TI-DI-MI-FGSM (spec §3.5): DI + 5x5 Gaussian TI smoothing, CE, 20 steps."""
+    """IBTA over TI-DI-MI-FGSM (``used_attacks.py:IBTA_TIFGSM``): DI + 5x5 Gaussian TI smoothing, CE,
+    20 steps."""
 
     base = "ti"
     name = "ibta_ti"
 
 
-class IBTA_S2IFGSM(IBTAAttack, SSA):
-    """IBTA over S2I-MI-FGSM (spec §3.5): ``N`` spectrum copies per step, each with DI.
+class IBTA_S2IFGSM(IBTAAttack, S2IMIFGSM):
+    """IBTA over S2I-MI-FGSM (``used_attacks.py:IBTA_S2I_MIFGSM``): ``N`` spectrum copies per step, each
+    with DI.
 
     Pass ``n`` of a step uses one spectrum draw ``(xi_n, M_n)`` on both branches:
     ``x_n = IDCT(DCT(x + xi_n) * M_n) + delta`` and ``x~_n = IDCT(DCT(x~ + xi_n) * M_n) + delta``
@@ -440,14 +393,15 @@ class IBTA_S2IFGSM(IBTAAttack, SSA):
 
 
 class IBTA_LogitTI(IBTAAttack, LogitAttack):
-    """IBTA over Logit-TI (spec §3.5): DI + TI, logit loss ``-mean z_c``, 300 steps, normalised grads."""
+    """IBTA over Logit-TI (``used_attacks.py:IBTA_Logits_TI``): DI + TI, logit loss ``-mean z_c``,
+    300 steps, normalised gradients."""
 
     base = "logit_ti"
     name = "ibta_logit_ti"
 
 
-class IBTA_RAPLogitTI(IBTAAttack, RAPIBTA):
-    """IBTA over RAP-Logit-TI (spec §3.5): from step ``rap_late_start`` on, one reverse step ``n`` on the
+class IBTA_RAPLogitTI(IBTAAttack, RAPLogitTI):
+    """IBTA over RAP-Logit-TI (``used_attacks.py:IBTA_RAP_Logits_TI``): from step ``rap_late_start`` on, one reverse step ``n`` on the
     clean branch (base logit objective, DI, TI, fresh momentum), then both branches use ``+ n``."""
 
     base = "rap_logit_ti"

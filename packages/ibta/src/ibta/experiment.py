@@ -124,7 +124,7 @@ def build_attack(name: str, model: nn.Module, cfg: AttackConfig, targeted: bool)
         # official RAP-LS: 400 steps, late start 100, 8 inner PGD steps with random start, eps_n 16/255
         return RAP(model, alpha=2 / 255, steps=400, loss="logit", di=True, ti=True, mi=True, **common)
     if key == "ssa_paper":
-        return SSA(model, alpha=cfg.alpha, steps=cfg.steps or 20, ssa_mode="ssa_paper", **common)
+        return SSA(model, alpha=cfg.alpha, steps=cfg.steps or 20, **common)
     if key in ("ifgsm", "sinifgsm", "admix", "vmifgsm"):
         extra = {} if cfg.steps is None else {"steps": cfg.steps}
         return create_attack(key, model, **common, **extra)

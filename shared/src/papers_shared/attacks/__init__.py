@@ -7,35 +7,35 @@ called torchattacks-style, ``adv = attack(images, labels)`` (labels are target i
 optional ``torch.Generator``.
 
 Sub-modules: :mod:`.ops` (projections, DI / TI / SI / Admix / spectrum transforms, momentum),
-:mod:`.losses`, :mod:`.models` (wrappers, registry, ensembles, tiny models), :mod:`.iterative`
-(:class:`IterativeAttack` and presets), :mod:`.generative`, :mod:`.evaluate`.
+:mod:`.losses`, :mod:`.models` (wrappers, registry, ensembles, tiny models), :mod:`.engine`
+(:class:`IterativeAttack`, the loop with its hooks), the presets by family -- :mod:`.gradient` (I-FGSM,
+MI-FGSM, VMI-FGSM), :mod:`.input_transform` (DI, TI, SI-NI, Admix, SSA), :mod:`.objective` (Logit,
+Po+Trip), :mod:`.minmax` (RAP) -- and :mod:`.registry` (``get_attack(name, model, ...)``),
+:mod:`.generative`, :mod:`.evaluate`. Method-specific variants live in their packages (IBTA's RAP and
+S2I settings in ``ibta.baselines``).
 """
 
-from . import evaluate, generative, iterative, losses, models, ops
+from . import (
+    engine,
+    evaluate,
+    generative,
+    gradient,
+    input_transform,
+    iterative,
+    losses,
+    minmax,
+    models,
+    objective,
+    ops,
+    registry,
+)
+from .engine import DEFAULT, AttackState, IterativeAttack, repeat_labels
 from .evaluate import PROTOCOLS, l2_distance, linf_distance, mean_over_targets, success_rate, transfer_matrix
 from .generative import GenerativeAttack
-from .iterative import (
-    DIFGSM,
-    IFGSM,
-    MIFGSM,
-    PRESETS,
-    RAP,
-    RAPIBTA,
-    SINIFGSM,
-    SSA,
-    TIFGSM,
-    VMIFGSM,
-    Admix,
-    AttackState,
-    IterativeAttack,
-    LogitAttack,
-    PoTrip,
-    create_attack,
-    presets,
-    register_preset,
-    repeat_labels,
-)
+from .gradient import IFGSM, MIFGSM, VMIFGSM
+from .input_transform import DIFGSM, SINIFGSM, SSA, TIFGSM, Admix
 from .losses import LOSSES, ce, get_loss, logit_loss, po_trip, smooth_l1_match, symmetric_kl
+from .minmax import RAP
 from .models import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -48,6 +48,7 @@ from .models import (
     tiny_cnn,
     tiny_mlp,
 )
+from .objective import LogitAttack, PoTrip
 from .ops import (
     GaussianSmoothing,
     admix,
@@ -65,8 +66,18 @@ from .ops import (
     spectrum_transform,
     ti_smooth,
 )
+from .registry import (
+    PRESETS,
+    attack_class,
+    create_attack,
+    get_attack,
+    list_attacks,
+    presets,
+    register_preset,
+)
 
 __all__ = [
+    "DEFAULT",
     "DIFGSM",
     "IFGSM",
     "IMAGENET_MEAN",
@@ -77,7 +88,6 @@ __all__ = [
     "PRESETS",
     "PROTOCOLS",
     "RAP",
-    "RAPIBTA",
     "SINIFGSM",
     "SSA",
     "TIFGSM",
@@ -131,4 +141,13 @@ __all__ = [
     "tiny_cnn",
     "tiny_mlp",
     "transfer_matrix",
+    "attack_class",
+    "engine",
+    "get_attack",
+    "gradient",
+    "input_transform",
+    "list_attacks",
+    "minmax",
+    "objective",
+    "registry",
 ]

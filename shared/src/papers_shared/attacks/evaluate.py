@@ -7,8 +7,10 @@ the weights and preprocessing of both models (weight versions change transfer nu
 Protocols (:data:`PROTOCOLS`):
 
 * ``"ttp-sub-source"`` -- the 10 TTP targets; per target, the val images of the other 9 target
-  classes (450 images), success = ``argmax == t`` (spec esma §5);
-* ``"ibta-sub-source"`` -- the same construction on IBTA's 10 classes (spec ibta §5);
+  classes (450 images), success = ``argmax == t`` (the TTP protocol, Naseer et al., ICCV 2021, used
+  by ESMA, Gao et al., NeurIPS 2023);
+* ``"ibta-sub-source"`` -- the same construction on IBTA's 10 classes (``transfer.py:advtest`` of the
+  IBTA official code, commit 6866b7a);
 * ``"nips17"`` -- the 1000-image NIPS'17 dev set with its per-image targets;
 * ``"all-source"`` -- per target, every val image not of that class.
 """

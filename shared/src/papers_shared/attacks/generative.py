@@ -1,7 +1,7 @@
 """Generator-based attacks (TTP, ESMA, C-GSP style): one forward pass, smoothing, projection.
 
 ``x_adv = clip(min(max(S(G(x[, t])), x - eps), x + eps))`` with ``S`` the 3x3 Gaussian smoothing of
-the TTP / ESMA code (spec esma §3.5-3.6). The generator itself (TTP's ResNet generator, ESMA's
+the TTP code (Naseer et al., ICCV 2021) that ESMA (Gao et al., NeurIPS 2023; gjq100/ESMA) reuses. The generator itself (TTP's ResNet generator, ESMA's
 conditional UNet, ...) lives in the package that trains it; anything whose ``forward(x)`` or
 ``forward(x, target)`` returns images works here.
 """

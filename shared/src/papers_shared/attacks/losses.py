@@ -7,7 +7,7 @@ applies the sign. User callables passed as ``IterativeAttack(loss=...)`` follow 
 
 * :func:`ce` -- cross-entropy (mean over the batch);
 * :func:`logit_loss` -- ``-mean_b z[b, t_b]`` (Zhao et al., "On Success and Simplicity: A Second Look
-  at Transferable Targeted Attacks", NeurIPS 2021; spec ibta §3.3);
+  at Transferable Targeted Attacks", NeurIPS 2021);
 * :func:`po_trip` -- Poincare distance + triplet loss (Li et al., "Towards Transferable Targeted
   Attack", CVPR 2020);
 * :func:`symmetric_kl` -- weighted two-way KL between softmax distributions (IBTA divergence, TTP
@@ -140,7 +140,7 @@ def smooth_l1_match(
     """``(1/B) sum_b mask_b sum_c SmoothL1_beta(z[b, c] - a[b, c])``.
 
     ``anchors`` is ``(B, C)`` or a single ``(C,)`` row. Masked rows contribute zero but still count in
-    the denominator ``B`` (ESMA stage-2 loss, spec esma §3.5).
+    the denominator ``B`` (the stage-2 matching loss of the ESMA official code, gjq100/ESMA).
     """
     if logits.ndim != 2:
         raise ValueError(f"logits must have shape (B, C), got {tuple(logits.shape)}")

@@ -5,7 +5,7 @@ resize + normalisation that the underlying network expects. :func:`load_model` b
 used by the ESMA / IBTA experiments from torchvision or timm (timm is the optional extra
 ``papers-shared[attacks]``) and never downloads when ``download=False``.
 
-Preprocessing modes (spec esma §5, ibta §5 "model weights caveat"):
+Preprocessing modes (the ESMA and IBTA official codes feed every model 224x224 with ImageNet mean/std):
 
 * ``"native"`` -- each model's own statistics and input size (timm ``pretrained_cfg``; torchvision
   ImageNet mean/std at the incoming resolution); Inception models get 299x299 inside the wrapper;
@@ -139,7 +139,8 @@ class NormalizedLogitEnsemble(_Ensemble):
     """IBTA-code ensemble: ``mean_i(z_i / ||z_i||) * mean_i ||z_i||`` per sample, norms detached.
 
     ``||z_i||`` is the L2 norm over classes of member ``i``'s logits for each sample; both the
-    normalisers and the rescaling factor are treated as constants for the gradient (spec ibta §6).
+    normalisers and the rescaling factor are treated as constants for the gradient (``transfer.py:EnsembleModel.forward`` of the IBTA official
+    code, commit 6866b7a).
     """
 
     def forward(self, x: Tensor) -> Tensor:

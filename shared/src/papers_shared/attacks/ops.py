@@ -8,10 +8,10 @@ batch where the reference attack does so (DI).
 Sources of the individual operations:
 
 * projections: standard L-inf / L2 PGD projections; :func:`project_generated` is the
-  ``min(max(u, x - eps), x + eps)`` then clamp used by TTP / ESMA generators (spec esma §3.5-3.6);
-* :func:`gaussian_kernel`, :func:`ti_smooth`: TI-FGSM, Dong et al., CVPR 2019 (spec ibta §3.5);
-* :func:`generator_smoothing`: the 3x3 Gaussian applied after TTP / ESMA generators (spec esma §3.5);
-* :func:`input_diversity`: DI-FGSM, Xie et al., CVPR 2019 (spec ibta §3.5);
+  ``min(max(u, x - eps), x + eps)`` then clamp used by TTP / ESMA generators (Naseer et al., ICCV 2021);
+* :func:`gaussian_kernel`, :func:`ti_smooth`: TI-FGSM, Dong et al., CVPR 2019;
+* :func:`generator_smoothing`: the 3x3 Gaussian applied after TTP / ESMA generators (Naseer et al., ICCV 2021);
+* :func:`input_diversity`: DI-FGSM, Xie et al., CVPR 2019;
 * :func:`scale_copies`: SI-FGSM, Lin et al., ICLR 2020;
 * :func:`admix`: Admix, Wang et al., ICCV 2021;
 * :func:`dct_2d`, :func:`idct_2d`, :func:`spectrum_transform`: SSA / S2I-FGSM, Long et al., ECCV 2022;
