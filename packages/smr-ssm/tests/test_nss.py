@@ -3,8 +3,8 @@
 import pytest
 import torch
 
+from papers_shared.ssm.modules import validation_enabled
 from smr_ssm import S4D, SSMBlock
-from smr_ssm._checks import validation_enabled
 from smr_ssm.config import NSSConfig
 from smr_ssm.nss import (
     build_conditions,

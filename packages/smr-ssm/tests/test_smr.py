@@ -48,7 +48,7 @@ def test_s4d_with_smr_at_init_equals_s4d_without():
     base = S4D(6, 8)
     with_smr = S4D(6, 8, smr="default")
     missing = with_smr.load_state_dict(base.state_dict(), strict=False)
-    assert set(missing.missing_keys) == {"smr.weight", "smr.bias"}
+    assert set(missing.missing_keys) == {"modulation.weight", "modulation.bias"}  # SMR sits in the hook
     u = torch.randn(2, 40, 6)
     assert torch.equal(base(u), with_smr(u))
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import importlib
 
-from smr_ssm._checks import set_validation
+from papers_shared.ssm.modules import set_validation
 from smr_ssm.blocks import Bidirectional, SSMBlock
 from smr_ssm.layers import LAYER_TYPES, S4, S4D, S5, MambaMixer, MegaEMA, MegaLayer, SPADELite, build_layer
 from smr_ssm.smr import SMR_DEFAULTS, SMR_PRESETS, SMRCache, SMRWrapper, StateMemoryReplay, resolve_smr

@@ -10,8 +10,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from papers_shared.ssm.modules import reverse_timesteps
 from smr_ssm.layers import build_layer
-from smr_ssm.layers._base import reverse_timesteps
 
 __all__ = [
     "DEFAULT_STATE",

@@ -26,7 +26,7 @@ from transformers import (
 )
 from transformers.modeling_outputs import BaseModelOutput, CausalLMOutput, SequenceClassifierOutput
 
-from smr_ssm._checks import check_finite
+from papers_shared.ssm.modules import check_finite
 from smr_ssm.blocks import build_blocks, host_kwargs, make_norm
 from smr_ssm.layers import LAYER_TYPES
 from smr_ssm.smr import StateMemoryReplay, resolve_smr

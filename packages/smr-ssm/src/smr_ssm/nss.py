@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from papers_shared.device import seed_everything
-from smr_ssm._checks import validation
+from papers_shared.ssm.modules import validation
 from smr_ssm.blocks import build_blocks, host_kwargs
 from smr_ssm.config import NSSConfig, TrainConfig
 from smr_ssm.data.nonuniform import regression_batch, sample_signals

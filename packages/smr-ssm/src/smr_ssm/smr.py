@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from smr_ssm._checks import check_sequence
+from papers_shared.ssm.modules import check_sequence
 
 __all__ = [
     "ACTIVATIONS",
@@ -211,10 +211,10 @@ class StateMemoryReplay(nn.Module):
         self.d_model, self.memory_len = d_model, memory_len
         self.activation, self.init, self.skip_uses, self.mode = activation, init, skip_uses, mode
         self.weight = nn.Parameter(torch.zeros(d_model, memory_len))  # W[:, j] multiplies u_{k-j}
-        self.weight._smr_group = "smr"
+        self.weight._optim_group = "smr"
         if bias:
             self.bias = nn.Parameter(torch.zeros(d_model))
-            self.bias._smr_group = "smr"
+            self.bias._optim_group = "smr"
         else:
             self.register_parameter("bias", None)
         # phi's reference point g0 (phi(g0) = 1), kept in the parameters' dtype so that an

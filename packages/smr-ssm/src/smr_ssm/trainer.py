@@ -53,7 +53,7 @@ def param_groups(
         if not p.requires_grad or id(p) in seen:
             continue
         seen.add(id(p))
-        tagged = getattr(p, "_smr_group", None)
+        tagged = getattr(p, "_optim_group", None)
         if tagged in ("ssm", "smr"):
             groups[tagged].append(p)
         elif tagged == "no_decay" or id(p) in no_decay_ids:

@@ -1,33 +1,33 @@
-"""SSM hosts with SMR at the insertion points of spec §3.5, and a registry to build them by name."""
+"""SSM hosts with SMR, and a registry to build them by name.
+
+S4D, S5 and the Mamba block are the shared layers of :mod:`papers_shared.ssm.modules` with SMR installed
+through their input-modulation hook (:mod:`smr_ssm.layers.hosts`); S4 (DPLR), Mega and SPADE-lite are this
+package's own hosts on the same base. With ``smr=None`` every host is the plain SSM: the baselines.
+"""
 
 from __future__ import annotations
 
 from smr_ssm.layers.attention import KVCache, chunked_attention, local_attention
-from smr_ssm.layers.hippo import hippo_legs, hippo_normal_eig
-from smr_ssm.layers.mamba import MambaCache, MambaMixer
+from smr_ssm.layers.hosts import S4D, S5, MambaMixer, SMRHost, install_smr
 from smr_ssm.layers.mega import MegaEMA, MegaLayer
 from smr_ssm.layers.s4 import S4
-from smr_ssm.layers.s4d import S4D, vandermonde_kernel
-from smr_ssm.layers.s5 import S5
 from smr_ssm.layers.spade import SPADELite
 
 __all__ = [
     "LAYER_TYPES",
     "KVCache",
-    "MambaCache",
     "MambaMixer",
     "MegaEMA",
     "MegaLayer",
     "S4",
     "S4D",
     "S5",
+    "SMRHost",
     "SPADELite",
     "build_layer",
     "chunked_attention",
-    "hippo_legs",
-    "hippo_normal_eig",
+    "install_smr",
     "local_attention",
-    "vandermonde_kernel",
 ]
 
 #: Layer types of :class:`~smr_ssm.models.SSMConfig` (``layer_type``) and their classes.

@@ -15,15 +15,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from smr_ssm.layers._base import lti_forward, prepare_input, tag
+from papers_shared.ssm.modules import LTISSM, SCAN_MODES, linear_scan, prepare_input, tag
 from smr_ssm.layers.attention import KVCache, chunked_attention
-from smr_ssm.ops.scan import SCAN_MODES, linear_scan
-from smr_ssm.smr import SMRCache, build_smr
+from smr_ssm.layers.hosts import SMRHost, install_smr
 
 __all__ = ["MegaEMA", "MegaEMAState", "MegaLayer", "MegaLayerState"]
 
@@ -31,10 +31,10 @@ __all__ = ["MegaEMA", "MegaEMAState", "MegaLayer", "MegaLayerState"]
 @dataclass
 class MegaEMAState:
     h: torch.Tensor  # (B, H, E)
-    smr: SMRCache | None = None
+    cache: Any = None
 
 
-class MegaEMA(nn.Module):
+class MegaEMA(SMRHost, LTISSM):
     """Multi-dimensional damped EMA (Mega) with SMR on its input.
 
     Args: ``d_model``, ``ndim`` (E), ``smr``, ``bidirectional`` (a second set of EMA parameters reads
@@ -52,8 +52,8 @@ class MegaEMA(nn.Module):
         scan_mode: str = "chunked",
     ) -> None:
         super().__init__()
-        if mode not in ("auto", "conv", "recurrent"):
-            raise ValueError(f"mode must be 'auto', 'conv' or 'recurrent', got {mode!r}")
+        if mode not in self.MODES:
+            raise ValueError(f"mode must be one of {list(self.MODES)}, got {mode!r}")
         if scan_mode not in SCAN_MODES:
             raise ValueError(f"scan_mode must be one of {SCAN_MODES}, got {scan_mode!r}")
         H, E = d_model, ndim
@@ -72,8 +72,7 @@ class MegaEMA(nn.Module):
         self.beta = nn.Parameter(torch.randn(c, H, E) * 0.02 + sign)
         self.eta = nn.Parameter(torch.randn(c, H, E))
         self.omega = nn.Parameter(torch.randn(H))
-        self.smr = build_smr(H, smr)
-        self.smr_bwd = build_smr(H, smr) if bidirectional else None
+        install_smr(self, H, smr)
 
     def _coeffs(self, dtype):
         a, d = torch.sigmoid(self.alpha.to(dtype)), torch.sigmoid(self.delta.to(dtype))
@@ -93,7 +92,7 @@ class MegaEMA(nn.Module):
         powers = torch.exp(logq.unsqueeze(-1) * torch.arange(L, device=q.device, dtype=dtype))
         return torch.einsum("...hel,...he->...hl", powers, eta * gain)
 
-    def _recurrent_dir(self, v, ts, c):
+    def recurrent_direction(self, v, ts, c):
         a, d, q, beta, eta = self._coeffs(v.dtype)
         a, d, q, beta, eta = a[c], d[c], q[c], beta[c], eta[c]
         if ts is None:
@@ -108,13 +107,13 @@ class MegaEMA(nn.Module):
         self, u: torch.Tensor, timesteps: torch.Tensor | None = None, mode: str | None = None
     ) -> torch.Tensor:
         u, ts = prepare_input(u, self.d_model, False, timesteps)
-        y, _ = lti_forward(self, u, ts, mode or self.mode, self._recurrent_dir)
+        y, _ = self.lti_forward(u, ts, mode or self.mode)
         return (y + self.omega.to(u.dtype) * u).to(u.dtype)
 
     def states(self, u: torch.Tensor, timesteps: torch.Tensor | None = None) -> torch.Tensor:
         """EMA states ``(B, L, H, E)`` of the forward direction (after SMR)."""
         u, ts = prepare_input(u, self.d_model, False, timesteps)
-        v = self.smr(u) if self.smr is not None else u
+        v = self.modulation(u) if self.modulation is not None else u
         a, d, q, beta, _ = self._coeffs(v.dtype)
         if ts is None:
             decay, gain = q[0][None, None], (a[0] * beta[0])[None, None]
@@ -126,8 +125,8 @@ class MegaEMA(nn.Module):
     def allocate_state(self, batch_size: int, device=None, dtype=None) -> MegaEMAState:
         device = device if device is not None else self.alpha.device
         dtype = dtype or self.alpha.dtype
-        smr = self.smr.allocate_cache(batch_size, device, dtype) if self.smr is not None else None
-        return MegaEMAState(torch.zeros(batch_size, self.d_model, self.ndim, device=device, dtype=dtype), smr)
+        h = torch.zeros(batch_size, self.d_model, self.ndim, device=device, dtype=dtype)
+        return MegaEMAState(h, self.allocate_modulation_cache(batch_size, device, dtype))
 
     def step(
         self, u_t: torch.Tensor, state: MegaEMAState | None = None, timestep: torch.Tensor | None = None
@@ -138,9 +137,7 @@ class MegaEMA(nn.Module):
             )
         if state is None:
             state = self.allocate_state(u_t.shape[0], u_t.device, u_t.dtype)
-        v = u_t
-        if self.smr is not None:
-            v, state.smr = self.smr.step(u_t, state.smr)
+        v, state.cache = self.modulate_step(u_t, state.cache)
         a, d, q, beta, eta = (t[0] for t in self._coeffs(u_t.dtype))
         if timestep is None:
             decay, gain = q, a * beta

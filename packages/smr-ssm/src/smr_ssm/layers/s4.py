@@ -27,21 +27,22 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 
-from smr_ssm.layers._base import (
+from papers_shared.ssm.modules import (
+    LTISSM,
     complex_dtype,
     default_complex,
-    lti_forward,
+    hippo_legs,
+    hippo_normal_eig,
     prepare_input,
     real_param,
-    skip_term,
     tag,
 )
-from smr_ssm.layers.hippo import hippo_legs, hippo_normal_eig
-from smr_ssm.smr import SMRCache, build_smr
+from smr_ssm.layers.hosts import SMRHost, install_smr
 
 __all__ = ["S4", "S4State"]
 
@@ -51,7 +52,7 @@ class S4State:
     """Decoding state: complex state over all ``N`` modes ``(B, H, N)`` and the SMR ring buffer."""
 
     x: torch.Tensor
-    smr: SMRCache | None = None
+    cache: Any = None
 
 
 def _full(x: torch.Tensor) -> torch.Tensor:
@@ -59,8 +60,8 @@ def _full(x: torch.Tensor) -> torch.Tensor:
     return torch.cat([x, x.conj()], dim=-1)
 
 
-class S4(nn.Module):
-    """S4 (DPLR) layer with optional SMR; same interface as :class:`~smr_ssm.layers.s4d.S4D`."""
+class S4(SMRHost, LTISSM):
+    """S4 (DPLR) layer with optional SMR; same interface as :class:`~smr_ssm.layers.hosts.S4D`."""
 
     def __init__(
         self,
@@ -76,8 +77,8 @@ class S4(nn.Module):
         super().__init__()
         if d_state < 2 or d_state % 2:
             raise ValueError(f"d_state must be an even int >= 2, got {d_state}")
-        if mode not in ("auto", "conv", "recurrent"):
-            raise ValueError(f"mode must be 'auto', 'conv' or 'recurrent', got {mode!r}")
+        if mode not in self.MODES:
+            raise ValueError(f"mode must be one of {list(self.MODES)}, got {mode!r}")
         H, N2 = d_model, d_state // 2
         self.d_model, self.d_state, self.transposed, self.bidirectional, self.mode = (
             H,
@@ -100,8 +101,7 @@ class S4(nn.Module):
         channels = 2 if bidirectional else 1
         self.C = nn.Parameter(real_param(torch.randn(channels, H, N2, dtype=default_complex())))
         self.D = nn.Parameter(torch.randn(H))
-        self.smr = build_smr(H, smr)
-        self.smr_bwd = build_smr(H, smr) if bidirectional else None
+        install_smr(self, H, smr)
 
     def _system(self, dtype):
         """Full-mode ``(Lambda, P, B, C)`` and ``dt``: ``(H, N)``, ``(H, N)``, ``(H, N)``, ``(c, H, N)``, ``(H,)``."""
@@ -150,8 +150,8 @@ class S4(nn.Module):
         self, u: torch.Tensor, timesteps: torch.Tensor | None = None, mode: str | None = None
     ) -> torch.Tensor:
         u, ts = prepare_input(u, self.d_model, self.transposed, timesteps)
-        y, uf = lti_forward(self, u, ts, mode or self.mode, self._recurrent)
-        y = (y + skip_term(self, u, uf)).to(u.dtype)
+        y, uf = self.lti_forward(u, ts, mode or self.mode)
+        y = (y + self.skip(u, uf)).to(u.dtype)
         return y.transpose(1, 2) if self.transposed else y
 
     def _bilinear_step(self, x, v, lam, P, B, dt):
@@ -163,7 +163,7 @@ class S4(nn.Module):
         wd, pd = w / d, P / d
         return wd - pd * (h * (Pc * wd).sum(-1, keepdim=True)) / (1.0 + h * (Pc * pd).sum(-1, keepdim=True))
 
-    def _recurrent(self, v, ts, channel):
+    def recurrent_direction(self, v, ts, channel):
         lam, P, B, C, dt = self._system(v.dtype)
         Bsz, L, H = v.shape
         x = torch.zeros(Bsz, H, self.d_state, dtype=lam.dtype, device=v.device)
@@ -180,23 +180,15 @@ class S4(nn.Module):
         device = device if device is not None else self.log_dt.device
         dtype = dtype or self.log_dt.dtype
         x = torch.zeros(batch_size, self.d_model, self.d_state, device=device, dtype=complex_dtype(dtype))
-        smr = self.smr.allocate_cache(batch_size, device, dtype) if self.smr is not None else None
-        return S4State(x, smr)
+        return S4State(x, self.allocate_modulation_cache(batch_size, device, dtype))
 
     def step(self, u_t: torch.Tensor, state: S4State | None = None, timestep: torch.Tensor | None = None):
-        if self.bidirectional:
-            raise RuntimeError(
-                "a bidirectional S4 reads future inputs: it has no step-by-step (decoding) mode"
-            )
-        if u_t.ndim != 2 or u_t.shape[1] != self.d_model:
-            raise ValueError(f"u_t must be (batch, {self.d_model}); got {tuple(u_t.shape)}")
+        self._check_step(u_t)
         if state is None:
             state = self.allocate_state(u_t.shape[0], u_t.device, u_t.dtype)
-        v = u_t
-        if self.smr is not None:
-            v, state.smr = self.smr.step(u_t, state.smr)
+        v, state.cache = self.modulate_step(u_t, state.cache)
         lam, P, B, C, dt = self._system(u_t.dtype)
         dt = dt.expand(u_t.shape[0], -1) if timestep is None else timestep.to(u_t.dtype)[:, None] * dt
         state.x = self._bilinear_step(state.x, v, lam, P, B, dt)
-        y = (state.x * C[0]).sum(-1).real + skip_term(self, u_t, v)
+        y = (state.x * C[0]).sum(-1).real + self.skip(u_t, v)
         return y.to(u_t.dtype), state

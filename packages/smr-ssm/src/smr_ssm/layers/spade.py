@@ -9,8 +9,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from papers_shared.ssm.modules import S4DState
 from smr_ssm.layers.attention import KVCache, local_attention
-from smr_ssm.layers.s4d import S4D, S4DState
+from smr_ssm.layers.hosts import S4D
 
 __all__ = ["SPADELite", "SPADEState"]
 

@@ -1,4 +1,10 @@
-"""HiPPO-LegS matrices and the eigen-decomposition of their normal part (S4 DPLR and S5 initialisation)."""
+"""HiPPO-LegS matrices and the eigen-decomposition of their normal part (S4 DPLR and S5 initialisation).
+
+Gu et al. 2022, "Efficiently Modeling Long Sequences with Structured State Spaces" (S4), Sec. 3 and
+Appendix C (the LegS matrix and its normal-plus-low-rank form); Smith et al. 2023, "Simplified State
+Space Layers for Sequence Modeling" (S5), Sec. 4.1 (initialising with the eigenvalues of the normal
+part, HiPPO-N).
+"""
 
 from __future__ import annotations
 
@@ -19,8 +25,8 @@ def hippo_legs(N: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
 def hippo_normal_eig(N: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Eigen-decomposition of the normal part ``S = A + P P^T = -I/2 + skew`` of HiPPO-LegS.
 
-    Returns ``(Lambda, V)`` with ``S = V diag(Lambda) V^H`` (``V`` unitary), sorted so that the
-    first ``N/2`` eigenvalues have positive imaginary part (one of each conjugate pair).
+    Returns ``(Lambda, V)`` with ``S = V diag(Lambda) V^H`` (``V`` unitary), sorted so that the first
+    ``N/2`` eigenvalues have positive imaginary part (one of each conjugate pair).
     """
     A, P, _ = hippo_legs(N)
     S = A + P[:, None] * P[None, :]

@@ -1,39 +1,46 @@
-"""Mamba (S6) mixer with SMR (spec §3.1 row S6/Mamba, §3.5 ``smr_position``).
+"""The Mamba (S6) block: a selective state space layer (Gu & Dao 2023, "Mamba: Linear-Time Sequence
+Modeling with Selective State Spaces", Sec. 3 and Alg. 2), with the parameterisation and initialisation
+of state-spaces/mamba @ 52f57d6 ``mamba_ssm/modules/mamba_simple.py:Mamba``.
 
-Parameterisation and initialisation follow state-spaces/mamba's ``Mamba`` block: ``in_proj``
-(``d -> 2 d_inner``), depthwise causal ``conv1d`` (width ``d_conv``) + SiLU, ``x_proj``
+``in_proj`` (``d -> 2 d_inner``), depthwise causal ``conv1d`` (width ``d_conv``) + SiLU, ``x_proj``
 (``d_inner -> dt_rank + 2N``), ``dt_proj`` (``dt_rank -> d_inner``; bias = inverse softplus of
 ``dt ~ logU[dt_min, dt_max]`` floored at ``dt_init_floor``), ``A_log = log(1..N)``, ``D = 1``,
 ``out_proj``. The selective scan::
 
     Delta = softplus(dt_proj(x_proj(x)_dt) + bias) [* tau_k],   B_k, C_k = x_proj(x)_{B, C}
-    h_k = exp(Delta_k A) h_{k-1} + Delta_k B_k u_k,   y_k = C_k h_k + D u_k,   y <- y * SiLU(z)
+    h_k = exp(Delta_k A) h_{k-1} + Delta_k B_k x_k,   y_k = C_k h_k + D x_k,   out = out_proj(y * SiLU(z))
 
 runs in :func:`papers_shared.ssm.ops.selective_scan` (chunked PyTorch scan on CPU, mamba-ssm's CUDA
-kernel when it imports and the tensors are on CUDA).
+kernel when it imports and every tensor is on CUDA). Relative ``timesteps`` ``tau_k`` multiply
+``Delta_k`` (ours).
 
-SMR positions (spec §3.5): ``"pre_proj"`` (default) sets ``x <- SMR(x)`` after the convolution so
-``Delta, B, C`` and the scanned input all see the replayed sequence; ``"scan_only"`` computes
-``Delta, B, C`` from the raw ``x`` and scans ``u~``. With ``skip_uses="raw"`` the skip ``D * x_raw``
-and the ``SiLU(z)`` gate are applied outside the scan (``D=None, z=None`` passed to it), which is
-what the CUDA kernel needs as well, since it adds ``D * u`` with the scanned ``u``.
+Input modulation (:class:`~papers_shared.ssm.modules.base.ModulatedSSM`) acts on the convolved
+activations ``x``: ``modulation_position="pre_proj"`` sets ``x <- modulation(x)`` before ``x_proj``, so
+``Delta, B, C`` and the scanned input all see it; ``"scan_only"`` computes ``Delta, B, C`` from the raw
+``x`` and scans the modulated one. Without ``skip_modulated`` the skip ``D * x_raw`` and the ``SiLU(z)``
+gate are applied outside the scan (which is what the CUDA kernel needs as well, since it adds ``D * u``
+with the scanned ``u``).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from papers_shared.device import kernel_available
-from smr_ssm.layers._base import prepare_input, tag
-from smr_ssm.ops.selective_scan import selective_scan
-from smr_ssm.smr import SMRCache, build_smr
+from papers_shared.ssm.modules.base import ModulatedSSM, prepare_input, tag
+from papers_shared.ssm.ops import selective_scan
 
-__all__ = ["MambaCache", "MambaMixer"]
+__all__ = ["BACKENDS", "Mamba", "MambaCache"]
+
+#: ``backend`` values, as :func:`papers_shared.ssm.ops.selective_scan` takes them.
+BACKENDS = ("auto", "torch", "ref", "cuda")
+_POSITIONS = ("pre_proj", "scan_only")
 
 
 def _at_least_f32(t: torch.Tensor) -> torch.Tensor:
@@ -43,23 +50,24 @@ def _at_least_f32(t: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class MambaCache:
-    """Decoding state: last ``d_conv`` pre-convolution inputs ``(B, d_inner, d_conv)``, SSM state
-    ``(B, d_inner, N)`` and the SMR ring buffer."""
+    """Decoding state: the last ``d_conv`` pre-convolution inputs ``(B, d_inner, d_conv)``, the SSM state
+    ``(B, d_inner, N)`` and the modulation's cache (if any)."""
 
     conv: torch.Tensor
     ssm: torch.Tensor
-    smr: SMRCache | None = None
+    cache: Any = None
 
 
-class MambaMixer(nn.Module):
-    """Mamba (S6) mixer with optional SMR (spec §7 signature).
+class Mamba(ModulatedSSM):
+    """Mamba block without residual or norm (module docstring); input and output ``(B, L, d_model)``.
 
     Args:
-        d_model, d_state, d_conv, expand, dt_rank (``"auto"`` = ``ceil(d_model / 16)``), dt_min,
-        dt_max, dt_scale, dt_init_floor, conv_bias, bias: as state-spaces/mamba's ``Mamba``.
-        smr: ``None`` (baseline), a preset name or a dict (SMR over ``d_inner`` channels).
-        smr_position: ``"pre_proj"`` (default) or ``"scan_only"``.
-        scan_backend: ``"auto"``, ``"torch"``, ``"ref"`` or ``"cuda"`` (see :mod:`smr_ssm.ops.selective_scan`).
+        d_model, d_state, d_conv, expand, dt_rank (``"auto"`` = ``ceil(d_model / 16)``), dt_min, dt_max,
+        dt_init (``"random"`` or ``"constant"`` ``dt_proj`` weights), dt_scale, dt_init_floor, conv_bias,
+        bias: as state-spaces/mamba's ``Mamba``.
+        backend: the selective scan's backend (:data:`BACKENDS`); chunk_size: its chunk length.
+        modulation, modulation_position, skip_modulated: the input-modulation hook on ``d_inner``
+            channels (module docstring).
     """
 
     def __init__(
@@ -71,23 +79,32 @@ class MambaMixer(nn.Module):
         dt_rank: int | str = "auto",
         dt_min: float = 1e-3,
         dt_max: float = 1e-1,
+        dt_init: str = "random",
         dt_scale: float = 1.0,
         dt_init_floor: float = 1e-4,
         conv_bias: bool = True,
         bias: bool = False,
-        smr=None,
-        smr_position: str = "pre_proj",
-        scan_backend: str = "auto",
+        backend: str = "auto",
+        chunk_size: int | None = None,
+        modulation: nn.Module | None = None,
+        modulation_position: str = "pre_proj",
+        skip_modulated: bool = False,
     ) -> None:
         super().__init__()
-        if smr_position not in ("pre_proj", "scan_only"):
-            raise ValueError(f"smr_position must be 'pre_proj' or 'scan_only', got {smr_position!r}")
-        if scan_backend not in ("auto", "torch", "ref", "cuda"):
-            raise ValueError(f"scan_backend must be 'auto', 'torch', 'ref' or 'cuda', got {scan_backend!r}")
+        if min(d_model, d_state, d_conv, expand) < 1:
+            raise ValueError("d_model, d_state, d_conv and expand must be >= 1")
+        if dt_init not in ("random", "constant"):
+            raise ValueError(f"dt_init must be 'random' or 'constant', got {dt_init!r}")
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {list(BACKENDS)}, got {backend!r}")
+        if modulation_position not in _POSITIONS:
+            raise ValueError(
+                f"modulation_position must be one of {list(_POSITIONS)}, got {modulation_position!r}"
+            )
         self.d_model, self.d_state, self.d_conv = d_model, d_state, d_conv
         self.d_inner = int(expand * d_model)
         self.dt_rank = math.ceil(d_model / 16) if dt_rank == "auto" else int(dt_rank)
-        self.smr_position, self.scan_backend = smr_position, scan_backend
+        self.backend, self.chunk_size, self.modulation_position = backend, chunk_size, modulation_position
         di = self.d_inner
         self.in_proj = nn.Linear(d_model, 2 * di, bias=bias)
         self.conv1d = nn.Conv1d(di, di, d_conv, groups=di, padding=d_conv - 1, bias=conv_bias)
@@ -95,7 +112,10 @@ class MambaMixer(nn.Module):
         self.dt_proj = nn.Linear(self.dt_rank, di, bias=True)
         std = self.dt_rank**-0.5 * dt_scale
         with torch.no_grad():
-            nn.init.uniform_(self.dt_proj.weight, -std, std)
+            if dt_init == "constant":
+                self.dt_proj.weight.fill_(std)
+            else:
+                nn.init.uniform_(self.dt_proj.weight, -std, std)
             dt = torch.exp(torch.rand(di) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
             dt = dt.clamp(min=dt_init_floor)
             self.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # softplus^{-1}(dt)
@@ -103,7 +123,7 @@ class MambaMixer(nn.Module):
         self.A_log = tag(nn.Parameter(torch.log(A)), "no_decay")
         self.D = tag(nn.Parameter(torch.ones(di)), "no_decay")
         self.out_proj = nn.Linear(di, d_model, bias=bias)
-        self.smr = build_smr(di, smr)
+        self.set_modulation(modulation, None, skip_modulated)
 
     # -- helpers ------------------------------------------------------------------------------------
     def _conv(self, x: torch.Tensor) -> torch.Tensor:
@@ -116,40 +136,39 @@ class MambaMixer(nn.Module):
         return F.silu(self.conv1d(x)[..., :L])
 
     def _delta_bc(self, x_bl: torch.Tensor):
-        """``x_bl``: ``(B, L, d_inner)`` -> ``dt (B, d_inner, L)`` before bias/softplus, ``B, C (B, N, L)``."""
-        x_dbl = self.x_proj(x_bl)
-        dt, Bm, Cm = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
+        """``x_bl`` ``(B, L, d_inner)`` -> ``dt`` ``(B, d_inner, L)`` before bias/softplus, ``B, C`` ``(B, N, L)``."""
+        dt, Bm, Cm = torch.split(self.x_proj(x_bl), [self.dt_rank, self.d_state, self.d_state], dim=-1)
         dt = F.linear(dt, self.dt_proj.weight).transpose(1, 2)
         return dt, Bm.transpose(1, 2).contiguous(), Cm.transpose(1, 2).contiguous()
+
+    def _scan(self, u, dt, Bm, Cm, D, z, bias, softplus):
+        return selective_scan(
+            u, dt, -torch.exp(_at_least_f32(self.A_log)), Bm, Cm, D, z, bias, softplus,
+            backend=self.backend, chunk_size=self.chunk_size,
+        )  # fmt: skip
 
     def forward(self, hidden: torch.Tensor, timesteps: torch.Tensor | None = None) -> torch.Tensor:
         """``hidden``: ``(B, L, d_model)``; ``timesteps``: ``(B, L)`` relative steps scaling ``Delta``."""
         hidden, ts = prepare_input(hidden, self.d_model, False, timesteps)
-        xz = self.in_proj(hidden)
-        x, z = xz.transpose(1, 2).chunk(2, dim=1)  # (B, d_inner, L)
+        x, z = self.in_proj(hidden).transpose(1, 2).chunk(2, dim=1)  # (B, d_inner, L)
         x = self._conv(x)
-        x_raw = x
-        x_bl = x.transpose(1, 2)
-        if self.smr is not None:
-            x_smr_bl = self.smr(x_bl)
-            x_smr = x_smr_bl.transpose(1, 2)
-            src = x_smr_bl if self.smr_position == "pre_proj" else x_bl
+        x_raw, x_bl = x, x.transpose(1, 2)
+        if self.modulation is not None:
+            v_bl = self.modulation(x_bl)
+            v = v_bl.transpose(1, 2)
+            src = v_bl if self.modulation_position == "pre_proj" else x_bl
         else:
-            x_smr, src = x, x_bl
+            v, src = x, x_bl
         dt, Bm, Cm = self._delta_bc(src)
-        A = -torch.exp(_at_least_f32(self.A_log))
         bias, softplus = _at_least_f32(self.dt_proj.bias), True
         if ts is not None:
             dt = F.softplus(dt + bias[None, :, None]) * ts[:, None, :].to(dt.dtype)
             bias, softplus = None, False
-        raw_skip = self.smr is not None and self.smr.skip_uses == "raw"
-        if raw_skip:
-            y = selective_scan(x_smr, dt, A, Bm, Cm, None, None, bias, softplus, backend=self.scan_backend)
+        if self.modulation is not None and not self.skip_modulated:
+            y = self._scan(v, dt, Bm, Cm, None, None, bias, softplus)
             y = (y + x_raw * self.D[None, :, None].to(y.dtype)) * F.silu(z)
         else:
-            y = selective_scan(
-                x_smr, dt, A, Bm, Cm, _at_least_f32(self.D), z, bias, softplus, backend=self.scan_backend
-            )
+            y = self._scan(v, dt, Bm, Cm, _at_least_f32(self.D), z, bias, softplus)
         return self.out_proj(y.transpose(1, 2))
 
     # -- decoding -----------------------------------------------------------------------------------
@@ -158,15 +177,13 @@ class MambaMixer(nn.Module):
         dtype = dtype or self.A_log.dtype
         conv = torch.zeros(batch_size, self.d_inner, self.d_conv, device=device, dtype=dtype)
         ssm = torch.zeros(batch_size, self.d_inner, self.d_state, device=device, dtype=dtype)
-        smr = self.smr.allocate_cache(batch_size, device, dtype) if self.smr is not None else None
-        return MambaCache(conv, ssm, smr)
+        return MambaCache(conv, ssm, self.allocate_modulation_cache(batch_size, device, dtype))
 
     def step(
         self, hidden_t: torch.Tensor, state: MambaCache | None = None, timestep: torch.Tensor | None = None
     ):
-        """One token: ``hidden_t`` ``(B, d_model)`` -> ``(out_t, state)``; equals :meth:`forward` (tested)."""
-        if hidden_t.ndim != 2 or hidden_t.shape[1] != self.d_model:
-            raise ValueError(f"hidden_t must be (batch, {self.d_model}); got {tuple(hidden_t.shape)}")
+        """One token: ``hidden_t`` ``(B, d_model)`` -> ``(out_t, state)``; equals :meth:`forward`."""
+        self._check_step(hidden_t, "hidden_t")
         if state is None:
             state = self.allocate_state(hidden_t.shape[0], hidden_t.device, hidden_t.dtype)
         x, z = self.in_proj(hidden_t).chunk(2, dim=-1)  # (B, d_inner)
@@ -174,20 +191,17 @@ class MambaMixer(nn.Module):
         x = (state.conv * self.conv1d.weight[:, 0, :]).sum(-1)
         if self.conv1d.bias is not None:
             x = x + self.conv1d.bias
-        x = F.silu(x)
-        x_raw = x
-        x_smr = x
-        if self.smr is not None:
-            x_smr, state.smr = self.smr.step(x, state.smr)
-        src = x_smr if self.smr_position == "pre_proj" else x_raw
+        x_raw = F.silu(x)
+        v, state.cache = self.modulate_step(x_raw, state.cache)
+        src = v if self.modulation_position == "pre_proj" else x_raw
         dt, Bm, Cm = torch.split(self.x_proj(src), [self.dt_rank, self.d_state, self.d_state], dim=-1)
         dt = F.softplus(self.dt_proj(dt))
         if timestep is not None:
             dt = dt * timestep.to(dt.dtype)[:, None]
         A = -torch.exp(self.A_log.to(dt.dtype))
         dA = torch.exp(dt.unsqueeze(-1) * A)
-        state.ssm = state.ssm * dA + (dt * x_smr).unsqueeze(-1) * Bm.unsqueeze(1)
-        skip = x_raw if (self.smr is None or self.smr.skip_uses == "raw") else x_smr
-        y = (state.ssm * Cm.unsqueeze(1)).sum(-1) + self.D.to(dt.dtype) * skip
-        y = y * F.silu(z)
-        return self.out_proj(y), state
+        state.ssm = state.ssm * dA + (dt * v).unsqueeze(-1) * Bm.unsqueeze(1)
+        y = (state.ssm * Cm.unsqueeze(1)).sum(-1) + self.D.to(dt.dtype) * (
+            v if self.skip_modulated else x_raw
+        )
+        return self.out_proj(y * F.silu(z)), state

@@ -1,12 +1,14 @@
-"""Input validation shared by the layers and models (clear errors on bad shapes, dtypes, NaN/inf).
+"""Input validation of the SSM layers: clear errors on bad shapes, dtypes and NaN/inf values.
 
-The finiteness check costs one reduction per call; :func:`set_validation` turns the value checks off
-(shape and dtype checks always run) for GPU runs where the host synchronisation matters.
+The finiteness checks cost one reduction per call; :func:`set_validation` (or the :func:`validation`
+context manager) turns the value checks off for trusted data or GPU runs where the host synchronisation
+matters. Shape and dtype checks always run. The switch is process-wide.
 """
 
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 
 import torch
 
@@ -33,8 +35,8 @@ def validation_enabled() -> bool:
 
 
 @contextlib.contextmanager
-def validation(enabled: bool):
-    """Temporarily enable/disable the value checks (e.g. ``validation(False)`` around trusted data)."""
+def validation(enabled: bool) -> Iterator[None]:
+    """Temporarily enable or disable the value checks (e.g. ``validation(False)`` around generated data)."""
     old = _VALUE_CHECKS
     set_validation(enabled)
     try:
@@ -44,9 +46,11 @@ def validation(enabled: bool):
 
 
 def check_finite(x: torch.Tensor, name: str) -> None:
-    """Raise ``ValueError`` if ``x`` holds NaN or inf. Fast path: a finite sum proves every element finite
-    (NaN and inf propagate through a sum); only a non-finite sum (or an overflow) triggers the exact,
-    slower elementwise check."""
+    """Raise ``ValueError`` if ``x`` holds NaN or inf.
+
+    A finite sum proves every element finite (NaN and inf propagate through a sum), so only a non-finite
+    sum (or an overflow) triggers the exact elementwise count.
+    """
     if not _VALUE_CHECKS or x.numel() == 0 or bool(torch.isfinite(x.sum())):
         return
     bad = int((~torch.isfinite(x)).sum())
@@ -73,9 +77,8 @@ def check_sequence(u: torch.Tensor, channels: int, name: str = "u", transposed: 
 def check_timesteps(timesteps: torch.Tensor | None, batch: int, length: int) -> torch.Tensor | None:
     """Relative sampling steps ``tau_k > 0`` of shape ``(batch, length)`` or ``(length,)``.
 
-    ``tau_k = (t_k - t_{k-1}) / base_step``: the step a model was trained with is ``tau = 1``; a
-    layer discretises position ``k`` with ``Delta_k = Delta * tau_k`` (spec §2). Returns a
-    ``(batch, length)`` view.
+    ``tau_k = (t_k - t_{k-1}) / base_step``: the step a layer was trained with is ``tau = 1``, and a layer
+    discretises position ``k`` with ``Delta_k = Delta * tau_k``. Returns a ``(batch, length)`` view.
     """
     if timesteps is None:
         return None
