@@ -9,7 +9,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["FrozenViTEncoder", "ViTEncoder", "build_vit", "pretrain_encoder", "tiny_vit_config"]
+__all__ = [
+    "FrozenViTEncoder",
+    "ViTEncoder",
+    "build_vit",
+    "prepare_encoder",
+    "pretrain_encoder",
+    "tiny_vit_config",
+]
 
 
 def tiny_vit_config(**overrides: Any):
@@ -200,3 +207,27 @@ def pretrain_encoder(
     encoder.vit.requires_grad_(False)
     encoder.vit.eval()
     return encoder
+
+
+def prepare_encoder(cfg, data, seed: int, device: torch.device) -> ViTEncoder:
+    """The frozen ViT of a run: a checkpoint (``system1.vit``), or a model from ``system1.vit_config`` that
+    is pre-trained on the stream's disjoint pre-training split when it has one (the digits demo; ours)."""
+    s1 = cfg.system1
+    enc = build_vit(
+        None if s1.vit_config is not None else s1.vit,
+        config=s1.vit_config,
+        normalize_mean=s1.normalize_mean,
+        normalize_std=s1.normalize_std,
+        image_size=s1.image_size,
+        seed=seed,
+    ).to(device)
+    if s1.vit_config is not None and data.pretrain is not None and cfg.data.pretrain_epochs > 0:
+        pretrain_encoder(
+            enc,
+            *data.pretrain,
+            epochs=cfg.data.pretrain_epochs,
+            lr=cfg.data.pretrain_lr,
+            batch_size=cfg.data.pretrain_batch_size,
+            seed=seed,
+        )
+    return enc

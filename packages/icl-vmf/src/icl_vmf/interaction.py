@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -56,6 +57,12 @@ class InteractionStats:
         self.harmed += int((s1_ok & ~ok).sum())
         yh = y.cpu()[hard]
         self.true_in_candidates += sum(int(t) in c for t, c in zip(yh.tolist(), info.candidates))
+
+    def merge(self, other: InteractionStats) -> InteractionStats:
+        """Add ``other``'s counters to these (evaluation rows computed by several processes)."""
+        for f in dataclasses.fields(self):
+            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
+        return self
 
     def as_dict(self) -> dict[str, float]:
         easy = self.total - self.hard

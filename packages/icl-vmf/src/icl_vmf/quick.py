@@ -1,14 +1,19 @@
-"""Quick reproduction (spec §8): the digits stream on CPU, offline, in about a minute.
+"""Quick reproduction: the digits stream on CPU, offline, from the shipped ``quick`` config.
 
-Setup: sklearn digits at 16 px, 5 tasks x 2 classes; a tiny ViT built from a config and pre-trained on a
-disjoint 30 % of the training images (stand-in for ImageNet pre-training), then frozen and shared by
-every method of a seed; buffer 100, batch 10, 3 epochs per task, Adam 1e-3 for every method (a tiny model
-with ~18 batches per epoch; the paper's 1e-4 is for ViT-B with hundreds of batches per task).
+Setup (``icl-vmf show-config --config quick``): sklearn digits at 16 px, 5 tasks x 2 classes; one tiny ViT
+built from a config, pre-trained on a disjoint 30 % of the training images (the stand-in for the public
+ImageNet checkpoint, shared by every seed as that checkpoint is), then frozen; buffer 100, batch 10,
+3 epochs per task, Adam 1e-3 for every method; 5 seeds; the runs go to 2 worker processes.
 
-Methods: (a) frozen-ViT linear head without replay, (b) frozen ER, (c) ICL System1, (d) ICL + an oracle
-System2 that names the true class with probability 0.9 when it is among System1's top-3, consulted on
-vMF-ODI-flagged samples in the final evaluation. One extra final evaluation of (c) goes through a tiny
-random LLaVA (``papers_shared.mllm``) to prove the real generation -> parsing -> fallback path.
+Methods: (a) frozen-ViT linear head without replay, (b) frozen ER, (c) ICL System1 as the official code
+(current and replay samples in separate similarity matrices, kappa = 1), its variants with one matrix
+for current + replay (``icl_mix``), kappa = 0.1 (``icl_kappa01``) and both (``icl_mix_kappa01``), and
+(d) ICL + an oracle System2 that names the true class with probability 0.9 when it is among System1's
+top-3, consulted on vMF-ODI-flagged samples in the final evaluation. The seed-0 ICL weights are reloaded
+from their safetensors file and evaluated once more through a tiny random LLaVA (``papers_shared.mllm``)
+to prove the real generation -> parsing -> fallback path. Beside the numbers: the chance floor (10 %)
+and a joint linear probe on the frozen encoder (all classes at once, no stream: the upper bound of a
+linear head on these features).
 """
 
 from __future__ import annotations
@@ -21,68 +26,70 @@ import numpy as np
 import torch
 
 from icl_vmf.config import ExperimentConfig
-from icl_vmf.experiment import num_threads, prepare_encoder, summarize
-from papers_shared.config import from_dict
-from papers_shared.device import seed_everything
+from papers_shared.cli import resolve_config
+from papers_shared.config import load_config
 from papers_shared.results import Claim, QuickResult, bar_plot, line_plot
 
-__all__ = ["QUICK_CONFIG", "build_claims", "quick_config", "quick_reproduction"]
+__all__ = ["build_claims", "joint_probe", "quick_config", "quick_reproduction"]
 
-#: The quick experiment's configuration (also shipped as ``configs/quick_digits.yaml``).
-QUICK_CONFIG: dict[str, Any] = {
-    "name": "quick_digits",
-    "methods": ["linear", "er", "icl"],
-    "seeds": [0, 1, 2],
-    "device": "cpu",
-    "checkpoint": False,
-    "system1": {
-        "vit_config": {
-            "image_size": 16,
-            "patch_size": 4,
-            "num_channels": 3,
-            "hidden_size": 32,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 4,
-            "intermediate_size": 64,
-        },
-        "image_size": 16,
-        "hidden_dim": 48,
-        "memory_dim": 64,
-        "num_heads": 4,
-    },
-    "train": {"buffer_size": 100, "n_epochs": 3, "lr": 1e-3, "progress": False, "num_threads": 1},
-    "system2": {"enabled": True, "backend": "oracle", "oracle_accuracy": 0.9, "k": 3},
-    "data": {"dataset": "digits", "digits_size": 16, "num_tasks": 5},
+#: the learners of the quick run, in plot order, with their labels
+LABELS = {
+    "linear": "(a) linear, no replay",
+    "er": "(b) ER",
+    "icl": "(c) ICL (official: separate matrices)",
+    "icl_mix": "ICL, current+replay in one matrix",
+    "icl_kappa01": "ICL, kappa 0.1",
+    "icl_mix_kappa01": "ICL, one matrix + kappa 0.1",
 }
 
 
 def quick_config(seeds: list[int] | None = None) -> ExperimentConfig:
-    cfg = from_dict(ExperimentConfig, QUICK_CONFIG)
-    if seeds is not None:
-        cfg.seeds = list(seeds)
-    return cfg
+    """The shipped ``quick`` config (optionally with other seeds)."""
+    over = [f"seeds=[{','.join(map(str, seeds))}]"] if seeds is not None else []
+    return load_config(ExperimentConfig, resolve_config("icl_vmf", "quick"), over)
 
 
-def build_claims(metrics: dict[str, Any]) -> list[Claim]:
-    """Spec §8's expected directions as claims on the measured means (``metrics`` of :func:`quick_reproduction`)."""
-    f = metrics["final_class_il"]
+def _majority(n: int) -> int:
+    return n // 2 + 1
+
+
+def build_claims(m: dict[str, Any]) -> list[Claim]:
+    """The claims, stated before the run, on the per-seed numbers ``m`` of :func:`quick_reproduction`.
+
+    Each compares paired per-seed values (same seed, same encoder, same stream order); "raises" claims
+    need a majority of seeds to agree (``min_wins``), "every seed" claims all of them.
+    """
+    f, t, fg, seeds = (
+        m["final_class_il_per_seed"],
+        m["final_task_il_per_seed"],
+        m["forgetting_per_seed"],
+        m["seeds"],
+    )
+    n = len(seeds)
+
+    def pc(text, a, av, b, bv, op, margin=0.0, wins=None):
+        return Claim.paired_compare(text, a, av, b, bv, op=op, margin=margin, min_wins=wins, seeds=seeds)
+
     claims = [
-        Claim.compare("ER beats the frozen linear head without replay (a < b)", "er", f["er"], "linear", f["linear"], ">"),
-        Claim.compare("ICL System1 matches or beats ER (b <= c)", "icl", f["icl"], "er", f["er"], ">="),
-        Claim.compare("System2 interaction raises ICL's final accuracy (c < d)", "icl+oracle_system2", f["icl+oracle_system2"], "icl", f["icl"], ">"),
-        Claim.compare(
-            "System1 is clearly less accurate on ODI-flagged samples (by >= 10 points)",
-            "icl_system1_acc_flagged", metrics["icl_system1_acc_flagged"],
-            "icl_system1_acc_unflagged", metrics["icl_system1_acc_unflagged"], "<", margin=-0.10,
-        ),
-        Claim.compare("ICL forgets less than the linear head (forgetting c < a)", "icl", metrics["forgetting"]["icl"], "linear", metrics["forgetting"]["linear"], "<"),
+        pc("ER beats the frozen linear head without replay (a < b)", "er", f["er"], "linear", f["linear"], ">", wins=_majority(n)),
+        pc("ICL System1 as the official code (separate matrices) matches or beats ER (b <= c)", "icl", f["icl"], "er", f["er"], ">="),
+        pc("ICL with current + replay in one similarity matrix is within 1 point of ER or better", "icl_mix", f["icl_mix"], "er", f["er"], ">=", margin=-0.01),
+        pc("One matrix for current + replay raises ICL's final class-IL on every seed", "icl_mix", f["icl_mix"], "icl", f["icl"], ">", wins=n),
+        pc("kappa 0.1 raises ICL's final class-IL over kappa 1 on every seed", "icl_kappa01", f["icl_kappa01"], "icl", f["icl"], ">", wins=n),
+        pc("ICL with one matrix and kappa 0.1 is within 1 point of ER or better", "icl_mix_kappa01", f["icl_mix_kappa01"], "er", f["er"], ">=", margin=-0.01),
+        pc("ICL's task-IL accuracy is within 1 point of ER's (its class-IL gap is confusion between tasks)", "icl", t["icl"], "er", t["er"], ">=", margin=-0.01),
+        pc("System2 interaction raises ICL's final accuracy (c < d)", "icl+oracle_system2", m["icl_with_system2_per_seed"], "icl", f["icl"], ">", wins=_majority(n)),
+        pc("System1 is clearly less accurate on ODI-flagged samples (by >= 10 points)", "icl_system1_acc_flagged", m["icl_system1_acc_flagged_per_seed"], "icl_system1_acc_unflagged", m["icl_system1_acc_unflagged_per_seed"], "<", margin=-0.10),
+        pc("ICL (official) forgets less than the linear head (forgetting c < a)", "icl", fg["icl"], "linear", fg["linear"], "<", wins=_majority(n)),
+        pc("ICL with one matrix for current + replay forgets less than the linear head", "icl_mix", fg["icl_mix"], "linear", fg["linear"], "<", wins=_majority(n)),
     ]  # fmt: skip
-    tiny = metrics.get("tiny_llava")
+    tiny = m.get("tiny_llava")
     if tiny is not None:
         ok = tiny["routed"] == tiny["hard"] and tiny["hard"] > 0
         claims.append(
             Claim.check(
-                "A tiny random LLaVA System2 runs end to end offline (every flagged sample answered)",
+                "A tiny random LLaVA System2 runs end to end offline on reloaded safetensors weights "
+                "(every flagged sample answered)",
                 "icl+tiny_llava",
                 ok,
             )
@@ -90,79 +97,121 @@ def build_claims(metrics: dict[str, Any]) -> list[Claim]:
     return claims
 
 
+@torch.no_grad()
+def _features(encoder, x: torch.Tensor, batch: int = 256) -> torch.Tensor:
+    return torch.cat([encoder(x[i : i + batch]).mean(dim=1) for i in range(0, len(x), batch)])
+
+
+def joint_probe(encoder, data, epochs: int = 200, lr: float = 1e-2, seed: int = 0) -> float:
+    """Upper bound of a linear head on the frozen encoder: trained on every task's training data at once
+    (full-batch Adam on the mean-pooled tokens), test accuracy over all classes."""
+    xs = torch.cat([d.tensors[0] for d in data.train_sets])
+    ys = torch.cat([d.tensors[1] for d in data.train_sets])
+    xt = torch.cat([d.tensors[0] for d in data.test_sets])
+    yt = torch.cat([d.tensors[1] for d in data.test_sets])
+    fs, ft = _features(encoder, xs), _features(encoder, xt)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        head = torch.nn.Linear(fs.shape[1], data.num_classes)
+    opt = torch.optim.Adam(head.parameters(), lr=lr)
+    with torch.enable_grad():
+        for _ in range(epochs):
+            loss = torch.nn.functional.cross_entropy(head(fs), ys)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    return float((head(ft).argmax(1) == yt).float().mean())
+
+
+def _per_seed(report: dict[str, Any], method: str, key: str) -> list[float]:
+    return [float(r["system2"][key]) for r in report["runs"] if r["method"] == method]
+
+
 def quick_reproduction(out_dir: Path, quick: bool = True) -> QuickResult:
-    """Run the digits experiment (3 seeds; ``quick=False``: 5 seeds) and write ``icl-vmf_*.png``."""
-    from icl_vmf.baselines import build_learner
+    """Run the shipped ``quick`` config (5 seeds; ``quick=False``: 10 seeds) and write ``icl-vmf_*.png``."""
     from icl_vmf.data import build_stream
-    from icl_vmf.system2 import OracleSystem2, build_system2
-    from icl_vmf.trainer import evaluate, run_stream
+    from icl_vmf.encoders import prepare_encoder
+    from icl_vmf.evaluation import evaluate
+    from icl_vmf.experiment import load_trained, num_threads, run_experiment
+    from icl_vmf.system2 import build_system2
 
     t_start = time.perf_counter()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    cfg = quick_config(None if quick else [0, 1, 2, 3, 4])
-    device = torch.device(cfg.device)
-    results, tiny_stats = [], None
+    cfg = quick_config(None if quick else list(range(10)))
+    runs_dir = out_dir / "icl-vmf-runs"
     with num_threads(cfg.train.num_threads):
         data = build_stream(cfg.data)
-        oracle = OracleSystem2(cfg.system2.oracle_accuracy, parse_mode=cfg.system2.parse_mode)
-        for seed in cfg.seeds:
-            seed_everything(seed)
-            encoder = prepare_encoder(cfg, data, seed, device)
-            for method in cfg.methods:
-                oracle.generator.manual_seed(seed)
-                learner = build_learner(method, cfg, data, encoder, device, seed)
-                res = run_stream(learner, data, cfg, seed, oracle if method == "icl" else None)
-                results.append(res)
-                if method == "icl" and seed == cfg.seeds[0]:
-                    tiny_cfg = type(cfg.system2)(backend="tiny", k=cfg.system2.k, max_new_tokens=8)
-                    tiny = build_system2(tiny_cfg, device, data.class_names)
-                    t0 = time.perf_counter()
-                    _, _, st, final = evaluate(learner, data, data.num_tasks - 1, cfg, tiny)
-                    tiny_stats = st.as_dict() | {
-                        "seconds": time.perf_counter() - t0,
-                        "final_class_il": float(np.mean(final)),
-                    }
-    summary = summarize(results)
-    icl_runs = [r for r in results if r.method == "icl"]
-    final = {m: summary[m]["final_class_il"] for m in summary}
-    final["icl+oracle_system2"] = summary["icl"]["final_class_il_with_system2"]
+        encoder = prepare_encoder(cfg, data, cfg.data.pretrain_seed, torch.device(cfg.device))
+        report = run_experiment(
+            cfg, runs_dir, data=data, progress=False, encoders={cfg.data.pretrain_seed: encoder}
+        )
+        probe = joint_probe(encoder, data, seed=cfg.data.pretrain_seed)
+        s0 = cfg.seeds[0]
+        tiny_cfg = type(cfg.system2)(backend="tiny", k=cfg.system2.k, max_new_tokens=8)
+        learner, _, upto = load_trained(
+            cfg, runs_dir / "weights" / f"icl-seed{s0}.safetensors", data=data, encoder=encoder
+        )
+        t0 = time.perf_counter()
+        _, _, st, final = evaluate(learner, data, upto, cfg, build_system2(tiny_cfg, "cpu", data.class_names))
+        tiny = st.as_dict() | {"seconds": time.perf_counter() - t0, "final_class_il": float(np.mean(final))}
+    summary = report["summary"]
+    methods = list(cfg.methods)
     metrics: dict[str, Any] = {
-        "final_class_il": final,
-        "final_class_il_std": {m: summary[m]["final_class_il_std"] for m in summary}
-        | {"icl+oracle_system2": summary["icl"]["final_class_il_with_system2_std"]},
-        "final_task_il": {m: summary[m]["final_task_il"] for m in summary},
-        "forgetting": {m: summary[m]["forgetting"] for m in summary},
-        "average_per_task": {m: summary[m]["average_per_task"] for m in summary},
-        "icl_system1_acc_flagged": float(np.nanmean([r.system2["system1_acc_hard"] for r in icl_runs])),
-        "icl_system1_acc_unflagged": float(np.nanmean([r.system2["system1_acc_easy"] for r in icl_runs])),
-        "icl_flagged_fraction": float(np.mean([r.system2["hard_fraction"] for r in icl_runs])),
-        "oracle_system2": {k: float(np.mean([r.system2[k] for r in icl_runs])) for k in ("hard", "fixed", "harmed", "true_in_candidates")},
-        "train_seconds": {m: summary[m]["train_seconds"] for m in summary},
-        "tiny_llava": tiny_stats,
-        "seeds": cfg.seeds,
+        "seeds": list(cfg.seeds),
+        "final_class_il": {k: summary[k]["final_class_il"] for k in methods},
+        "final_class_il_std": {k: summary[k]["final_class_il_std"] for k in methods},
+        "final_task_il": {k: summary[k]["final_task_il"] for k in methods},
+        "class_il_gap_to_task_il": {k: summary[k]["final_task_il"] - summary[k]["final_class_il"] for k in methods},
+        "forgetting": {k: summary[k]["forgetting"] for k in methods},
+        "final_class_il_per_seed": {k: summary[k]["final_class_il_per_seed"] for k in methods},
+        "final_task_il_per_seed": {k: summary[k]["final_task_il_per_seed"] for k in methods},
+        "forgetting_per_seed": {k: summary[k]["forgetting_per_seed"] for k in methods},
+        "average_per_task": {k: summary[k]["average_per_task"] for k in methods},
+        "icl_with_system2": summary["icl"]["final_class_il_with_system2"],
+        "icl_with_system2_per_seed": summary["icl"]["final_class_il_with_system2_per_seed"],
+        "icl_system1_acc_flagged_per_seed": _per_seed(report, "icl", "system1_acc_hard"),
+        "icl_system1_acc_unflagged_per_seed": _per_seed(report, "icl", "system1_acc_easy"),
+        "icl_flagged_fraction": float(np.mean(_per_seed(report, "icl", "hard_fraction"))),
+        "oracle_system2": {k: float(np.mean(_per_seed(report, "icl", k))) for k in ("hard", "fixed", "harmed", "true_in_candidates")},
+        "floor_chance": 1.0 / data.num_classes,
+        "upper_bound_joint_linear_probe": probe,
+        "mean_loss_per_task": {k: np.mean([r["losses"] for r in report["runs"] if r["method"] == k], axis=0).tolist() for k in methods},
+        "train_seconds": {k: summary[k]["train_seconds"] for k in methods},
+        "tiny_llava": tiny,
     }  # fmt: skip
+    metrics["icl_system1_acc_flagged"] = float(np.nanmean(metrics["icl_system1_acc_flagged_per_seed"]))
+    metrics["icl_system1_acc_unflagged"] = float(np.nanmean(metrics["icl_system1_acc_unflagged_per_seed"]))
     claims = build_claims(metrics)
-    curves = {
-        "(a) linear, no replay": metrics["average_per_task"]["linear"],
-        "(b) ER": metrics["average_per_task"]["er"],
-        "(c) ICL System1": metrics["average_per_task"]["icl"],
-        "(d) ICL + oracle System2 (final eval)": metrics["average_per_task"]["icl"][:-1]
-        + [final["icl+oracle_system2"]],
-    }
     tasks = list(range(1, data.num_tasks + 1))
+    curves = {LABELS[k]: metrics["average_per_task"][k] for k in methods}
+    curves["(d) ICL + oracle System2 (final eval)"] = metrics["average_per_task"]["icl"][:-1] + [
+        metrics["icl_with_system2"]
+    ]
+    bars = {
+        LABELS[k].split(" (")[0] if k == "icl" else LABELS[k]: {
+            "class-IL": (metrics["final_class_il"][k], summary[k]["final_class_il_std"]),
+            "task-IL": (metrics["final_task_il"][k], summary[k]["final_task_il_std"]),
+        }
+        for k in methods
+    }
     plots = [
         line_plot(curves, out_dir / "icl-vmf_accuracy_per_task.png", "tasks learned", "class-IL accuracy (seen tasks)",
                   f"Split digits, mean of {len(cfg.seeds)} seeds", x=tasks).name,
-        bar_plot({k: (final[m], metrics["final_class_il_std"][m]) for k, m in zip(curves, ["linear", "er", "icl", "icl+oracle_system2"])},
-                 out_dir / "icl-vmf_final_accuracy.png", "final class-IL accuracy", "after the last task (mean +- std)").name,
+        bar_plot({}, out_dir / "icl-vmf_final_accuracy.png", "final accuracy (mean +- std over seeds)",
+                 f"class-IL vs task-IL after the last task; joint probe {probe:.2f}", groups=bars).name,
     ]  # fmt: skip
     failed = [c.claim for c in claims if not c.holds]
+    f = metrics["final_class_il"]
     notes = (
-        f"Digits stream, {len(cfg.seeds)} seeds, tiny ViT (D=32) pre-trained on a disjoint 30% split and frozen; "
-        f"vMF-ODI flagged {metrics['icl_flagged_fraction']:.1%} of the final test samples. The tiny LLaVA has random "
-        "weights: it proves the generation/parsing/fallback path, not accuracy "
-        f"({tiny_stats['answered'] if tiny_stats else 0} of {tiny_stats['routed'] if tiny_stats else 0} answers named exactly one candidate). "
+        f"Digits stream, {len(cfg.seeds)} seeds, one tiny ViT (D=32) pre-trained on a disjoint 30% split and "
+        f"frozen. Floor: chance {metrics['floor_chance']:.2f}; upper bound: joint linear probe {probe:.3f}. "
+        f"Class-IL (task-IL): ER {f['er']:.3f} ({metrics['final_task_il']['er']:.3f}), ICL official "
+        f"{f['icl']:.3f} ({metrics['final_task_il']['icl']:.3f}), one matrix {f['icl_mix']:.3f}, kappa 0.1 "
+        f"{f['icl_kappa01']:.3f}, both {f['icl_mix_kappa01']:.3f}. vMF-ODI flagged "
+        f"{metrics['icl_flagged_fraction']:.1%} of the final test samples. The tiny LLaVA has random weights: it "
+        f"proves the generation/parsing/fallback path, not accuracy ({tiny['answered']} of {tiny['routed']} "
+        "answers named exactly one candidate). "
         + ("Claims that do not hold: " + "; ".join(failed) + "." if failed else "All claims hold.")
     )
     return QuickResult(

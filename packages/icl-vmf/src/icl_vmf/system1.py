@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import nn
 
@@ -10,6 +12,13 @@ from icl_vmf.encoders import ViTEncoder, build_vit
 from icl_vmf.memory import VMFValueMemory
 
 __all__ = ["System1", "build_system1"]
+
+PHASES = ("both", "memory", "projection")
+
+
+def _check_phase(phase: str) -> None:
+    if phase not in PHASES:
+        raise ValueError(f"phase must be one of {list(PHASES)}, got {phase!r}")
 
 
 class System1(nn.Module):
@@ -49,17 +58,25 @@ class System1(nn.Module):
         y: torch.Tensor,
         phase: str = "both",
         H: torch.Tensor | None = None,
+        rows: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """``S = Z [m_{y_1}, ..., m_{y_n}]^T`` for a training batch (labels duplicated as given)."""
-        if phase not in ("both", "memory", "projection"):
-            raise ValueError(f"phase must be 'both', 'memory' or 'projection', got {phase!r}")
-        if phase == "memory":
-            with torch.no_grad():
-                z = self.embed(x, H)
-        else:
+        """``S = Z [m_{y_1}, ..., m_{y_n}]^T`` for a training batch (labels duplicated as given).
+
+        With ``rows`` the images (or ``H``) are only those rows of the batch and ``S`` is that block
+        ``[len(rows), n]`` (several processes split a batch by rows; ours)."""
+        _check_phase(phase)
+        with torch.no_grad() if phase == "memory" else contextlib.nullcontext():
             z = self.embed(x, H)
-        if y.shape[0] != z.shape[0]:
-            raise ValueError(f"{z.shape[0]} images but {y.shape[0]} labels")
+        return self.logits_from_embedding(z, y, phase, rows)
+
+    def logits_from_embedding(
+        self, z: torch.Tensor, y: torch.Tensor, phase: str = "both", rows: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``S = z [m_{y_1}, ..., m_{y_n}]^T`` from query embeddings ``z`` (all rows, or ``rows``)."""
+        _check_phase(phase)
+        expected = y.shape[0] if rows is None else len(rows)
+        if z.shape[0] != expected:
+            raise ValueError(f"{z.shape[0]} images for {expected} rows of a batch of {y.shape[0]} labels")
         keys = self.memory.keys_for(y, detach=phase == "projection")
         return z @ keys.t()
 
