@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from ibta import BASES, IBTAAttack, base_attack
-from ibta.digits import small_cnn
+from ibta.models import small_cnn
 
 ROOT = Path(__file__).resolve().parents[3]
 

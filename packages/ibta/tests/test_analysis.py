@@ -1,4 +1,4 @@
-"""MINE analysis helpers, the IBTA-code ensemble (spec §8.10) and the ablation sweep."""
+"""MINE analysis helpers, the IBTA-code ensemble (NormalizedLogitEnsemble) and the ablation sweep."""
 
 import pytest
 import torch

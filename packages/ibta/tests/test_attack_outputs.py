@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 import ibta
-from ibta.baselines import RAPLogitTI, S2IMIFGSM
+from ibta.baselines import S2IMIFGSM, RAPLogitTI
 from papers_shared.attacks import tiny_cnn
 
 FIXTURE = Path(__file__).parent / "fixtures" / "attack_outputs.json"

@@ -1,4 +1,4 @@
-"""Spec §3.2-3.5 and §8 items 1, 2, 4, 5, 7, 8: the IBTA attacks on a tiny CNN."""
+"""The IBTA attacks on a tiny CNN: reductions to the baselines, the IB gradient, budgets, RNG use, variants."""
 
 import pytest
 import torch
@@ -19,6 +19,15 @@ class Counting(torch.nn.Module):
     def forward(self, x):
         self.calls += 1
         return self.net(x)
+
+
+class Scaled(torch.nn.Module):
+    def __init__(self, net, scale):
+        super().__init__()
+        self.net, self.scale = net, scale
+
+    def forward(self, x):
+        return self.scale * self.net(x)
 
 
 @pytest.mark.parametrize("base", BASES)
@@ -49,7 +58,7 @@ def test_lam_gamma_zero_is_bitwise_the_shared_baseline_and_skips_noisy_branch(mo
 
 
 def test_reduction_to_mifgsm_with_zero_noise(model, batch):
-    # spec §8.1: sigma = 0 => x~ = x, the divergence and its gradient vanish, CE terms rescale g by (1+gamma)
+    # sigma = 0 => x~ = x, the divergence and its gradient vanish, the loss terms rescale g by (1+gamma)
     x, y = batch
     for targeted in (False, True):
         a = IBTA_MIFGSM(model, sigma=0.0, steps=5, targeted=targeted, seed=0)
@@ -57,11 +66,54 @@ def test_reduction_to_mifgsm_with_zero_noise(model, batch):
         assert torch.allclose(a(x, y), b(x, y), atol=1e-6)
 
 
-def test_reduction_to_ti_without_di(model, batch):
+@pytest.mark.parametrize("base", ["ti", "logit_ti", "rap_logit_ti"])
+def test_reduction_to_the_baseline_without_noise_or_di(model, batch, base):
+    # the same reduction for the TI-smoothed variants, RAP-Logit-TI included (its inner step uses the
+    # base objective only, so it is unchanged)
     x, y = batch
-    a = IBTAAttack(model, base="ti", sigma=0.0, steps=5, diversity_prob=0.0, seed=0)
-    b = TIFGSM(model, eps=16 / 255, alpha=1.25 / 255, steps=5, diversity_prob=0.0, clip_delta=False)
-    assert torch.allclose(a(x, y), b(x, y), atol=1e-6)
+    for targeted in (False, True):
+        kw = dict(steps=5, diversity_prob=0.0, targeted=targeted, rap_late_start=2, seed=0)
+        a = IBTAAttack(model, base=base, sigma=0.0, **kw)
+        b = base_attack(base, model, **kw)
+        assert torch.allclose(a(x, y), b(x, y), atol=1e-6)
+        if base == "ti":
+            c = TIFGSM(model, 16 / 255, 1.25 / 255, 5, targeted, diversity_prob=0.0, clip_delta=False)
+            assert torch.allclose(a(x, y), c(x, y), atol=1e-6)
+
+
+@pytest.mark.parametrize("base", ["di", "ti", "s2i", "logit_ti", "rap_logit_ti"])
+def test_shared_transform_gives_both_branches_one_di_draw(model, batch, base):
+    # with x~ = x and one DI draw per step for both branches, the two branches see the same image, so the
+    # divergence vanishes at every objective evaluation (S2I: up to the rounding of (x + delta) - x);
+    # independent draws make it clearly positive
+    x, y = batch
+    sharp = Scaled(model, 30.0)  # peaked predictions, so that different views differ measurably
+    kw = dict(sigma=0.0, steps=4, diversity_prob=1.0, rap_late_start=2, seed=3, **{"ssa_n": 2})
+    shared = IBTAAttack(sharp, base=base, shared_transform=True, **kw)
+    shared(x, y)
+    assert max(abs(s["divergence"]) for s in shared.last_stats) < 1e-6
+    independent = IBTAAttack(sharp, base=base, **kw)
+    independent(x, y)
+    assert max(s["divergence"] for s in independent.last_stats) > 1e-4
+    # the clean branch's draws are those of the independent run: same first objective value
+    assert shared.last_stats[0]["loss"] == independent.last_stats[0]["loss"]
+
+
+def test_shared_transform_is_a_no_op_without_di(model, batch):
+    x, y = batch
+    a = IBTAAttack(model, base="mi", steps=3, seed=0, shared_transform=True)(x, y)
+    b = IBTAAttack(model, base="mi", steps=3, seed=0)(x, y)
+    assert torch.equal(a, b)
+
+
+def test_shared_transform_without_a_seed_uses_the_global_rng(model, batch):
+    x, y = batch
+    torch.manual_seed(0)
+    atk = IBTAAttack(
+        Scaled(model, 30.0), base="di", sigma=0.0, steps=3, diversity_prob=1.0, shared_transform=True
+    )
+    atk(x, y)
+    assert all(s["divergence"] == 0.0 for s in atk.last_stats)
 
 
 @pytest.mark.parametrize("base", BASES)
@@ -107,7 +159,7 @@ def test_noisy_companion_drawn_once_per_call(model, batch, monkeypatch):
 
 
 def test_gradient_hook_equals_manual_ib_gradient(model, batch):
-    # the gradient that reaches delta is the gradient of eq. J (spec §3.3) through both branches
+    # the gradient that reaches delta is the gradient of the IB objective J through both branches
     x, y = batch
     atk = IBTA_MIFGSM(model, steps=1, gamma=0.4, lam=0.9, seed=3)
     captured = {}
@@ -168,13 +220,23 @@ def test_rap_reverse_perturbation_bounded_by_alpha(model, batch):
         assert float(n.abs().max()) > 0
 
 
+def test_rap_baseline_is_the_ibta_code_setting(model):
+    from ibta.baselines import RAPIBTA, RAPLogitTI
+
+    atk = RAPLogitTI(model)
+    assert RAPIBTA is RAPLogitTI
+    assert (atk.steps, atk.late_start, atk.inner_steps, atk.alpha_n) == (400, 100, 1, atk.alpha)
+    assert atk.alpha == pytest.approx(1.25 / 255) and atk.eps_n == pytest.approx(12 / 255)
+    assert atk.loss_name == "logit" and atk.di and atk.ti and atk.mi and not atk.clip_delta
+
+
 def test_dct_roundtrip():
     x = torch.rand(2, 3, 16, 16)
     assert float((idct_2d(dct_2d(x)) - x).abs().max()) < 1e-5
 
 
 def test_s2i_reduces_to_mi_without_spectrum_randomness(model, inner_batch):
-    # spec §8.8: rho = 0, zero spectrum noise, no DI => N identical copies, the MI direction
+    # rho = 0, zero spectrum noise, no DI => N identical copies, the MI direction
     x, y = inner_batch
     for kw in (dict(lam=0.0, gamma=0.0), dict(sigma=0.0)):
         s2i = IBTAAttack(

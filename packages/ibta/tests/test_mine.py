@@ -86,7 +86,7 @@ def test_statistics_network_shapes_and_errors():
 
 @pytest.mark.slow
 def test_mine_estimates_correlated_gaussians_within_15_percent():
-    # spec §8.9: d = 2 pairs with rho = 0.8, 5 000 samples, true MI = 1.02 nats
+    # d = 2 pairs with rho = 0.8, 5 000 samples, true MI = -(d/2) log(1 - rho^2) = 1.02 nats
     a, b = _gaussian_pairs(5000, 2, 0.8, seed=0)
     est = estimate_mutual_information(a, b, steps=1500, lr=2e-3, hidden=64, seed=0)
     truth = gaussian_mi(0.8, 2)

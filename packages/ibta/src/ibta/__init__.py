@@ -5,8 +5,6 @@ Constraints", IEEE Signal Processing Letters (arXiv 2406.05531). Built on :mod:`
 """
 
 from .attacks import (
-    BASES,
-    DEFAULT_STEPS,
     IBTA_DIFGSM,
     IBTA_MIFGSM,
     IBTA_S2IFGSM,
@@ -14,9 +12,9 @@ from .attacks import (
     IBTA_LogitTI,
     IBTA_RAPLogitTI,
     IBTAAttack,
-    base_attack,
-    base_attack_spec,
 )
+from .baselines import BASES, DEFAULT_STEPS, S2IMIFGSM, RAPLogitTI, base_attack, base_attack_spec
+from .config import AttackConfig, ExperimentConfig, QuickConfig
 from .mine import MINE, MIEstimate, StatisticsNetwork, estimate_mutual_information, gaussian_mi
 from .noise import noisy_companion
 from .objective import ib_divergence, ib_objective, ib_terms
@@ -30,9 +28,14 @@ __all__ = [
     "IBTA_S2IFGSM",
     "IBTA_TIFGSM",
     "MINE",
+    "AttackConfig",
+    "ExperimentConfig",
     "IBTAAttack",
     "IBTA_LogitTI",
     "MIEstimate",
+    "QuickConfig",
+    "RAPLogitTI",
+    "S2IMIFGSM",
     "StatisticsNetwork",
     "base_attack",
     "base_attack_spec",

@@ -1,57 +1,58 @@
-"""Transfer-matrix runs (spec §5): sources x victims x attacks x {untargeted, targeted}.
+"""Transfer-matrix runs: sources x victims x attacks x {untargeted, targeted}, written to a results CSV.
 
 Every (source, attack, mode) cell is attacked once and scored on all victims by
 :func:`papers_shared.attacks.transfer_matrix`; rows are appended to ``<out_dir>/<name>/results.csv``
-with an atomic write after each cell, and a rerun skips the cells already in the CSV (resume).
+with an atomic write after each round of cells, and a rerun skips the cells already in the CSV (resume).
 Targeted runs follow the sub-source protocol (per target, the images of the other classes; the
-``target="mean"`` rows average over targets).
+``target="mean"`` rows average over targets), as ``transfer.py:advtest`` of the official code (commit
+6866b7a), which however scores only the source model (``legacy_eval_white_box_only``).
+
+Under ``torchrun --nproc-per-node N`` the cells are split across the processes
+(:func:`papers_shared.distributed.shard`) and their rows gathered back in order
+(:func:`~papers_shared.distributed.gather_rows`); rank 0 writes the CSV. One process computes the same
+table: every cell is seeded by ``attack.seed`` alone.
 """
 
 from __future__ import annotations
 
+import copy
 import csv
 import io
+from collections import defaultdict
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
-from torch.utils.data import DataLoader, Subset
 
+from papers_shared import distributed as dist
 from papers_shared.attacks import (
     RAP,
     SSA,
     IterativeAttack,
-    NormalizedLogitEnsemble,
     create_attack,
-    load_model,
     mean_over_targets,
     transfer_matrix,
 )
 from papers_shared.checkpoints import atomic_write_text
-from papers_shared.data import DatasetNotFoundError, imagenet_subset, nips17_dataset, standard_transform
-from papers_shared.device import get_device
+from papers_shared.errors import InputError
 
-from .attacks import BASES, IBTAAttack, base_attack
-from .config import AttackConfig, ExperimentConfig
+from .attacks import IBTAAttack, base_attack
+from .baselines import BASES
+from .config import ATTACK_NAMES, MODES, AttackConfig, ExperimentConfig
+from .data import build_data, digits_data
+from .models import build_model, read_weights
 
 __all__ = [
-    "ATTACK_NAMES",
     "CSV_FIELDS",
-    "EXTRA_BASELINES",
     "attack_kwargs",
     "build_attack",
-    "build_data",
-    "build_model",
     "read_rows",
     "run_ablation",
     "run_experiment",
+    "summarize",
 ]
 
-#: Shared baselines beyond the X-vs-IBTA-X pairs (spec §4): official RAP-LS, SSA (paper form), the others.
-EXTRA_BASELINES = ("ifgsm", "sinifgsm", "admix", "vmifgsm", "rap_official", "ssa_paper")
-ATTACK_NAMES = tuple(BASES) + tuple(f"ibta_{b}" for b in BASES) + EXTRA_BASELINES
 CSV_FIELDS = [
     "experiment",
     "protocol",
@@ -75,10 +76,12 @@ CSV_FIELDS = [
     "source_preprocessing",
     "victim_preprocessing",
 ]
+#: Columns a results table must have to be summarised (``ibta eval``).
+REQUIRED = ("mode", "source", "victim", "attack", "target", "success")
 
 
 def attack_kwargs(cfg: AttackConfig) -> dict[str, Any]:
-    """Keyword arguments of :class:`~ibta.attacks.IBTAAttack` / :func:`~ibta.attacks.base_attack`."""
+    """Keyword arguments of :class:`~ibta.attacks.IBTAAttack` / :func:`~ibta.baselines.base_attack`."""
     return dict(
         eps=cfg.eps,
         alpha=cfg.alpha,
@@ -102,7 +105,7 @@ def attack_kwargs(cfg: AttackConfig) -> dict[str, Any]:
 
 
 def build_attack(name: str, model: nn.Module, cfg: AttackConfig, targeted: bool) -> IterativeAttack:
-    """Attack ``name`` (one of :data:`ATTACK_NAMES`) on ``model`` with the run's settings."""
+    """Attack ``name`` (one of :data:`~ibta.config.ATTACK_NAMES`) on ``model`` with the run's settings."""
     key = name.lower().replace("-", "_")
     kw = attack_kwargs(cfg)
     if key in BASES:
@@ -117,6 +120,7 @@ def build_attack(name: str, model: nn.Module, cfg: AttackConfig, targeted: bool)
             lam=cfg.lam,
             gamma_kl=cfg.gamma_kl,
             fuse_branches=cfg.fuse_branches,
+            shared_transform=cfg.shared_transform,
             **kw,
         )
     common = dict(eps=cfg.eps, targeted=targeted, seed=cfg.seed)
@@ -131,99 +135,72 @@ def build_attack(name: str, model: nn.Module, cfg: AttackConfig, targeted: bool)
     raise ValueError(f"unknown attack {name!r}; choose one of {list(ATTACK_NAMES)}")
 
 
-def build_model(
-    name: str, cfg: ExperimentConfig, device: torch.device, cache: dict[str, nn.Module]
-) -> nn.Module:
-    """A source/victim model by name: registry names (``papers_shared.attacks.load_model``),
-    ``"ensemble"`` (NormalizedLogitEnsemble of ``ensemble_members``) or the digits models."""
-    if name in cache:
-        return cache[name]
-    if cfg.dataset == "digits":
-        from .digits import build_digits_model, digits_data
+# ------------------------------------------------------------------------------------- results tables
+def _check_row(path: Path, i: int, line: int, r: dict[str, Any]) -> None:
+    def _bad(row: int, column: str, value: str, rule: str) -> InputError:
+        return InputError(
+            f"{path}: row {row} (line {line}), column {column!r}: {value!r} {rule}; fix the row or "
+            "rewrite the table with `ibta attack`"
+        )
 
-        if "_digits_data" not in cache:
-            cache["_digits_data"] = digits_data(cfg.digits)  # type: ignore[assignment]
-        model = build_digits_model(name, cache["_digits_data"], cfg.digits)  # type: ignore[arg-type]
-        model.weights_source = "trained here on sklearn digits"  # type: ignore[assignment]
-        model.preprocessing = "none"  # type: ignore[assignment]
-    elif name == "ensemble":
-        members = [build_model(m, cfg, device, cache) for m in cfg.ensemble_members]
-        model = NormalizedLogitEnsemble(members)
-        model.weights_source = "+".join(str(getattr(m, "weights_source", "?")) for m in members)  # type: ignore[assignment]
-        model.preprocessing = cfg.preprocessing  # type: ignore[assignment]
-    else:
-        try:
-            model = load_model(
-                name,
-                pretrained=cfg.pretrained,
-                preprocessing=cfg.preprocessing,
-                device=device,
-                download=cfg.download,
-            )
-        except FileNotFoundError as err:
-            raise FileNotFoundError(
-                f"pretrained weights for {name!r} are not in the local cache and download=False: {err}. "
-                "Run once with download=true on a machine with internet (or pre-populate the torch/timm cache)."
-            ) from err
-    model = model.to(device).eval()
-    cache[name] = model
-    return model
+    for col in ("source", "victim", "attack"):
+        if not (r.get(col) or "").strip():
+            raise _bad(i, col, r.get(col) or "", "is empty (a model or attack name is needed)")
+    if r["mode"] not in MODES:
+        raise _bad(i, "mode", r["mode"], f"is not one of {list(MODES)}")
+    try:
+        success = float(r["success"])
+    except (TypeError, ValueError):
+        raise _bad(i, "success", r["success"], "is not a number") from None
+    if not 0.0 <= success <= 1.0:
+        raise _bad(i, "success", r["success"], "is not a rate in [0, 1]")
+    target = (r.get("target") or "").strip()
+    if target not in ("", "None", "mean") and not (target.isdigit()):
+        raise _bad(i, "target", target, "is not a class id, 'mean' or empty")
+    for col in ("n", "successes"):
+        v = (r.get(col) or "").strip()
+        if v and not v.isdigit():
+            raise _bad(i, col, v, "is not a non-negative integer")
+    wb = (r.get("white_box") or "").strip()
+    if wb not in ("", "True", "False"):
+        raise _bad(i, "white_box", wb, "is not True or False")
 
 
-class _Pairs(torch.utils.data.Dataset):
-    """Drop the per-image target of NIPS'17 rows (untargeted runs)."""
+def read_rows(path: str | Path) -> list[dict[str, str]]:
+    """Rows of a results CSV, validated column by column (empty if the file does not exist).
 
-    def __init__(self, ds: Any) -> None:
-        self.ds = ds
-
-    def __len__(self) -> int:
-        return len(self.ds)
-
-    def __getitem__(self, i: int) -> tuple[Any, Any]:
-        item = self.ds[i]
-        return item[0], item[1]
-
-
-def build_data(cfg: ExperimentConfig, targeted: bool) -> tuple[Iterable[Any], str, list[int] | None]:
-    """``(loader, protocol, targets)`` for a mode; raises DatasetNotFoundError when data is absent."""
-    if cfg.dataset == "digits":
-        from .digits import digits_data
-
-        x, y = digits_data(cfg.digits)["test"]
-        if cfg.max_images is not None:
-            x, y = x[: cfg.max_images], y[: cfg.max_images]
-        batches = [
-            (x[i : i + cfg.batch_size], y[i : i + cfg.batch_size]) for i in range(0, len(x), cfg.batch_size)
-        ]
-        return batches, "all-source", (list(cfg.targets) if targeted else None)
-    if cfg.dataset == "nips17":
-        ds = nips17_dataset(cfg.data_root, transform=standard_transform(256, 224))
-        if not targeted:
-            ds = _Pairs(ds)
-        protocol, targets = "nips17", None
-    else:
-        root = Path(cfg.data_root).expanduser()
-        if not (root / cfg.split).is_dir():
-            raise DatasetNotFoundError(
-                "ImageNet-1k",
-                root / cfg.split,
-                f"IBTA attacks the ImageNet {cfg.split} images of classes {cfg.class_ids} (spec §5). Put the "
-                "standard sorted-synset layout <root>/<split>/<wnid>/*.JPEG there (e.g. from image-net.org) "
-                "and set data_root=<root>.",
-            )
-        ds = imagenet_subset(root, cfg.class_ids, cfg.split, transform=standard_transform(256, 224))
-        protocol, targets = "ibta-sub-source", (list(cfg.targets) if targeted else None)
-    if cfg.max_images is not None:
-        ds = Subset(ds, list(range(min(cfg.max_images, len(ds)))))
-    return DataLoader(ds, batch_size=cfg.batch_size, shuffle=False, num_workers=0), protocol, targets
-
-
-def read_rows(path: Path) -> list[dict[str, str]]:
-    """Rows of a results CSV (empty if the file does not exist)."""
+    A malformed table raises :class:`~papers_shared.errors.InputError` naming the file, the row and the
+    column.
+    """
+    path = Path(path)
     if not path.is_file():
         return []
+    rows: list[dict[str, str]] = []
     with path.open(newline="") as fh:
-        return list(csv.DictReader(fh))
+        reader = csv.reader(fh)
+        try:
+            header = next(reader, [])
+            missing = [c for c in REQUIRED if c not in header]
+            if missing:
+                raise InputError(
+                    f"{path}: line 1 (header) lacks the column(s) {missing}; a results table has the "
+                    f"columns {CSV_FIELDS} (written by `ibta attack`)"
+                )
+            for fields in reader:
+                if not fields:
+                    continue
+                i = len(rows) + 1
+                if len(fields) != len(header):
+                    raise InputError(
+                        f"{path}: row {i} (line {reader.line_num}) has {len(fields)} columns, the header "
+                        f"{len(header)}; fix the row or rewrite the table with `ibta attack`"
+                    )
+                r = dict(zip(header, fields))
+                _check_row(path, i, reader.line_num, r)
+                rows.append(r)
+        except csv.Error as exc:
+            raise InputError(f"{path}: line {reader.line_num}: not a valid CSV ({exc})") from None
+    return rows
 
 
 def _write_rows(path: Path, rows: list[dict[str, Any]]) -> None:
@@ -235,76 +212,116 @@ def _write_rows(path: Path, rows: list[dict[str, Any]]) -> None:
     atomic_write_text(path, buf.getvalue())
 
 
+def summarize(rows: list[dict]) -> str:
+    """Markdown table: one line per (mode, source, attack), one column per victim (success, %)."""
+    table: dict[tuple[str, str, str], dict[str, float]] = defaultdict(dict)
+    victims: list[str] = []
+    for r in rows:
+        if str(r.get("target")) not in ("None", "", "mean"):
+            continue
+        key = (str(r["mode"]), str(r["source"]), str(r["attack"]))
+        table[key][str(r["victim"])] = 100.0 * float(r["success"])
+        if r["victim"] not in victims:
+            victims.append(str(r["victim"]))
+    lines = ["| mode | source | attack | " + " | ".join(victims) + " |", "|---" * (3 + len(victims)) + "|"]
+    for (mode, src, att), vals in table.items():
+        cells = [f"{vals[v]:.1f}" if v in vals else "-" for v in victims]
+        lines.append(f"| {mode} | {src} | {att} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------- runs
+def _run_cell(
+    cfg: ExperimentConfig,
+    cell: tuple[str, str, str],
+    models: Callable[[str], nn.Module],
+    victims: dict[str, nn.Module],
+    data: dict[str, tuple[Iterable[Any], str, list[int] | None]],
+) -> list[dict[str, Any]]:
+    src, att, mode = cell
+    source = models(src)
+    targeted = mode == "targeted"
+    loader, protocol, targets = data[mode]
+    new = transfer_matrix(
+        {src: source},
+        {src: source} if cfg.legacy_eval_white_box_only else victims,
+        lambda model: build_attack(att, model, cfg.attack, targeted),
+        loader,
+        protocol=protocol,
+        targets=targets,
+        attack_name=att,
+    )
+    if targets is not None:
+        new = new + mean_over_targets(new)
+    ib = att.startswith("ibta_")
+    for r in new:
+        r.update(
+            experiment=cfg.name,
+            mode=mode,
+            sigma=cfg.attack.sigma if ib else "",
+            gamma=cfg.attack.gamma if ib else "",
+            lam=cfg.attack.lam if ib else "",
+        )
+    return new
+
+
 def run_experiment(
     cfg: ExperimentConfig, log: Callable[[str], None] | None = None, progress: bool = True
 ) -> list[dict[str, Any]]:
-    """Run (or resume) the configured transfer matrix and return all rows of the results CSV."""
+    """Run (or resume) the configured transfer matrix and return all rows of the results CSV.
+
+    Under ``torchrun`` each process runs a share of the cells; every process returns the full table.
+    """
     from tqdm.auto import tqdm
 
-    for a in cfg.attacks:
-        if a.lower().replace("-", "_") not in ATTACK_NAMES:
-            raise ValueError(f"unknown attack {a!r} in config; choose from {list(ATTACK_NAMES)}")
-    for m in cfg.modes:
-        if m not in ("untargeted", "targeted"):
-            raise ValueError(f"modes must be 'untargeted' and/or 'targeted', got {m!r}")
-    if not cfg.sources or not cfg.victims:
-        raise ValueError("sources and victims must be non-empty")
+    info = dist.init_distributed(cfg.device)
+    weights = read_weights(cfg)  # a damaged or refused weights file fails before any work
     out = Path(cfg.out_dir) / cfg.name
-    out.mkdir(parents=True, exist_ok=True)
     csv_path = out / "results.csv"
     rows: list[dict[str, Any]] = [dict(r) for r in read_rows(csv_path)] if cfg.resume else []
     done = {(r["source"], r["attack"], r["mode"]) for r in rows}
-    device = get_device(cfg.device)
     data = {m: build_data(cfg, m == "targeted") for m in cfg.modes}  # fail early when data is absent
+    digits = digits_data(cfg.digits) if cfg.dataset == "digits" else None
     cache: dict[str, nn.Module] = {}
-    victims = {v: build_model(v, cfg, device, cache) for v in cfg.victims}
-    cells = [(s, a, m) for s in cfg.sources for a in cfg.attacks for m in cfg.modes]
-    for src, att, mode in tqdm(cells, desc=cfg.name, disable=not progress):
-        if (src, att, mode) in done:
-            continue
-        source = build_model(src, cfg, device, cache)
-        targeted = mode == "targeted"
-        loader, protocol, targets = data[mode]
-        vict = {src: source} if cfg.legacy_eval_white_box_only else victims
-        new = transfer_matrix(
-            {src: source},
-            vict,
-            lambda model, _a=att, _t=targeted: build_attack(_a, model, cfg.attack, _t),
-            loader,
-            protocol=protocol,
-            targets=targets,
-            attack_name=att,
-        )
-        if targets is not None:
-            new = new + mean_over_targets(new)
-        ib = att.startswith("ibta_")
-        for r in new:
-            r.update(
-                experiment=cfg.name,
-                mode=mode,
-                sigma=cfg.attack.sigma if ib else "",
-                gamma=cfg.attack.gamma if ib else "",
-                lam=cfg.attack.lam if ib else "",
-            )
+
+    def models(name: str) -> nn.Module:
+        return build_model(name, cfg, info.device, cache, weights, digits)
+
+    victims = {v: models(v) for v in cfg.victims}
+    todo = [
+        c for c in ((s, a, m) for s in cfg.sources for a in cfg.attacks for m in cfg.modes) if c not in done
+    ]
+    ws = dist.world_size()
+    bar = tqdm(total=len(todo), desc=cfg.name, disable=not dist.on_main_process(progress))
+    for start in range(0, len(todo), ws):
+        chunk = todo[start : start + ws]
+        mine = [_run_cell(cfg, c, models, victims, data) for c in dist.shard(chunk)]
+        new = [r for cell_rows in dist.gather_rows(mine, chunk) for r in cell_rows]
         rows.extend(new)
-        _write_rows(csv_path, rows)
-        if log is not None:
+        if dist.is_main_process():
+            out.mkdir(parents=True, exist_ok=True)
+            _write_rows(csv_path, rows)
+        bar.update(len(chunk))
+        if log is not None and dist.is_main_process():
             for r in new:
                 if r["target"] in (None, "mean"):
-                    log(f"{src} -> {r['victim']} {att} {mode}: {float(r['success']):.3f}")
+                    log(
+                        f"{r['source']} -> {r['victim']} {r['attack']} {r['mode']}: {float(r['success']):.3f}"
+                    )
+    bar.close()
+    dist.barrier()
     return rows
 
 
 def run_ablation(
     cfg: ExperimentConfig, log: Callable[[str], None] | None = None, progress: bool = True
 ) -> list[dict[str, Any]]:
-    """One-at-a-time sweep of ``lam``, ``gamma`` and ``sigma`` (spec §7) around ``cfg.attack``.
+    """One-at-a-time sweep of ``lam``, ``gamma`` and ``sigma`` around ``cfg.attack`` (ours; the official
+    repository has no sweep script).
 
     Each value is its own experiment ``<name>_<param><value>`` (own CSV, resumable); the returned rows
     carry ``param`` and ``value``.
     """
-    import copy
-
     out: list[dict[str, Any]] = []
     for param, values in (("lam", cfg.sweep_lam), ("gamma", cfg.sweep_gamma), ("sigma", cfg.sweep_sigma)):
         for v in values:

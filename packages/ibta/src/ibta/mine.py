@@ -1,4 +1,4 @@
-"""MINE: Mutual Information Neural Estimation (Belghazi et al., ICML 2018, arXiv 1801.04062); spec §3.6.
+"""MINE: Mutual Information Neural Estimation (Belghazi et al., ICML 2018, arXiv 1801.04062, Algorithm 1 and Section 3.2).
 
 Donsker-Varadhan lower bound with a statistics network ``T_theta``::
 
@@ -10,7 +10,7 @@ denominator is replaced by an exponential moving average of the mini-batch ``E[e
 the surrogate loss ``-(mean T_joint - mean exp(T_marg) / ema)`` with ``ema`` treated as a constant.
 
 :func:`estimate_mutual_information` trains on a training split and reports the mean of the last
-``average_last`` evaluations of the bound on held-out pairs (spec §3.6).
+``average_last`` evaluations of the bound on held-out pairs (ours).
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ def _check_pairs(a: Tensor, b: Tensor) -> None:
 
 
 class StatisticsNetwork(nn.Module):
-    """``T_theta(a, b)``: MLP on the concatenation ``[a; b]`` with ``depth`` hidden ELU layers (spec §3.6)."""
+    """``T_theta(a, b)``: MLP on the concatenation ``[a; b]`` with ``depth`` hidden ELU layers (ours)."""
 
     def __init__(self, dim_a: int, dim_b: int, hidden: int = 512, depth: int = 2) -> None:
         super().__init__()
@@ -155,7 +155,7 @@ def estimate_mutual_information(
     average_last: int = 100,
     standardize: bool = True,
 ) -> MIEstimate:
-    """Estimate ``I(A; B)`` in nats from paired rows ``a[i], b[i]`` with MINE (spec §3.6).
+    """Estimate ``I(A; B)`` in nats from paired rows ``a[i], b[i]`` with MINE.
 
     A seeded random ``holdout_frac`` of the pairs is held out; the statistics network (MLP ``hidden`` x
     ``depth``, ELU) is trained with Adam (``lr``) on mini-batches of the rest; every ``eval_every``

@@ -1,4 +1,4 @@
-"""The noisy companion input of IBTA (spec §3.2)."""
+"""The noisy companion input of IBTA (``used_attacks.py``, commit 6866b7a: ``clean_images_shifted``)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ __all__ = ["noisy_companion"]
 
 
 def noisy_companion(x: Tensor, sigma: float = 0.1, generator: torch.Generator | None = None) -> Tensor:
-    """``x~ = clip(x + sigma * xi, 0, 1)`` with ``xi ~ N(0, I)`` of the shape of ``x`` (spec §3.2).
+    """``x~ = clip(x + sigma * xi, 0, 1)`` with ``xi ~ N(0, I)`` of the shape of ``x``.
 
     ``sigma`` is in [0, 1] pixel units (0.1 ~ 25.5/255). The attack draws it once per call and keeps
     it for all iterations. ``generator`` may live on another device than ``x`` (the draw is moved).

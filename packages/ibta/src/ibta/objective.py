@@ -1,10 +1,11 @@
-"""The IB objective of IBTA as implemented by the official code (spec §3.3).
+"""The IB objective of IBTA as implemented by the official code (``used_attacks.py``, commit 6866b7a,
+the ``cost`` of every ``IBTA_*.forward`` and ``double_kl_div``).
 
-Notation (spec §2): ``z = f(T(clip(x + delta)))`` are the surrogate logits of the adversarial image,
-``z~ = f(T'(clip(x~ + delta)))`` those of the noisy companion (spec §3.2), ``p = softmax(z)``,
+Notation (ours): ``z = f(T(clip(x + delta)))`` are the surrogate logits of the adversarial image,
+``z~ = f(T'(clip(x~ + delta)))`` those of the noisy companion (:mod:`ibta.noise`), ``p = softmax(z)``,
 ``p~ = softmax(z~)``.
 
-* Divergence (spec §3.3, "D_gamma"): ``D(z, z~) = gamma_kl * KL(p~ || p) + KL(p || p~)``, ``batchmean``
+* Divergence (``double_kl_div``, "D_gamma"): ``D(z, z~) = gamma_kl * KL(p~ || p) + KL(p || p~)``, ``batchmean``
   reduction (sum over classes, mean over the batch).
 * Targeted (delta descends): ``L_tgt = l(z, t) + gamma * l(z~, t) + lam * D(z, z~)``.
 * Untargeted (delta ascends): ``J_untgt = l(z, y) + gamma * l(z~, y) - lam * D(z, z~)``.
@@ -13,7 +14,7 @@ Notation (spec §2): ``z = f(T(clip(x + delta)))`` are the surrogate logits of t
 modes the divergence is minimised. ``l`` is the cross-entropy (MI/DI/TI/S2I variants) or the logit
 loss ``-mean_b z[b, c]`` (Logit-TI, RAP-Logit-TI).
 
-Our reading of the terms (spec §3.1, an interpretation, not the paper's theorem): cross-entropy is the
+Our reading of the terms (ours, an interpretation, not the paper's theorem): cross-entropy is the
 variational lower bound ``I(Z; Y) >= H(Y) - E[CE]`` on the predictive term, and asking one shared
 ``delta`` to give the same prediction on ``x`` and on a noisy copy of ``x`` penalises reliance on
 input-specific detail, a tractable proxy for a small ``I(delta; X)``.
@@ -57,7 +58,7 @@ def _check_weight(value: float, name: str) -> float:
 
 
 def ib_divergence(z: Tensor, z_tilde: Tensor, gamma_kl: float = 0.1) -> Tensor:
-    """``gamma_kl * KL(p~ || p) + KL(p || p~)`` with ``batchmean`` reduction (spec §3.3, D_gamma).
+    """``gamma_kl * KL(p~ || p) + KL(p || p~)`` with ``batchmean`` reduction (``double_kl_div``).
 
     Same value as the code's ``gamma * KLDiv(log_softmax(z), softmax(z~)) + KLDiv(log_softmax(z~),
     softmax(z))`` with PyTorch's ``KLDivLoss(reduction="batchmean")``. Non-negative, zero iff
@@ -88,7 +89,7 @@ def ib_terms(
     base_loss: str | LossFn = "ce",
     gamma_kl: float | None = None,
 ) -> dict[str, Tensor]:
-    """All terms of spec §3.3: ``loss`` = l(z, c), ``noisy_loss`` = l(z~, c), ``divergence`` = D,
+    """All terms of the objective: ``loss`` = l(z, c), ``noisy_loss`` = l(z~, c), ``divergence`` = D,
     and ``objective`` (the ascent scalar of :func:`ib_objective`)."""
     _check_pair(z, z_tilde)
     if not isinstance(labels, Tensor) or labels.ndim != 1 or labels.shape[0] != z.shape[0]:
@@ -118,7 +119,7 @@ def ib_objective(
     base_loss: str | LossFn = "ce",
     gamma_kl: float | None = None,
 ) -> Tensor:
-    """The scalar IBTA **ascends** (spec §3.3): ``-L_tgt`` when ``targeted`` else ``J_untgt``.
+    """The scalar IBTA **ascends**: ``-L_tgt`` when ``targeted`` else ``J_untgt``.
 
     ``labels`` are target ids (targeted) or true labels (untargeted). ``gamma_kl`` (default
     ``gamma``, as in the code where one ``gamma`` plays both roles) weights ``KL(p~ || p)``.
