@@ -1,4 +1,4 @@
-"""Spec §8.7: tiny Hugging Face models built from configs (no download) through the whole pipeline."""
+"""Tiny Hugging Face models built from configs (no download) through the whole pipeline (ours)."""
 
 import copy
 

@@ -3,6 +3,7 @@ import math
 import pytest
 import torch
 
+from papers_shared.errors import CheckpointError
 from t_switch import BinarySwitch, load_switches, pack_ternary, save_switches, storage_report, unpack_ternary
 from t_switch.packing import LAYOUTS, PackedTensor, ternary_bits, ternary_counts
 
@@ -109,7 +110,7 @@ def test_load_errors(tmp_path):
     from papers_shared.checkpoints import save_safetensors
 
     save_safetensors({"x": torch.zeros(2)}, tmp_path / "foreign.safetensors")
-    with pytest.raises(ValueError, match="not a t-switch file"):
+    with pytest.raises(CheckpointError, match="not a t-switch switch file"):
         load_switches(tmp_path / "foreign.safetensors")
     with pytest.raises(ValueError, match="task names"):
         save_switches(tmp_path / "x.safetensors", {"a/b": BinarySwitch({}, {})})

@@ -3,6 +3,7 @@ import copy
 import pytest
 import torch
 
+from papers_shared.errors import InputError
 from t_switch import BinarySwitch, binarize, drop_by_sign, lora_task_vector, task_vector
 
 
@@ -25,7 +26,7 @@ def test_task_vector_errors(tiny):
         task_vector(pre, bad)
     bad = dict(fts["t0"].state_dict())
     del bad["body.0.bias"]
-    with pytest.raises(KeyError, match="missing"):
+    with pytest.raises(InputError, match="missing"):
         task_vector(pre, bad)
     bad = dict(fts["t0"].state_dict())
     bad["body.0.bias"] = bad["body.0.bias"].clone()

@@ -1,4 +1,4 @@
-"""Pulse-curve analysis (spec §3.1) and task-vector conflict statistics.
+"""Pulse-curve analysis (paper: the "pulse-like characteristic" of task vectors) and task-vector conflict statistics.
 
 :func:`drop_sweep` evaluates, for every drop ratio ``r``, the sparse-only task vector
 ``theta_0 + tau~(r)`` and the binarized one ``theta_0 + tau^(r)`` (the two numbers the official scripts
@@ -17,9 +17,30 @@ from t_switch.sparsify import drop_by_sign
 from t_switch.switch import binarize
 from t_switch.task_vector import TaskVector
 
-__all__ = ["DEFAULT_RATIOS", "conflict_statistics", "drop_sweep"]
+__all__ = ["DEFAULT_RATIOS", "conflict_statistics", "drop_sweep", "pulse_point"]
 
 DEFAULT_RATIOS = (0.0, 0.3, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99)
+
+
+def pulse_point(
+    task_vector: Mapping[str, Tensor],
+    eval_fn: Callable[[dict[str, Tensor]], float],
+    ratio: float,
+    legacy_float_floor: bool = False,
+) -> dict[str, float]:
+    """One point of the pulse curve: ``{"ratio", "density", "sparse", "binary"}`` at drop ratio ``ratio``.
+
+    ``eval_fn(delta)`` receives a task-vector-shaped delta (``tau~`` or ``tau^``), applies it to
+    ``theta_0`` and returns the task metric (e.g. with :func:`t_switch.evaluate.run_params`).
+    """
+    dropped = drop_by_sign(task_vector, ratio, legacy_float_floor)
+    sw = binarize(dropped, keep_zero_tensors=True)
+    return {
+        "ratio": float(ratio),
+        "density": sw.density,
+        "sparse": float(eval_fn(dict(dropped))),
+        "binary": float(eval_fn(dict(sw.to_task_vector()))),
+    }
 
 
 def drop_sweep(
@@ -28,24 +49,8 @@ def drop_sweep(
     ratios: Sequence[float] = DEFAULT_RATIOS,
     legacy_float_floor: bool = False,
 ) -> list[dict[str, float]]:
-    """Pulse curve of one task: ``[{"ratio", "density", "sparse", "binary"}]`` per ``r``.
-
-    ``eval_fn(delta)`` receives a task-vector-shaped delta (``tau~`` or ``tau^``), applies it to
-    ``theta_0`` and returns the task metric (e.g. with :func:`t_switch.evaluate.run_params`).
-    """
-    rows = []
-    for r in ratios:
-        dropped = drop_by_sign(task_vector, r, legacy_float_floor)
-        sw = binarize(dropped, keep_zero_tensors=True)
-        rows.append(
-            {
-                "ratio": float(r),
-                "density": sw.density,
-                "sparse": float(eval_fn(dict(dropped))),
-                "binary": float(eval_fn(dict(sw.to_task_vector()))),
-            }
-        )
-    return rows
+    """Pulse curve of one task: :func:`pulse_point` at every ratio."""
+    return [pulse_point(task_vector, eval_fn, r, legacy_float_floor) for r in ratios]
 
 
 def conflict_statistics(task_vectors: Mapping[str, TaskVector], drop_ratio: float | None = None) -> dict:

@@ -1,4 +1,4 @@
-"""Auto-FlexSwitch (arXiv 2604.28109, spec §3.7): documented extension point, *not implemented*.
+"""Auto-FlexSwitch (arXiv 2604.28109): documented extension point, *not implemented*.
 
 Auto-FlexSwitch keeps T-Switch's decomposition (mask, sign, scalar) and Auto-Switch's retrieval and makes
 compression learnable: Learnable Gating Sparsification (per-unit learned sparsity), Bit-width Adaptive
@@ -11,14 +11,14 @@ Where it would plug in (the interfaces below are what the rest of the package al
 
 * a compressor replaces :meth:`t_switch.switch.BinarySwitch.from_task_vector`. Code that only needs the
   reconstruction (:func:`t_switch.baselines.t_switch`, :func:`t_switch.analysis.drop_sweep`) works with
-  anything satisfying :class:`CompressedTask`; :class:`t_switch.merge.TaskSwitchBank` reads the
+  anything satisfying :class:`CompressedTask`; :class:`t_switch.bank.TaskSwitchBank` reads the
   ``signs``/``scales``/``passthrough`` fields of :class:`~t_switch.switch.BinarySwitch` directly, so a
   multi-bit compressor would need its own bank (or a per-tensor ``tensor(name)`` path there);
 * a storage strategy replaces :func:`t_switch.packing.pack_ternary` per tensor (SASS would choose
   between it and, e.g., a dense low-bit code);
 * a learned metric replaces the Euclidean distance of :class:`t_switch.router.KNNRouter`
   (``metric`` is the hook; a low-rank projection ``P`` amounts to routing on ``phi(x) @ P``, which can
-  already be done by passing such a ``feature_fn`` to :class:`t_switch.merge.AutoSwitch`).
+  already be done by passing such a ``feature_fn`` to :class:`t_switch.auto_switch.AutoSwitch`).
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Group bit packing of ternary switches ``S in {-1, 0, +1}^n`` (spec §3.6).
+"""Group bit packing of ternary switches ``S in {-1, 0, +1}^n`` (official
+``merge_vit/compress_util.py:compress_to_bitarray`` at 68bfda8).
 
 Format (per tensor, group size ``g``, flattened in row-major order, the last group padded with zeros):
 
@@ -8,13 +9,13 @@ Format (per tensor, group size ``g``, flattened in row-major order, the last gro
 
 Total ``ceil(n/g) + g * G_nz + nnz`` bits, written MSB-first into ``uint8`` bytes (the byte layout of
 ``bitarray.tofile`` used by the official code, so a payload of a tensor with ``n % g == 0`` is
-byte-identical to the official ``.bin`` file). This is ``layout="interleaved"`` (default, = spec/code).
+byte-identical to the official ``.bin`` file). This is ``layout="interleaved"`` (default, = official code).
 
 The interleaved stream is sequential to decode (where a record starts depends on the previous
 records' position bits). :func:`pack_ternary` therefore also returns a *seek table*: the bit offset
 of every ``seek_every``-th record (int64, about ``64 / (seek_every * g)`` bits per entry, reported
 separately), which lets :func:`unpack_ternary` decode all chunks in lock-step with vectorised tensor
-ops. ``layout="planar"`` [ours] stores the same bits in a different order (all flags, then all
+ops. ``layout="planar"`` (ours) stores the same bits in a different order (all flags, then all
 position bits, then all sign bits): identical size, decodable without a seek table.
 """
 
@@ -41,7 +42,7 @@ LAYOUTS = ("interleaved", "planar")
 
 
 def ternary_bits(numel: int, group_size: int, groups_nonzero: int, nnz: int) -> int:
-    """Bit count of the spec §3.6 format: ``ceil(n/g) + g * G_nz + nnz``."""
+    """Bit count of the format: ``ceil(n/g) + g * G_nz + nnz``."""
     return math.ceil(numel / group_size) + group_size * groups_nonzero + nnz
 
 
@@ -183,7 +184,7 @@ def _interleaved_stream_generic(nz_pos: Tensor, nz_sgn: Tensor, flags: Tensor) -
 def pack_ternary(
     S: Tensor, group_size: int = 4, layout: str = "interleaved", seek_every: int | None = None
 ) -> PackedTensor:
-    """Pack a ternary tensor of any shape into the spec §3.6 bit format."""
+    """Pack a ternary tensor of any shape into the bit format of this module."""
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
     S = S.detach().cpu()

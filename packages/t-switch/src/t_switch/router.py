@@ -1,11 +1,12 @@
-"""Auto-Switch retrieval (spec §3.4): a k-NN classifier over pre-trained features of a query set.
+"""Auto-Switch retrieval (official ``merge_vit/merge_vit.py:infer_with_knn_and_task_features`` at
+68bfda8): a k-NN classifier over pre-trained features of a query set.
 
 ``p_b = predict_proba(phi(x_b))`` is the fraction of the ``k`` nearest query features that belong to each
 task (uniform weights, Euclidean by default, as ``sklearn.neighbors.KNeighborsClassifier`` with its
 defaults). The switch weights are then
 
 * ``granularity="batch"`` (code): ``w = mean_b p_b`` (one combination per batch);
-* ``granularity="sample"`` [ours]: one combination per sample;
+* ``granularity="sample"`` (ours): one combination per sample;
 * ``mode="soft"`` (ViT code): ``w`` itself; ``mode="hard"`` (RoBERTa code): ``one_hot(argmax w)``.
 
 The torch backend breaks distance ties by query-set index (stable sort); ``backend="sklearn"`` calls
@@ -99,8 +100,16 @@ class KNNRouter:
         counts = torch.zeros(x.shape[0], K).scatter_add_(1, votes, torch.ones_like(votes, dtype=torch.float))
         return counts / self.k
 
-    def weights(self, features: Tensor, mode: str = "soft", granularity: str = "batch") -> Tensor:
-        """Switch weights: ``[K]`` for ``granularity="batch"``, ``[B, K]`` for ``"sample"`` (spec §3.4)."""
+    def weights(
+        self, features: Tensor, mode: str = "soft", granularity: str = "batch", temperature: float = 1.0
+    ) -> Tensor:
+        """Switch weights: ``[K]`` for ``granularity="batch"``, ``[B, K]`` for ``"sample"``.
+
+        ``temperature`` (ours) sharpens soft weights, ``w^(1/T) / sum w^(1/T)``; ``T = 1`` is the official
+        batch-mean of the k-NN vote shares, ``T -> 0`` tends to ``mode="hard"``.
+        """
+        if not (temperature > 0 and temperature < float("inf")):
+            raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         if granularity not in GRANULARITIES:
@@ -109,6 +118,9 @@ class KNNRouter:
         w = p.mean(0) if granularity == "batch" else p
         if mode == "hard":
             w = torch.nn.functional.one_hot(w.argmax(-1), w.shape[-1]).to(w.dtype)
+        elif temperature != 1.0:
+            w = w.double().pow(1.0 / temperature)
+            w = (w / w.sum(-1, keepdim=True)).float()
         return w
 
 

@@ -1,7 +1,8 @@
-"""Activation switch: per-sign magnitude dropping ("positive and negative dropout", spec §3.2 step 1).
+"""Activation switch: per-sign magnitude dropping ("positive and negative dropout"; official
+``merge_vit/merge_vit.py:process_matrix`` at 68bfda8).
 
 For each tensor and each sign separately, keep the ``m = floor((1 - r) * n_sign)`` largest magnitudes
-(ties at the threshold all kept). Exact edge cases of the official code (spec §3.2, §8.1):
+(ties at the threshold all kept). Exact edge cases of the official code (``process_matrix``):
 
 * ``r > 1`` is read as a percentage (``r = 60`` means 0.6);
 * when ``m == 0`` for a sign, *all* entries of that sign are kept (the code only logs a warning);
@@ -66,7 +67,7 @@ def _threshold(values: Tensor, m: int) -> Tensor:
 def drop_tensor_by_sign(
     tau: Tensor, drop_ratio: float, legacy_float_floor: bool = False, name: str = "tensor"
 ) -> Tensor:
-    """Sparsified copy ``tau~`` of one tensor (spec §3.2 step 1). 0-dim tensors are returned as is."""
+    """Sparsified copy ``tau~`` of one tensor (``process_matrix``). 0-dim tensors are returned as is."""
     if not isinstance(tau, Tensor) or not tau.is_floating_point():
         raise TypeError(f"{name}: expected a floating-point tensor, got {getattr(tau, 'dtype', type(tau))}")
     if tau.dim() == 0:
@@ -96,14 +97,14 @@ def drop_tensor_by_sign(
 
 
 def drop_by_sign(tv: Mapping[str, Tensor], drop_ratio: float, legacy_float_floor: bool = False) -> TaskVector:
-    """Per-tensor, per-sign magnitude dropping of every tensor of a task vector (spec §3.2 step 1)."""
+    """Per-tensor, per-sign magnitude dropping of every tensor of a task vector (``drop_elements_separately``)."""
     return TaskVector(
         {k: drop_tensor_by_sign(v, drop_ratio, legacy_float_floor, name=k) for k, v in tv.items()}
     )
 
 
 def drop_global(tv: Mapping[str, Tensor], drop_ratio: float) -> TaskVector:
-    """[ours] One per-sign threshold over all tensors (ndim >= 1) of the task vector together.
+    """(ours) One per-sign threshold over all tensors (ndim >= 1) of the task vector together.
 
     Same rule as :func:`drop_tensor_by_sign` (floor count, ties kept, keep-all when nothing would be
     kept) but the counts ``n_+`` and ``n_-`` run over the whole vector; 0-dim tensors pass through.

@@ -1,9 +1,9 @@
-"""Switch files on safetensors and the storage report (spec §3.6).
+"""Switch files on safetensors and the storage report.
 
 File layout (one ``.safetensors`` file; ``theta_0`` stored once, switches per task)::
 
     pretrained/<name>              theta_0 tensors (optional, stored once)
-    switch/<task>/<name>/bits      uint8 payload of the packed ternary S (spec §3.6 format)
+    switch/<task>/<name>/bits      uint8 payload of the packed ternary S (:mod:`t_switch.packing` format)
     switch/<task>/<name>/seek      int64 seek table (interleaved layout only)
     scale/<task>                   float32 [T]: lambda of each switched tensor, in header order
     passthrough/<task>/<name>      0-dim task-vector entries in full precision
@@ -26,6 +26,7 @@ import torch
 from torch import Tensor
 
 from papers_shared.checkpoints import load_safetensors, save_safetensors
+from papers_shared.errors import CheckpointError
 from t_switch.packing import (
     LAYOUTS,
     PackedTensor,
@@ -41,6 +42,7 @@ __all__ = [
     "FORMAT_VERSION",
     "SwitchFile",
     "binary_entropy_bits",
+    "compress_files",
     "load_switches",
     "save_switches",
     "storage_report",
@@ -125,10 +127,24 @@ def load_switches(path: str | Path) -> SwitchFile:
     path = Path(path)
     tensors, meta = load_safetensors(path)
     if _META_KEY not in meta:
-        raise ValueError(f"{path} is not a t-switch file (no '{_META_KEY}' header)")
-    header = json.loads(meta[_META_KEY])
-    if header.get("version") != FORMAT_VERSION:
-        raise ValueError(f"{path}: unsupported t-switch format version {header.get('version')}")
+        raise CheckpointError(f"{path} is not a t-switch switch file (no '{_META_KEY}' header)")
+    try:
+        header = json.loads(meta[_META_KEY])
+    except json.JSONDecodeError:
+        raise CheckpointError(f"{path}: damaged t-switch header (not JSON)") from None
+    if (
+        not isinstance(header, dict)
+        or header.get("format") != "t-switch"
+        or header.get("version") != FORMAT_VERSION
+    ):
+        raise CheckpointError(f"{path}: not a t-switch switch file of format version {FORMAT_VERSION}")
+    try:
+        return _decode(path, tensors, header)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"{path}: damaged t-switch file ({exc})") from None
+
+
+def _decode(path: Path, tensors: dict[str, Tensor], header: dict) -> SwitchFile:
     g, layout = int(header["group_size"]), header["layout"]
     switches = {}
     for task, info in header["tasks"].items():
@@ -176,10 +192,10 @@ def storage_report(
     file_path: str | Path | None = None,
     model_numel: int | None = None,
 ) -> dict:
-    """Storage of the switches counted several ways (spec §3.6), per task and in total.
+    """Storage of the switches counted several ways, per task and in total.
 
     * ``bits``: the format's ``ceil(n/g) + g G_nz + nnz``; ``bits_per_entry``; ``pct_fp32_bits`` =
-      ``bits / (32 n)`` and ``pct_fp16_bits`` = ``bits / (16 n)`` (the spec's storage ratio);
+      ``bits / (32 n)`` and ``pct_fp16_bits`` = ``bits / (16 n)`` (the storage ratio against full-precision task vectors; the paper reports 1-3 %);
     * ``payload_bytes`` (bit streams padded to whole bytes per tensor) and ``pct_fp32_payload``;
     * ``total_bytes`` = payload + lambdas (fp32) + 0-dim passthrough + seek tables (interleaved) and
       ``pct_fp32_total``, against fp32 task vectors of the same tensors;
@@ -250,3 +266,35 @@ def _ratios(row: dict) -> dict:
         pct_fp32_entropy=100.0 * ent / 32,
     )
     return out
+
+
+def compress_files(
+    pretrained: str,
+    finetuned: Mapping[str, str],
+    cfg,
+    path: str | Path,
+    with_pretrained: bool = False,
+) -> tuple[Path, dict]:
+    """T-Switch checkpoints given by path or cached hub id into one switch file; returns ``(path, report)``.
+
+    ``cfg`` is a :class:`t_switch.config.SwitchConfig`; weights are read with
+    :func:`t_switch.data.load_state` (safetensors, ``weights_only`` torch files, folders, cached hub ids).
+    """
+    from t_switch.data import load_state
+    from t_switch.experiment import build_switches
+    from t_switch.task_vector import task_vector
+
+    pre = load_state(pretrained)
+    tvs = {
+        task: task_vector(pre, load_state(src), exclude=cfg.exclude, unexpected=cfg.unexpected_keys)
+        for task, src in finetuned.items()
+    }
+    switches = build_switches(tvs, cfg)
+    out = save_switches(
+        path,
+        switches,
+        pretrained=pre if with_pretrained else None,
+        group_size=cfg.group_size,
+        layout=cfg.layout,
+    )
+    return out, storage_report(switches, cfg.group_size, cfg.layout, file_path=out)

@@ -1,4 +1,5 @@
-"""T-Switch decomposition of a task vector (spec §3.2) and its reconstruction.
+"""T-Switch decomposition of a task vector and its reconstruction (paper: activation
+switch, polarity switch, scaling knob; official ``merge_vit/merge_vit.py:binarize_matrix`` at 68bfda8).
 
 ``tau~ = drop(tau, r)`` (activation switch ``M = 1[tau~ != 0]``), ``S = sign(tau~)`` (polarity switch),
 ``lambda = ||tau~||_2 / ||S||_2`` (scaling knob: the RMS of the kept entries), and
@@ -31,7 +32,7 @@ class BinarySwitch:
     Attributes:
         signs: ``name -> int8 Tensor`` in {-1, 0, +1} (``M = signs != 0``; the sign where active).
         scales: ``name -> float`` (``lambda^l``; one shared value when ``scale="global"``).
-        passthrough: ``name -> Tensor`` 0-dim task-vector entries kept in full precision (spec §3.2).
+        passthrough: ``name -> Tensor`` 0-dim task-vector entries kept in full precision (official code).
         shapes/dtypes of the original tensors are those of ``signs``/``passthrough``.
     """
 
@@ -63,15 +64,15 @@ class BinarySwitch:
         legacy_float_floor: bool = False,
         keep_zero_tensors: bool = False,
     ) -> BinarySwitch:
-        """Drop (spec §3.2 step 1), then binarize (steps 2-4).
+        """Drop (activation switch), then binarize (polarity switch and scaling knob).
 
         Args:
             drop_ratio: ``r`` (``> 1`` read as a percentage).
-            scale: ``"tensor"`` (default, = code: one lambda per tensor) or ``"global"`` [ours].
-            scope: ``"tensor"`` (default, = code: per-tensor thresholds) or ``"global"`` [ours].
+            scale: ``"tensor"`` (default, = code: one lambda per tensor) or ``"global"`` (ours).
+            scope: ``"tensor"`` (default, = code: per-tensor thresholds) or ``"global"`` (ours).
             legacy_float_floor: reproduce the code's float ``int((1 - r) n)`` (see :mod:`.sparsify`).
             keep_zero_tensors: store all-zero tensors (lambda = 0) instead of skipping them as the
-                ViT code does (spec §3.2 step 4); they contribute nothing either way.
+                ViT code does (``binarize_matrix``); they contribute nothing either way.
         """
         if scope not in SCOPES:
             raise ValueError(f"scope must be one of {SCOPES}, got {scope!r}")
@@ -91,7 +92,7 @@ class BinarySwitch:
         return self.signs[name].to(dtype) * self.scales[name]
 
     def to_task_vector(self, dtype: torch.dtype = torch.float32) -> TaskVector:
-        """``tau^ = lambda * S`` for every tensor (spec §3.2 step 4)."""
+        """``tau^ = lambda * S`` for every tensor."""
         return TaskVector({k: self.tensor(k, dtype) for k in self.names})
 
     @property
@@ -118,7 +119,7 @@ class BinarySwitch:
 def binarize(
     dropped: Mapping[str, Tensor], scale: str = "tensor", keep_zero_tensors: bool = False
 ) -> BinarySwitch:
-    """Polarity switch and scaling knob of an already sparsified task vector (spec §3.2 steps 2-3).
+    """Polarity switch and scaling knob of an already sparsified task vector (official ``binarize_matrix``).
 
     ``lambda^l = ||tau~^l||_2 / ||S^l||_2``; with ``scale="global"`` one lambda over all tensors.
     0-dim tensors pass through unchanged; all-zero tensors are skipped unless ``keep_zero_tensors``.

@@ -1,11 +1,11 @@
-"""Task vectors ``tau_k = theta_k - theta_0`` (spec §2) from modules or state dicts.
+"""Task vectors ``tau_k = theta_k - theta_0`` (paper, after Ilharco et al. 2023) from modules or state dicts.
 
 A :class:`TaskVector` is an ordered ``name -> Tensor`` mapping with the arithmetic that merging needs.
 :func:`task_vector` builds one from any pair of ``nn.Module`` s or state dicts (torchvision, timm,
 Hugging Face ``transformers``); :func:`lora_task_vector` takes the LoRA factors of a PEFT model
-(spec §3.5, the factors themselves, not ``B @ A``).
+(official ``merge_vit/merge_vit_lora.py:drop_elements_separately_lora``: the factors themselves, not ``B @ A``).
 
-Selection rules (spec §3.2, [code]): only floating-point tensors; names containing one of ``exclude``
+Selection rules (official ``drop_elements_separately`` / ``merge_lm/merge_roberta.py``): only floating-point tensors; names containing one of ``exclude``
 (default ``("classifier",)``, the RoBERTa heads) are left out; with modules, only *parameters* are used
 (buffers such as BatchNorm running statistics stay at their pre-trained values) unless
 ``include_buffers=True``. 0-dim tensors are kept: the compressor passes them through in full precision.
@@ -13,16 +13,27 @@ Selection rules (spec §3.2, [code]): only floating-point tensors; names contain
 
 from __future__ import annotations
 
+import json
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from papers_shared.checkpoints import load_safetensors, save_safetensors
+from papers_shared.errors import CheckpointError, InputError
+from papers_shared.results import to_jsonable
+
 __all__ = [
     "StateLike",
     "TaskVector",
+    "UnexpectedKeysWarning",
     "check_finite",
+    "load_task_vector",
     "lora_task_vector",
+    "save_task_vector",
     "state_dict_of",
     "task_vector",
 ]
@@ -30,10 +41,14 @@ __all__ = [
 StateLike = nn.Module | Mapping[str, Tensor]
 
 
+class UnexpectedKeysWarning(UserWarning):
+    """A fine-tuned state holds tensors that the pre-trained one lacks (they are left out)."""
+
+
 def check_finite(name: str, t: Tensor) -> None:
-    """Raise ``ValueError`` naming the tensor when it holds NaN or inf."""
+    """Raise :class:`~papers_shared.errors.InputError` naming the tensor when it holds NaN or inf."""
     if t.is_floating_point() and not bool(torch.isfinite(t).all()):
-        raise ValueError(f"tensor {name!r} contains NaN or inf values")
+        raise InputError(f"tensor {name!r} contains NaN or inf values")
 
 
 def state_dict_of(obj: StateLike, include_buffers: bool = False) -> dict[str, Tensor]:
@@ -136,19 +151,32 @@ def task_vector(
     include: Callable[[str, Tensor], bool] | None = None,
     include_buffers: bool = False,
     dtype: torch.dtype | None = torch.float32,
+    unexpected: str = "warn",
 ) -> TaskVector:
-    """``tau = theta_ft - theta_0`` on the selected tensors (spec §2, §3.2 selection rules).
+    """``tau = theta_ft - theta_0`` on the selected tensors.
 
     Args:
         pretrained, finetuned: ``nn.Module`` s or state dicts with the same names and shapes.
-        exclude: substrings; a tensor whose name contains one is left out (heads; spec: ``classifier``).
+        exclude: substrings; a tensor whose name contains one is left out (heads; RoBERTa code: ``classifier``).
         include: optional extra predicate ``(name, tensor) -> bool`` applied after ``exclude``.
         include_buffers: also take module buffers (e.g. BatchNorm statistics); state dicts always
             contribute all their floating tensors.
         dtype: dtype of the differences (``None`` keeps the parameters' dtype).
+        unexpected: what to do with tensors of ``finetuned`` that ``pretrained`` lacks (they cannot be
+            part of the task vector): ``"warn"`` (:class:`UnexpectedKeysWarning` naming them), ``"error"``
+            (:class:`~papers_shared.errors.InputError`) or ``"ignore"``.
     """
+    if unexpected not in ("warn", "error", "ignore"):
+        raise ValueError(f"unexpected must be 'warn', 'error' or 'ignore', got {unexpected!r}")
     p = state_dict_of(pretrained, include_buffers)
     f = state_dict_of(finetuned, include_buffers)
+    extra = [k for k in f if k not in p]
+    if extra and unexpected != "ignore":
+        shown = ", ".join(extra[:8]) + (f" and {len(extra) - 8} more" if len(extra) > 8 else "")
+        msg = f"the fine-tuned weights hold {len(extra)} tensor(s) the pre-trained ones lack: {shown}"
+        if unexpected == "error":
+            raise InputError(msg + "; check that both files come from the same architecture")
+        warnings.warn(msg + " (left out of the task vector)", UnexpectedKeysWarning, stacklevel=2)
     exclude = tuple(exclude)
     out: dict[str, Tensor] = {}
     for name, t0 in p.items():
@@ -157,10 +185,10 @@ def task_vector(
         if include is not None and not include(name, t0):
             continue
         if name not in f:
-            raise KeyError(f"tensor {name!r} of the pre-trained model is missing from the fine-tuned one")
+            raise InputError(f"tensor {name!r} of the pre-trained model is missing from the fine-tuned one")
         t1 = f[name]
         if t1.shape != t0.shape:
-            raise ValueError(
+            raise InputError(
                 f"shape mismatch for {name!r}: pre-trained {tuple(t0.shape)} vs fine-tuned {tuple(t1.shape)}"
             )
         check_finite(name, t0)
@@ -168,8 +196,28 @@ def task_vector(
         d = (t1.to(dtype) - t0.to(dtype)) if dtype is not None else (t1 - t0.to(t1.dtype))
         out[name] = d
     if not out:
-        raise ValueError("no tensor selected for the task vector (check exclude/include)")
+        raise InputError("no tensor selected for the task vector (check exclude/include)")
     return TaskVector(out)
+
+
+def save_task_vector(
+    path: str | Path, tv: Mapping[str, Tensor], metadata: Mapping[str, Any] | None = None
+) -> Path:
+    """Write a task vector as safetensors; ``metadata`` (JSON-able) goes in the header under ``t_switch``."""
+    header = {"format": "t-switch-task-vector", "version": 1, "meta": dict(metadata or {})}
+    return save_safetensors(dict(tv), path, metadata={"t_switch": json.dumps(to_jsonable(header))})
+
+
+def load_task_vector(path: str | Path) -> tuple[TaskVector, dict[str, Any]]:
+    """Read a task vector written by :func:`save_task_vector`: ``(tv, metadata)``; never unpickles."""
+    tensors, meta = load_safetensors(path)
+    try:
+        header = json.loads(meta.get("t_switch", ""))
+    except json.JSONDecodeError:
+        header = None
+    if not isinstance(header, dict) or header.get("format") != "t-switch-task-vector":
+        raise CheckpointError(f"{path} is not a t-switch task-vector file (no 't_switch' header)")
+    return TaskVector(tensors), dict(header.get("meta") or {})
 
 
 def lora_task_vector(
@@ -178,11 +226,11 @@ def lora_task_vector(
     pattern: Iterable[str] = ("lora_A", "lora_B"),
     dtype: torch.dtype | None = torch.float32,
 ) -> TaskVector:
-    """The LoRA factors ``{A, B}`` of a PEFT model (or its state dict) as a task vector (spec §3.5).
+    """The LoRA factors ``{A, B}`` of a PEFT model (or its state dict) as a task vector (official LoRA code).
 
     The factors are the task vector themselves (their pre-trained value is zero in the official code);
     names are kept as in ``peft_model.named_parameters()`` so they can be switched back in with
-    :class:`t_switch.merge.SwitchedModel`. ``adapter_name`` keeps only that adapter's factors.
+    :class:`t_switch.bank.SwitchedModel`. ``adapter_name`` keeps only that adapter's factors.
     """
     sd = state_dict_of(peft_model)
     pats = tuple(pattern)

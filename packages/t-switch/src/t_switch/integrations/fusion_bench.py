@@ -1,4 +1,4 @@
-"""FusionBench adapter (spec §9). ``fusion-bench`` is *not* a dependency of this package.
+"""FusionBench adapter (tanganke/fusion_bench). ``fusion-bench`` is *not* a dependency of this package.
 
 FusionBench (``pip install fusion-bench``; it installed cleanly next to torch 2.15 / transformers 5 in a
 throwaway environment, but pulls in lightning, hydra and ~100 packages, so it stays optional) exposes
@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from t_switch.merge import SwitchedModel, TaskSwitchBank
+from t_switch.bank import SwitchedModel, TaskSwitchBank
 from t_switch.switch import BinarySwitch
 from t_switch.task_vector import task_vector
 

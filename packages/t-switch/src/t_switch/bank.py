@@ -1,7 +1,8 @@
-"""Switch bank and switched models (spec §3.3-§3.5).
+"""Switch combination: the switch bank and switched models.
 
-``theta(w) = theta_0 + sum_k w_k * tau^_k`` (spec §3.3): T-Switch is ``w = e_k``; Auto-Switch chooses
-``w`` by retrieval (spec §3.4). The bank keeps ``theta_0`` *by reference* (the module's own tensors,
+``theta(w) = theta_0 + sum_k w_k * tau^_k`` (paper: a model for any switch combination; official
+``merge_vit/merge_vit.py:add_weighted_specific_task_vectors`` at 68bfda8): T-Switch is ``w = e_k``;
+Auto-Switch chooses ``w`` by retrieval (:mod:`t_switch.auto_switch`). The bank keeps ``theta_0`` *by reference* (the module's own tensors,
 never copied) and every task's switches; :class:`SwitchedModel` runs the unchanged module with the
 assembled tensors through :func:`torch.func.functional_call` (no deep copies, the module is never
 mutated, so calling the module directly still gives the pre-trained model). Assembled parameter sets
@@ -12,17 +13,16 @@ evaluation of one task, assembles once.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from t_switch.router import KNNRouter
 from t_switch.switch import BinarySwitch
 from t_switch.task_vector import StateLike, state_dict_of
 
-__all__ = ["AutoSwitch", "SwitchedModel", "TaskSwitchBank", "lora_zero_base"]
+__all__ = ["SwitchedModel", "TaskSwitchBank", "lora_zero_base", "output_tensor"]
 
 LORA_MIX = ("factors", "product")
 
@@ -34,7 +34,7 @@ class TaskSwitchBank:
         pretrained: the pre-trained module (its tensors are referenced) or a state dict.
         switches: ``task -> BinarySwitch`` (the order fixes the index of each task in ``w``).
         cache_size: number of assembled parameter sets kept (0 disables the cache).
-        lora_mix: ``"factors"`` (code, spec §3.5: ``A(w) = sum w_k A^_k``, ``B(w) = sum w_k B^_k``) or
+        lora_mix: ``"factors"`` (official ``merge_vit/merge_vit_lora.py:add_weighted_specific_task_vectors_lora``: ``A(w) = sum w_k A^_k``, ``B(w) = sum w_k B^_k``) or
             ``"product"`` (``sum_k w_k B^_k A^_k``, assembled as one LoRA of rank ``K r`` by
             concatenating ``[w_k B^_k]`` and ``[A^_k]``). Only matters for ``lora_A``/``lora_B`` tensors.
     """
@@ -115,7 +115,7 @@ class TaskSwitchBank:
         return acc
 
     def delta(self, weights, dtype: torch.dtype = torch.float32) -> dict[str, Tensor]:
-        """``sum_k w_k tau^_k`` per tensor (spec §3.3); tensors with no contribution are omitted."""
+        """``sum_k w_k tau^_k`` per tensor (the switch combination); tensors with no contribution are omitted."""
         w = self.weight_vector(weights)
         out = {}
         for n in self.names:
@@ -190,7 +190,7 @@ class TaskSwitchBank:
 
 
 def lora_zero_base(peft_model: nn.Module, pattern: Sequence[str] = ("lora_A", "lora_B")) -> dict[str, Tensor]:
-    """State of a PEFT model with its LoRA factors set to zero: the ``theta_0`` of spec §3.5.
+    """State of a PEFT model with its LoRA factors set to zero: the ``theta_0`` of the LoRA table.
 
     The official code *replaces* the LoRA factors by ``sum_k w_k A^_k`` (no pre-trained factor), which is
     ``theta_0 + delta`` with ``theta_0 = 0`` on those tensors.
@@ -199,12 +199,13 @@ def lora_zero_base(peft_model: nn.Module, pattern: Sequence[str] = ("lora_A", "l
     return {n: (torch.zeros_like(t) if any(p in n for p in pattern) else t) for n, t in sd.items()}
 
 
-def _output_tensor(out):
+def output_tensor(out):
+    """The tensor of a model output (``.logits`` of ``transformers`` outputs)."""
     return out.logits if hasattr(out, "logits") else out
 
 
 class SwitchedModel(nn.Module):
-    """Runs ``module`` with ``theta_0 + sum_k w_k tau^_k`` via ``functional_call`` (spec §3.3).
+    """Runs ``module`` with ``theta_0 + sum_k w_k tau^_k`` via ``functional_call``.
 
     ``forward(*args, weights=..., overrides=None, **kwargs)``: ``weights`` is a task name, a mapping
     or a ``[K]`` tensor; ``None`` runs the pre-trained model. ``overrides`` replaces further tensors
@@ -227,67 +228,3 @@ class SwitchedModel(nn.Module):
         if not params:
             return self.module(*args, **kwargs)
         return functional_call(self.module, params, args, kwargs, strict=False)
-
-
-class AutoSwitch(nn.Module):
-    """Auto-Switch (spec §3.4): route each batch (or sample) by k-NN on pre-trained features, then run
-    the switched model.
-
-    Args:
-        switched: the :class:`SwitchedModel`.
-        router: a fitted :class:`KNNRouter` whose task indices follow ``switched.bank.tasks``.
-        feature_fn: ``phi``: same inputs as the model, returns ``[B, D]`` pre-trained features
-            (default: the module itself with ``theta_0``, e.g. a CLIP image encoder's embedding).
-        mode: ``"soft"`` (ViT code) or ``"hard"`` (RoBERTa code).
-        granularity: ``"batch"`` (code) or ``"sample"`` [ours]; per-sample routing groups the samples
-            with equal weights and returns the output tensor (``.logits`` of model outputs).
-    """
-
-    def __init__(
-        self,
-        switched: SwitchedModel,
-        router: KNNRouter,
-        feature_fn: Callable[..., Tensor] | None = None,
-        mode: str = "soft",
-        granularity: str = "batch",
-    ) -> None:
-        super().__init__()
-        if router.num_tasks is not None and router.num_tasks > switched.bank.num_tasks:
-            raise ValueError(f"router knows {router.num_tasks} tasks, the bank {switched.bank.num_tasks}")
-        self.switched = switched
-        self.router = router
-        self.feature_fn = feature_fn or (lambda *a, **kw: _output_tensor(switched.module(*a, **kw)))
-        self.mode = mode
-        self.granularity = granularity
-        self.last_weights: Tensor | None = None
-
-    def route(self, *args, **kwargs) -> Tensor:
-        """Switch weights for these inputs (``[K]`` or ``[B, K]``)."""
-        with torch.no_grad():
-            feats = self.feature_fn(*args, **kwargs)
-        w = self.router.weights(feats, self.mode, self.granularity)
-        K = self.switched.bank.num_tasks
-        if w.shape[-1] < K:  # router fitted on fewer tasks than the bank holds
-            w = torch.nn.functional.pad(w, (0, K - w.shape[-1]))
-        return w
-
-    def forward(self, *args, overrides: Mapping[str, Tensor] | None = None, **kwargs):
-        w = self.route(*args, **kwargs)
-        self.last_weights = w
-        if self.granularity == "batch":
-            return self.switched(*args, weights=w, overrides=overrides, **kwargs)
-        uniq, inv = torch.unique(w, dim=0, return_inverse=True)
-        out = None
-        for j in range(uniq.shape[0]):
-            idx = torch.nonzero(inv == j).squeeze(1)
-            sub_a = tuple(_take(a, idx) for a in args)
-            sub_k = {k: _take(v, idx) for k, v in kwargs.items()}
-            y = _output_tensor(self.switched(*sub_a, weights=uniq[j], overrides=overrides, **sub_k))
-            if out is None:
-                out = y.new_empty((w.shape[0], *y.shape[1:]))
-            out[idx.to(y.device)] = y
-        return out
-
-
-def _take(v, idx: Tensor):
-    return v[idx.to(v.device)] if isinstance(v, Tensor) and v.dim() > 0 else v
