@@ -6,7 +6,7 @@ Graph: ``make_csbm_graph`` with 20 classes x 500 nodes (10,000 nodes), 128 featu
 5 sessions of 2-way 5-shot. Both methods start from the same pre-trained GCN (h=128), run on the same
 session runner and graphs, and train ``--epochs`` full-batch epochs per session (equal budget; the paper
 uses 2000 for Mecoin). Mecoin uses the paper's memory size (C=100 codebooks x P=800 keys, d_k=14);
-Finetune trains encoder + classifier on the current supports (spec §4). Timed: ``fit_session`` of the
+Finetune trains encoder + classifier on the current supports. Timed: ``fit_session`` of the
 incremental sessions 1..T (session 0 is the warm-up), median per session; a session's update includes
 the encoder forward(s), the training epochs and the best-validation bookkeeping. Memory: bytes of SMU
 keys + MRaM values (Mecoin) against bytes of the parameters Finetune keeps (encoder + classifier).

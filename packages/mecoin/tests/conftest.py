@@ -3,6 +3,7 @@ import torch
 
 from mecoin import (
     BaselineConfig,
+    CSBMConfig,
     EncoderConfig,
     ExperimentConfig,
     GCNEncoder,
@@ -13,7 +14,7 @@ from mecoin import (
 )
 from papers_shared.data.graph import make_csbm_graph
 
-# Tiny sizes of spec §8: h=16, C=4, P=8, K_tot=6, graphs of 30-60 nodes.
+# Tiny sizes: h=16, C=4, P=8, K_tot=6, graphs of 30-60 nodes.
 H, C, P, K = 16, 4, 8, 6
 
 
@@ -45,18 +46,21 @@ def model(tiny_cfg):
 
 def _tiny_experiment(**mecoin) -> ExperimentConfig:
     """A whole protocol on a 6-class CSBM (base 2, two 2-way 3-shot sessions) in well under a second."""
-    cfg = ExperimentConfig(
-        name="tiny", dataset="csbm", methods=["mecoin"], seeds=[0], progress=False, device="cpu"
-    )
-    cfg.csbm.num_classes, cfg.csbm.nodes_per_class, cfg.csbm.feat_dim = 6, 20, 8
-    cfg.csbm.p_in, cfg.csbm.p_out = 0.2, 0.02
-    cfg.protocol = ProtocolConfig(base_classes=2, ways=2, shots=3)
-    cfg.encoder = EncoderConfig(hidden=H)
-    cfg.pretrain = PretrainConfig(max_epochs=20)
     base = dict(num_codebooks=C, keys_per_codebook=P, proj_dim=5, epochs_per_session=10)
-    cfg.mecoin = MecoinConfig(**{**base, **mecoin})
-    cfg.baselines = BaselineConfig(epochs=10)
-    return cfg
+    return ExperimentConfig(
+        name="tiny",
+        dataset="csbm",
+        methods=["mecoin"],
+        seeds=[0],
+        progress=False,
+        device="cpu",
+        csbm=CSBMConfig(num_classes=6, nodes_per_class=20, feat_dim=8, p_in=0.2, p_out=0.02),
+        protocol=ProtocolConfig(base_classes=2, ways=2, shots=3),
+        encoder=EncoderConfig(hidden=H),
+        pretrain=PretrainConfig(max_epochs=20),
+        mecoin=MecoinConfig(**{**base, **mecoin}),
+        baselines=BaselineConfig(epochs=10, probe_epochs=50),
+    )
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""Baselines of spec §4 on the shared runner: TEEN calibration, NCM scores, EWC/LwF penalties, ER-GNN
+"""Baselines on the shared runner: TEEN calibration, NCM scores, EWC/LwF penalties, ER-GNN
 buffer, Joint training set, and a full protocol run of every method."""
 
 import pytest
@@ -7,8 +7,8 @@ import torch.nn.functional as F
 
 from mecoin import build_method, build_task, pretrain_task, run_method, teen_calibrate
 from mecoin.config import METHODS
-from mecoin.runner import _graphs
 from mecoin.session import SessionContext
+from mecoin.trainer import session_graphs
 
 
 def test_teen_calibration_matches_formula():
@@ -33,7 +33,7 @@ def _run(cfg, name, seed=0):
 
 
 def _ctx(task, cfg, t):
-    ei, ew = _graphs(task, cfg).for_classes(task.split.seen_classes(t))
+    ei, ew = session_graphs(task, cfg).for_classes(task.split.seen_classes(t))
     return SessionContext(task, t, cfg.protocol, ei, ew, torch.device("cpu"))
 
 
@@ -117,3 +117,49 @@ def test_ergnn_buffer_and_joint_training_set(tiny_experiment):
     idx = joint.train_idx(ctx)
     expect = torch.cat([task.pretrain_train_idx] + [task.split[s].support_idx for s in range(1, t + 1)])
     assert torch.equal(idx.sort().values, expect.sort().values)
+
+
+def test_probe_never_scores_a_test_node_with_a_probe_fitted_on_it(tiny_experiment):
+    cfg = tiny_experiment()
+    task, pre, method, rep = _run(cfg, "probe")
+    T = len(task.split) - 1
+    ctx = _ctx(task, cfg, T)
+    test = torch.cat(ctx.test_groups())
+    h = method.embeddings(ctx)
+    for f in range(cfg.baselines.probe_folds):
+        # refit fold f by hand without its test nodes: identical weights, and its nodes are scored by it
+        from mecoin.baselines import fit_linear_probe
+
+        labelled = torch.cat(
+            [ctx.base_train_idx(), ctx.val_idx()] + [ctx.supports(s) for s in range(1, T + 1)]
+        )
+        idx = torch.cat([labelled, test[method.fold[test] != f]])
+        w, b = fit_linear_probe(h[idx], ctx.labels(idx), task.num_classes, cfg.baselines.probe_epochs,
+                                cfg.baselines.probe_lr)  # fmt: skip
+        torch.testing.assert_close(method.weights[f], w)
+        mine = test[method.fold[test] == f]
+        torch.testing.assert_close(method.logits(ctx, mine), h[mine] @ w + b, atol=1e-5, rtol=1e-5)
+
+
+def test_linear_probe_separates_separable_data():
+    from mecoin.baselines import fit_linear_probe
+
+    g = torch.Generator().manual_seed(0)
+    y = torch.arange(4).repeat_interleave(30)
+    h = 5 * torch.eye(4, 8)[y] + 0.1 * torch.randn(120, 8, generator=g) + 3.0
+    w, b = fit_linear_probe(h, y, 4, epochs=200, lr=0.05)
+    assert float(((h @ w + b).argmax(1) == y).float().mean()) == 1.0
+
+
+def test_finetune_last_keeps_the_last_state_and_joint_is_class_balanced(tiny_experiment):
+    cfg = tiny_experiment()
+    last = build_method("finetune_last", cfg, 0)
+    assert last.name == "finetune_last" and last.kind == "finetune" and not last.select_best_val
+    assert build_method("finetune", cfg, 0).select_best_val
+    joint = build_method("joint", cfg, 0)
+    y = torch.tensor([0] * 8 + [1] * 2 + [3] * 2)
+    w = joint._class_weights(y, 5)
+    torch.testing.assert_close(w, torch.tensor([0.5, 2.0, 0.0, 2.0, 0.0]))
+    # every present class then carries the same total weight
+    assert (torch.bincount(y, minlength=5).float() * w)[[0, 1, 3]].unique().numel() == 1
+    assert build_method("finetune", cfg, 0)._class_weights(y, 5) is None

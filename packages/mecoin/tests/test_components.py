@@ -1,4 +1,4 @@
-"""Spec §8 items 1-7: GRP, shapes, GraphInfo equivariance, retrieval, EMA k-means, dead codes, readout."""
+"""GRP, shapes, GraphInfo equivariance, retrieval, EMA k-means, dead codes, readout."""
 
 import pytest
 import torch
@@ -6,7 +6,7 @@ import torch
 from mecoin import GaussianRandomProjection, GraphInfo, Mecoin, MecoinConfig, MemoryInteraction, MRaM
 from mecoin.smu import StructuredMemoryUnit, squared_distances
 
-H, C, P, K = 16, 4, 8, 6  # the tiny sizes of conftest.py (spec §8)
+H, C, P, K = 16, 4, 8, 6  # the tiny sizes of conftest.py
 
 
 def test_grp_is_fixed_unit_norm_buffer():

@@ -1,4 +1,4 @@
-"""Encoders and base-session pre-training (spec §3.1)."""
+"""Encoders and base-session pre-training (official ``backbone/model.py`` and ``pretrain.py``)."""
 
 import pytest
 import torch

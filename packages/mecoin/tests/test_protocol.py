@@ -1,4 +1,4 @@
-"""Spec §8 items 11-13: splits (clean and legacy), session edge masks and normalisation, metrics."""
+"""Splits (clean and legacy), session edge masks and normalisation, metrics."""
 
 import numpy as np
 import pytest
@@ -27,7 +27,8 @@ def test_clean_split_is_disjoint_with_exact_shots(tiny_experiment):
 
 
 def test_legacy_split_reproduces_the_leak(tiny_experiment):
-    """The official split puts support (and val) nodes into the test set, on purpose (spec §6.1)."""
+    """The official split puts support (and val) nodes into the test set, on purpose (official
+    ``utils/split_data.py:load_raw_data`` lists every node twice)."""
     cfg = tiny_experiment()
     cfg.protocol.apply_legacy()
     task = build_task(cfg, seed=3)
@@ -94,7 +95,7 @@ def test_gcn_adjacency_matches_dense_formula():
     torch.testing.assert_close(dense, d[:, None] * A * d[None, :])
 
 
-def test_bad_edge_index_is_rejected():
+def test_symmetric_edges_rejects_bad_edge_index():
     with pytest.raises(ValueError, match=r"\[2, E\]"):
         symmetric_edges(torch.zeros(3, 4, dtype=torch.long), 5)
     with pytest.raises(ValueError, match="integer"):
@@ -139,6 +140,31 @@ def test_bad_graphs_and_features_are_rejected(tiny_experiment, graph):
         enc(torch.randn(5, 7), graph.edge_index[:, :0])
     with pytest.raises(ValueError, match="floating point"):
         enc(torch.ones(5, 8, dtype=torch.long), graph.edge_index[:, :0])
+
+
+@pytest.mark.parametrize(
+    "edit,match",
+    [
+        (lambda ei, n: ei.float(), "integer node ids, got dtype torch.float32"),
+        (lambda ei, n: ei.bool(), "integer node ids"),
+        (lambda ei, n: ei.t().contiguous(), r"shape \[2, E\], got \(\d+, 2\) \(transpose it"),
+        (lambda ei, n: ei[0], r"shape \[2, E\]"),
+        (lambda ei, n: ei.reshape(1, 2, -1), r"shape \[2, E\]"),
+        (lambda ei, n: torch.cat([ei, torch.tensor([[0], [n]])], 1), r"outside \[0, 60\) for 60 nodes"),
+        (lambda ei, n: torch.cat([ei, torch.tensor([[-1], [0]])], 1), r"node ids in \[-1, "),
+    ],
+)
+def test_bad_edge_index_is_rejected(tiny_experiment, graph, edit, match):
+    from papers_shared.errors import InputError
+
+    bad = graph.clone()
+    bad.edge_index = edit(graph.edge_index, graph.num_nodes)
+    with pytest.raises(InputError, match=match):
+        build_task(tiny_experiment(), 0, data=bad)
+    # int32 ids are fine
+    ok = graph.clone()
+    ok.edge_index = graph.edge_index.int()
+    assert build_task(tiny_experiment(), 0, data=ok).num_classes == 6
 
 
 def test_mecoin_rejects_bad_embeddings(model):

@@ -1,8 +1,9 @@
-"""Datasets and GFSCIL splits (spec §2, §5, §6.1).
+"""Datasets and GFSCIL splits (the paper's datasets; official ``pretrain.py`` and ``utils/split_data.py``,
+commit b8a41c4).
 
 * Real graphs through :func:`papers_shared.data.graph.load_pyg_dataset` (CoraFull, Amazon-Computers,
   Coauthor-CS, Reddit; a clear :class:`~papers_shared.data.DatasetNotFoundError` offline).
-* The synthetic CSBM of spec §8 through :func:`papers_shared.data.graph.make_csbm_graph`.
+* The synthetic CSBM of the quick run (ours) through :func:`papers_shared.data.graph.make_csbm_graph`.
 * Splits through :func:`papers_shared.data.graph.make_gfscil_split`. Its ``legacy=True`` mode
   reproduces the duplicated-list leak for the *novel* classes only; the official code also builds the
   base session from the duplicated, shuffled base lists (pre-training nodes with repeats; session-0
@@ -18,7 +19,8 @@ from dataclasses import dataclass
 
 import torch
 
-from mecoin.config import ExperimentConfig
+from mecoin.config import DATASET_DEFAULTS, ExperimentConfig
+from papers_shared.errors import InputError
 
 __all__ = [
     "DATASET_DEFAULTS",
@@ -27,14 +29,6 @@ __all__ = [
     "legacy_base_session",
     "load_graph",
 ]
-
-#: Base classes, ways per session and K_tot of the paper's datasets (spec §2, §5).
-DATASET_DEFAULTS = {
-    "corafull": {"base_classes": 50, "ways": 2, "num_classes": 70},
-    "cs": {"base_classes": 5, "ways": 2, "num_classes": 15},
-    "computers": {"base_classes": 5, "ways": 1, "num_classes": 10},
-    "reddit": {"base_classes": 24, "ways": 2, "num_classes": 41},
-}
 
 
 @dataclass
@@ -79,7 +73,8 @@ def load_graph(cfg: ExperimentConfig):
 
 
 def legacy_base_session(y: torch.Tensor, base: list[int], shots: int, generator: torch.Generator):
-    """The official base session (spec §6.1, code ``split_base_data`` + ``split_novel_data``).
+    """The official base session (``utils/split_data.py:load_raw_data``, ``split_base_data`` and
+    ``split_novel_data``).
 
     Per base class the node list holds every node twice and is shuffled; pre-training takes
     ``ceil(0.6·2n)`` train and ``ceil(0.2·2n)`` val entries (with repeats), session 0 takes
@@ -110,19 +105,29 @@ def legacy_base_session(y: torch.Tensor, base: list[int], shots: int, generator:
 
 
 def _check_graph(data) -> None:
-    """Clear errors for malformed graphs before any training starts."""
+    """Clear errors (:class:`InputError`) for malformed graphs before any training starts."""
     for name in ("x", "y", "edge_index"):
         if not isinstance(getattr(data, name, None), torch.Tensor):
-            raise ValueError(f"the graph needs a tensor attribute {name!r}")
-    x, y = data.x, data.y
+            raise InputError(f"the graph needs a tensor attribute {name!r}")
+    x, y, ei = data.x, data.y, data.edge_index
     if x.ndim != 2 or not x.dtype.is_floating_point:
-        raise ValueError(f"node features must be a floating [N, F] tensor, got {tuple(x.shape)} {x.dtype}")
-    if y.ndim != 1 or y.shape[0] != x.shape[0] or y.dtype.is_floating_point:
-        raise ValueError(
-            f"labels must be integer class ids of shape [{x.shape[0]}], got {tuple(y.shape)} {y.dtype}"
-        )
+        raise InputError(f"node features must be a floating [N, F] tensor, got {tuple(x.shape)} {x.dtype}")
+    n = x.shape[0]
+    if y.ndim != 1 or y.shape[0] != n or y.dtype.is_floating_point or y.dtype == torch.bool:
+        raise InputError(f"labels must be integer class ids of shape [{n}], got {tuple(y.shape)} {y.dtype}")
+    if y.numel() and int(y.min()) < 0:
+        raise InputError(f"labels must be >= 0, got {int(y.min())}")
     if not bool(torch.isfinite(x).all()):
-        raise ValueError("node features contain NaN or inf")
+        raise InputError("node features contain NaN or inf")
+    if ei.dtype.is_floating_point or ei.dtype.is_complex or ei.dtype == torch.bool:
+        raise InputError(f"edge_index must hold integer node ids, got dtype {ei.dtype}")
+    if ei.ndim != 2 or ei.shape[0] != 2:
+        hint = " (transpose it: PyG expects [2, E], not [E, 2])" if ei.ndim == 2 and ei.shape[1] == 2 else ""
+        raise InputError(f"edge_index must have shape [2, E], got {tuple(ei.shape)}{hint}")
+    if ei.numel() and (int(ei.min()) < 0 or int(ei.max()) >= n):
+        raise InputError(
+            f"edge_index holds node ids in [{int(ei.min())}, {int(ei.max())}], outside [0, {n}) for {n} nodes"
+        )
 
 
 def build_task(cfg: ExperimentConfig, seed: int, data=None) -> GFSCILTask:

@@ -1,36 +1,33 @@
-"""GNN encoders and base-session pre-training (spec §3.1).
+"""GNN encoders (official ``backbone/model.py``, commit b8a41c4).
 
 * :class:`GCNEncoder`: ``H = Â·Dropout(ReLU(Â X W1 + b1))·W2 + b2`` with widths ``F → 2h → h`` and no
   output activation, Kipf-style uniform init; ``torch_geometric.nn.GCNConv(normalize=False)`` on the
   precomputed ``Â`` weights (:mod:`mecoin.graph`).
 * :class:`GATEncoder`: 2 ``GATConv`` layers (8 heads of ``2h`` concatenated, then one head of ``h``),
   LeakyReLU slope 0.2, ELU; ``legacy_gat_logsoftmax`` ends with the code's ``log_softmax`` over the
-  feature dims (spec §6.11).
+  feature dims (official ``backbone/model.py:GAT.forward``).
 * :class:`ConvEncoder`: any ``torch_geometric.nn`` conv class by name (``SAGEConv``, ``GINConv`` is
   excluded because it needs an MLP, ``GraphConv``, ``TAGConv``, ``ChebConv`` ...), same widths.
 """
 
 from __future__ import annotations
 
-import copy
 import inspect
 import math
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mecoin.config import EncoderConfig, PretrainConfig
+from mecoin.config import EncoderConfig
 from mecoin.graph import gcn_adjacency, symmetric_edges
+from papers_shared.config import ConfigError
 
 __all__ = [
     "ConvEncoder",
     "GATEncoder",
     "GCNEncoder",
-    "PretrainResult",
     "build_encoder",
-    "pretrain_encoder",
     "sparse_adjacency",
 ]
 
@@ -87,7 +84,7 @@ class _AdjacencyCache:
 
 
 class GCNEncoder(nn.Module):
-    """Two-layer GCN of the official code (spec §3.1).
+    """Two-layer GCN of the official code (``backbone/model.py:GCN``).
 
     The normalised graph is turned into a sparse CSR ``Â`` (cached while the same ``edge_index`` and
     ``edge_weight`` tensors are passed), an order of magnitude faster than scatter message passing.
@@ -104,7 +101,7 @@ class GCNEncoder(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """Uniform(-1/sqrt(out), 1/sqrt(out)) for weights and biases (Kipf-style, spec §3.1)."""
+        """Uniform(-1/sqrt(out), 1/sqrt(out)) for weights and biases (official ``GraphConvolution.reset_parameters``)."""
         for conv in (self.conv1, self.conv2):
             bound = 1.0 / math.sqrt(conv.out_channels)
             nn.init.uniform_(conv.lin.weight, -bound, bound)
@@ -120,7 +117,7 @@ class GCNEncoder(nn.Module):
 
 
 class GATEncoder(nn.Module):
-    """Two-layer GAT of the official code (spec §3.1); edge weights are ignored (only the pattern)."""
+    """Two-layer GAT of the official code (``backbone/model.py:GAT``); edge weights are ignored (only the pattern)."""
 
     def __init__(
         self,
@@ -189,82 +186,7 @@ def build_encoder(cfg: EncoderConfig, in_dim: int) -> nn.Module:
         return GATEncoder(
             in_dim, cfg.hidden, cfg.heads, cfg.negative_slope, cfg.dropout, cfg.legacy_gat_logsoftmax
         )
-    return ConvEncoder(name, in_dim, cfg.hidden, cfg.dropout)
-
-
-@dataclass
-class PretrainResult:
-    """Pre-trained encoder and its linear classifier ``Linear(h, K_tot)`` plus the log."""
-
-    encoder: nn.Module
-    classifier: nn.Linear
-    best_val_acc: float
-    best_epoch: int
-    epochs_run: int
-
-
-def pretrain_encoder(
-    encoder: nn.Module,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    edge_index: torch.Tensor,
-    edge_weight: torch.Tensor | None,
-    train_idx: torch.Tensor,
-    val_idx: torch.Tensor,
-    num_classes: int,
-    cfg: PretrainConfig | None = None,
-    progress: bool = False,
-) -> PretrainResult:
-    """Base-session pre-training (spec §3.1): encoder + ``Linear(h, K_tot)``, NLL on ``log_softmax``,
-    Adam, full batch on the base graph; validation every ``eval_every`` epochs, the best-validation
-    state kept, stop once the no-improvement counter exceeds ``patience``.
-
-    ``legacy_no_zero_grad`` reproduces the missing ``optimizer_classifier.zero_grad()`` (spec §6.10).
-    """
-    cfg = cfg or PretrainConfig()
-    if train_idx.numel() == 0:
-        raise ValueError("pre-training needs at least one training node")
-    classifier = nn.Linear(encoder.out_dim, num_classes).to(x.device)
-    opt_enc = torch.optim.Adam(encoder.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    opt_cls = torch.optim.Adam(classifier.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    best = (-1.0, 0, copy.deepcopy(encoder.state_dict()), copy.deepcopy(classifier.state_dict()))
-    tolerate, epoch = 0, -1
-    bar = range(cfg.max_epochs)
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(bar, desc="pretrain", leave=False)
-    for epoch in bar:
-        encoder.train()
-        classifier.train()
-        opt_enc.zero_grad()
-        if not cfg.legacy_no_zero_grad:
-            opt_cls.zero_grad()
-        logits = classifier(encoder(x, edge_index, edge_weight)[train_idx])
-        F.nll_loss(F.log_softmax(logits, dim=1), y[train_idx]).backward()
-        opt_enc.step()
-        opt_cls.step()
-        if epoch > 0 and epoch % cfg.eval_every == 0 and val_idx.numel():
-            encoder.eval()
-            classifier.eval()
-            with torch.no_grad():
-                val_logits = classifier(encoder(x, edge_index, edge_weight)[val_idx])
-            acc = float((val_logits.argmax(1) == y[val_idx]).float().mean())
-            if acc > best[0]:
-                best = (
-                    acc,
-                    epoch,
-                    copy.deepcopy(encoder.state_dict()),
-                    copy.deepcopy(classifier.state_dict()),
-                )
-                tolerate = 0
-            else:
-                tolerate += 1
-                if tolerate > cfg.patience:
-                    break
-    if best[0] >= 0:
-        encoder.load_state_dict(best[2])
-        classifier.load_state_dict(best[3])
-    encoder.eval()
-    classifier.eval()
-    return PretrainResult(encoder, classifier, max(best[0], 0.0), best[1], epoch + 1)
+    try:
+        return ConvEncoder(name, in_dim, cfg.hidden, cfg.dropout)
+    except ValueError as exc:
+        raise ConfigError(f"encoder.backbone: {exc}; use gcn, gat or a torch_geometric conv class") from None

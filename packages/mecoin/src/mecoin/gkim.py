@@ -1,4 +1,5 @@
-"""GKIM, graph knowledge interaction: distillation between the GNN head and MRaM (spec §3.8).
+"""GKIM, graph knowledge interaction: distillation between the GNN head and MRaM (paper abstract and Fig. 1;
+official ``train.py:train`` loss and ``utils/base.py:DistillationLoss``, commit b8a41c4).
 
 ``L = w_kl·T²·KL(p^G ‖ p^M) + w_kl·T²·KL(p^M ‖ p^G) + w_ce·CE_ls(ℓ^G, y)`` with ``p = softmax(ℓ/T)``,
 batch-mean KL and no ``detach`` (``mode="bidirectional"``, the code). One-way modes detach the teacher:
@@ -51,7 +52,7 @@ def gkim_loss(
     T: float = 1.0,
     label_smoothing: float = 0.1,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """GKIM loss (spec §3.8). Returns ``(loss, parts)`` with the float value of each term."""
+    """GKIM loss (official ``train.py:train``; the one-way modes and ``none`` are ours). Returns ``(loss, parts)`` with the float value of each term."""
     if mode not in DISTILL_MODES:
         raise ValueError(f"distill mode {mode!r} is not one of {list(DISTILL_MODES)}")
     _check_logits(logits_gnn, logits_mram, y)

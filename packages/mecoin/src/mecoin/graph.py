@@ -1,4 +1,5 @@
-"""Normalised adjacency and per-session graphs (spec §2, §3.1, §6.9).
+"""Normalised adjacency and per-session graphs (official ``utils/split_data.py:normalize_adj`` and
+``get_incremental_adj_high``, commit b8a41c4).
 
 The official code builds ``Â = D̃^{-1/2}(A + I)D̃^{-1/2}`` once on the symmetrised, binary full graph
 and, at session ``t``, keeps the entries whose two endpoints carry a seen-class label, *without*
@@ -45,11 +46,11 @@ def gcn_adjacency(
     degree: torch.Tensor | None = None,
     loop_nodes: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Edges and weights of ``D̃^{-1/2}(A + I)D̃^{-1/2}`` (spec §3.1).
+    """Edges and weights of ``D̃^{-1/2}(A + I)D̃^{-1/2}`` (official ``normalize_adj``).
 
     ``edge_index`` must already be symmetric and loop-free (see :func:`symmetric_edges`).
     ``degree`` (``1 + deg``) defaults to the degree of ``edge_index`` itself; pass the full-graph
-    degree to reuse the full normalisation on a masked graph (spec §6.9). ``loop_nodes`` (bool
+    degree to reuse the full normalisation on a masked graph (official ``get_incremental_adj_high``). ``loop_nodes`` (bool
     ``[N]``) restricts the self loops (the code drops the loops of unseen-class nodes with them).
     """
     src, dst = edge_index
@@ -66,7 +67,7 @@ def gcn_adjacency(
 
 
 class SessionGraphs:
-    """Per-session normalised graphs of one attributed graph (spec §2 "graph visibility").
+    """Per-session normalised graphs of one attributed graph (transductive: the session graph keeps the edges between seen-class nodes).
 
     >>> graphs = SessionGraphs(data.edge_index, data.y, renormalize=True)
     >>> edge_index, edge_weight = graphs.for_classes(seen_classes)

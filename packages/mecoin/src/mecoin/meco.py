@@ -1,10 +1,10 @@
-"""MeCo, the memory construction module (spec §3.2-§3.4).
+"""MeCo, the memory construction module (MeCs in the paper's Fig. 1; official code, commit b8a41c4).
 
-* :class:`GaussianRandomProjection` (GRP, §3.3): a fixed buffer ``Π ∈ R^{C×h×d_p}``, entries N(0, 1),
+* :class:`GaussianRandomProjection` (GRP, official ``utils/projection.py:RandomDownProjection``): a fixed buffer ``Π ∈ R^{C×h×d_p}``, entries N(0, 1),
   every column ``Π[c, :, k]`` L2-normalised over ``h``; ``z_{b,c} = H_b Π[c]``.
-* :class:`GraphInfo` (§3.2): a pre-norm Transformer block run across the nodes of the current set (one
+* :class:`GraphInfo` (official ``utils/kvb_core.py:synapse``): a pre-norm Transformer block run across the nodes of the current set (one
   sequence, no positions), then ``Linear(h, C)``: one scalar per codebook, ``s ∈ R^{n×C}``.
-* :class:`MemoryInteraction` (§3.4): ``interaction="legacy_codebook"`` reproduces the code, where the
+* :class:`MemoryInteraction` (official ``utils/kvb_core.py:Attention``): ``interaction="legacy_codebook"`` reproduces the code, where the
   attention runs across the C codebooks of each query separately (the key rows of the concatenated
   ``[K; Q]`` never influence a query row, so they are not computed); ``"cross"`` [ours] lets each query
   attend over the P keys of its own codebook, the paper's wording.
@@ -66,7 +66,7 @@ class MultiHeadAttention(nn.Module):
 
 class PreNormBlock(nn.Module):
     """``Y = X + Drop(MHA(LN(X)))``, ``O = Y + Drop(FFN(LN(Y)))`` with ``FFN = Linear → GELU → Linear``
-    (the block of spec §3.2 and §3.4). With ``context`` the attention reads keys/values from it."""
+    (the block of the official ``utils/kvb_core.py:synapse`` and ``Attention``). With ``context`` the attention reads keys/values from it."""
 
     def __init__(self, dim: int, heads: int, dropout: float = 0.5, context_norm: bool = False) -> None:
         super().__init__()
@@ -90,7 +90,7 @@ class PreNormBlock(nn.Module):
 
 
 class GaussianRandomProjection(nn.Module):
-    """Fixed Gaussian random projection ``Π`` (spec §3.3): a buffer, never trained."""
+    """Fixed Gaussian random projection ``Π`` (official ``utils/projection.py:RandomDownProjection``): a buffer, never trained."""
 
     def __init__(self, num_codebooks: int, in_dim: int, proj_dim: int, seed: int = 0) -> None:
         super().__init__()
@@ -104,7 +104,7 @@ class GaussianRandomProjection(nn.Module):
 
 
 class GraphInfo(nn.Module):
-    """Local graph-structure scalar (spec §3.2): nodes of the current set attend to each other.
+    """Local graph-structure scalar, GraphInfo (official ``utils/kvb_core.py:synapse``): nodes of the current set attend to each other.
 
     ``batch="set"`` (default, the code) scores the whole set as one sequence, so a node's scalar depends
     on the other nodes of the set; ``batch="chunk"`` [ours] splits the set into chunks of ``chunk`` nodes.
@@ -136,7 +136,7 @@ class GraphInfo(nn.Module):
 
 
 class MemoryInteraction(nn.Module):
-    """Interaction of node queries with the memory (spec §3.4): ``q̃ = Block(q) W_o + b_o``.
+    """Interaction of node queries with the memory (official ``utils/kvb_core.py:Attention``): ``q̃ = Block(q) W_o + b_o``.
 
     ``mode="legacy_codebook"``: query ``[n, C, d_k]`` is a batch of n sequences of length C.
     ``mode="cross"``: for codebook c the queries attend over the keys ``K[c] ∈ R^{P×d_k}``.

@@ -1,32 +1,38 @@
 """The Mecoin model: frozen GNN encoder → MeCo queries → SMU retrieval → MRaM readout, plus the GNN
-head that GKIM distils with (spec §3.0 pipeline).
+head that GKIM distils with (paper Fig. 1; official ``utils/model_utils.py:ModelWrapper.forward``,
+commit b8a41c4).
 
 ``H_B`` (the frozen encoder's embeddings of the current node set) goes two ways:
 
-* GNN head ``ℓ^G = W_b ReLU(W_a Dropout(stopgrad(H_B)) + b_a) + b_b`` (spec §3.7);
-* MeCo: ``q = [s, z]`` with the GraphInfo scalar ``s`` (§3.2) and the GRP ``z`` (§3.3), the
-  interaction ``q̃`` (§3.4), the nearest key per codebook in the SMU (§3.5) and the MRaM readout
-  ``ℓ^M`` (§3.6). Prediction is ``argmax ℓ^M``.
+* GNN head ``ℓ^G = W_b ReLU(W_a Dropout(stopgrad(H_B)) + b_a) + b_b`` (official ``backbone/model.py:MLP``);
+* MeCo: ``q = [s, z]`` with the GraphInfo scalar ``s`` and the GRP ``z`` (:mod:`mecoin.meco`), the
+  interaction ``q̃``, the nearest key per codebook in the SMU (:mod:`mecoin.smu`) and the MRaM readout
+  ``ℓ^M`` (:mod:`mecoin.mram`). Prediction is ``argmax ℓ^M``.
 
-The key index is an argmin, so no gradient reaches GraphInfo, the interaction or the keys (spec §3.6,
-§6.4): queries are computed without autograd and only the retrieved MRaM rows and the head learn.
+The key index is an argmin, so no gradient reaches GraphInfo, the interaction or the keys (official
+``utils/kvb_core.py:KeyValueBottleneck.forward`` retrieves with temperature 0): queries are computed without autograd and only the retrieved MRaM rows and the head learn.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
 
-from mecoin.config import MecoinConfig
+from mecoin.config import EncoderConfig, MecoinConfig
 from mecoin.graph import SessionGraphs, symmetric_edges
 from mecoin.meco import GaussianRandomProjection, GraphInfo, MemoryInteraction
 from mecoin.mram import MRaM
 from mecoin.smu import StructuredMemoryUnit
 
-__all__ = ["GNNHead", "Mecoin", "MecoinOutput"]
+__all__ = ["MEMORY_FORMAT", "GNNHead", "Mecoin", "MecoinOutput", "load_mecoin", "save_mecoin"]
+
+#: ``format`` entry of the metadata of a saved Mecoin memory (safetensors).
+MEMORY_FORMAT = "mecoin-memory/1"
 
 
 @dataclass
@@ -42,7 +48,7 @@ class MecoinOutput:
 
 
 class GNNHead(nn.Module):
-    """The fresh MLP head of spec §3.7 (``h → 64 → K_tot``, input dropout, detached input)."""
+    """The fresh MLP head of the official code (``backbone/model.py:MLP``: ``h → 64 → K_tot``, input dropout, detached input)."""
 
     def __init__(self, in_dim: int, num_classes: int, hidden: int = 64, dropout: float = 0.5) -> None:
         super().__init__()
@@ -54,7 +60,7 @@ class GNNHead(nn.Module):
 
 
 class Mecoin(nn.Module):
-    """Mecoin around a (pre-trained) encoder; the encoder is frozen here (spec §2, Fig. 1).
+    """Mecoin around a (pre-trained) encoder; the encoder is frozen here (paper Fig. 1 caption).
 
     >>> model = Mecoin(encoder, MecoinConfig(num_classes=70))
     >>> model.construct_memory(data, base_train_idx, edge_mask=base_mask)
@@ -95,7 +101,7 @@ class Mecoin(nn.Module):
         self.mram = MRaM(C, num_keys, k_tot, cfg.values_init, cfg.vote_scale)
         self.head = GNNHead(hidden, k_tot, cfg.head_hidden, cfg.head_dropout)
         self.register_buffer("seen", torch.zeros(k_tot, dtype=torch.bool))
-        # Nothing upstream of the argmin learns (spec §3.6); legacy hands them to the optimiser anyway.
+        # Nothing upstream of the argmin learns (retrieval is an argmin); legacy hands them to the optimiser anyway.
         for module in (self.graphinfo, self.interaction):
             if module is not None:
                 module.requires_grad_(cfg.legacy)
@@ -126,7 +132,7 @@ class Mecoin(nn.Module):
 
     @torch.no_grad()
     def queries(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(q, q̃)``, both ``[n, C, d_k]`` (spec §3.2-§3.4). Set-level: ``s`` depends on the set."""
+        """``(q, q̃)``, both ``[n, C, d_k]`` (official ``utils/kvb_core.py:BottleneckedEncoder.forward``). Set-level: ``s`` depends on the set."""
         self._check_embeddings(h)
         z = self.grp(h)
         q = torch.cat([self.graphinfo(h).unsqueeze(-1), z], dim=-1) if self.graphinfo is not None else z
@@ -205,11 +211,11 @@ class Mecoin(nn.Module):
         renormalize: bool = True,
         graph: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> list[dict[str, float]]:
-        """SMU construction (spec §3.5, §3.10 steps 3-5): ``construct_passes`` EMA k-means passes over
+        """SMU construction (official ``utils/kvb_core.py:BottleneckedEncoder.prepare``): ``construct_passes`` EMA k-means passes over
         ``node_idx`` (the base pre-training nodes, one set), then freeze the keys and reset MRaM.
 
         ``graph`` (``(edge_index, edge_weight)``, normalised) overrides ``edge_mask``. ``legacy_shuffle_bug`` feeds row-shuffled
-        features to the encoder (spec §6.3); ``construct_train_mode`` keeps dropout on (the code).
+        features to the encoder (official ``train.py:initialize_model`` loads them with ``shuffle=True``); ``construct_train_mode`` keeps dropout on (the code).
         """
         cfg = self.config
         if cfg.memory_layout != "codebook":
@@ -237,7 +243,7 @@ class Mecoin(nn.Module):
         self, class_ids: Sequence[int], h: torch.Tensor | None = None, y: torch.Tensor | None = None
     ):
         """Register seen classes; in the class layout also write their keys from the labelled node set
-        ``h`` (``[n, h]`` embeddings of one set) with labels ``y`` (spec §3.9)."""
+        ``h`` (``[n, h]`` embeddings of one set) with labels ``y`` (ours: the abstract's "prototypes of learned categories")."""
         ids = [int(c) for c in class_ids]
         if any(not 0 <= c < self.num_classes for c in ids):
             raise ValueError(f"class ids {ids} outside [0, {self.num_classes})")
@@ -272,3 +278,60 @@ class Mecoin(nn.Module):
             "mram_values": self.mram.value_bytes(),
             "total": self.smu.key_bytes() + self.mram.value_bytes(),
         }
+
+
+def save_mecoin(
+    model: Mecoin,
+    path: str | Path,
+    encoder: EncoderConfig,
+    metadata: Mapping[str, object] | None = None,
+) -> Path:
+    """Write a Mecoin model (frozen encoder, MeCo, SMU keys, MRaM values, head) as safetensors.
+
+    The metadata holds what rebuilds it (the Mecoin and encoder configs as JSON, the input width, K_tot)
+    plus ``metadata`` (JSON-encoded). Loading it never runs code (:func:`load_mecoin`).
+    """
+    from papers_shared.checkpoints import save_safetensors
+    from papers_shared.config import config_to_dict
+
+    meta = {
+        "format": MEMORY_FORMAT,
+        "mecoin": json.dumps(config_to_dict(model.config)),
+        "encoder": json.dumps(config_to_dict(encoder)),
+        "in_dim": str(model.encoder.in_dim),
+        "num_classes": str(model.num_classes),
+    }
+    meta.update({k: json.dumps(v) for k, v in (metadata or {}).items()})
+    return save_safetensors(dict(model.state_dict()), path, metadata=meta)
+
+
+def load_mecoin(path: str | Path, device: str | torch.device = "cpu") -> tuple[Mecoin, dict]:
+    """Read a file written by :func:`save_mecoin`: ``(model in eval mode, extra metadata)``.
+
+    A damaged file, a file of another format, or one whose tensors do not fit its own configs raises
+    :class:`papers_shared.errors.CheckpointError` naming the file.
+    """
+    from mecoin.encoders import build_encoder
+    from papers_shared.checkpoints import load_safetensors
+    from papers_shared.config import from_dict
+    from papers_shared.errors import CheckpointError, ConfigError
+
+    tensors, meta = load_safetensors(path, device=str(device))
+    if meta.get("format") != MEMORY_FORMAT:
+        raise CheckpointError(
+            f"{path} is not a Mecoin memory (format {meta.get('format')!r}, expected {MEMORY_FORMAT!r}); "
+            "give a .safetensors file written by `mecoin run`"
+        )
+    try:
+        cfg = from_dict(MecoinConfig, json.loads(meta["mecoin"]))
+        enc_cfg = from_dict(EncoderConfig, json.loads(meta["encoder"]))
+        encoder = build_encoder(enc_cfg, int(meta["in_dim"]))
+        model = Mecoin(encoder, cfg, num_classes=int(meta["num_classes"]))
+        model.load_state_dict(tensors)
+        extra = {
+            k: json.loads(v) for k, v in meta.items() if k not in ("format", "mecoin", "encoder", "in_dim")
+        }
+    except (KeyError, ValueError, RuntimeError, ConfigError) as exc:
+        msg = " ".join(str(exc).split())[:300] or type(exc).__name__
+        raise CheckpointError(f"{path} is not a usable Mecoin memory ({msg})") from None
+    return model.to(device).eval(), extra

@@ -1,4 +1,5 @@
-"""MRaM, the memory representation adaptive module (spec §3.6).
+"""MRaM, the memory representation adaptive module (paper Fig. 1 (c); official ``utils/model_utils.py:CodebookVotingLogitsDecoder`` and the
+``values`` of ``utils/kvb_core.py:KeyValueBottleneck``, commit b8a41c4).
 
 A value table ``V ∈ R^{C×P×K_tot}``: for every key of every codebook a vector of class scores.
 Retrieval reads ``r_{b,c} = V[c, j*(b,c)]``; the readout ("codebook voting") is

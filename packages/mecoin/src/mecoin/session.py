@@ -1,5 +1,5 @@
 """What every method of the session runner shares: the session context, the method protocol and
-small training utilities (spec §3.10, §4: one runner and one evaluator for all methods).
+small training utilities (ours: one runner and one evaluator for all methods).
 
 A method implements ``setup(ctx0, pretrained)``, ``fit_session(ctx) -> dict``,
 ``logits(ctx, node_idx) -> [n, K_tot]`` (one call scores one node set) and
@@ -162,7 +162,7 @@ class GFSCILMethod(ABC):
 
 
 def legacy_train_mode(t: int, epoch: int) -> bool:
-    """Module mode of the code's training step ``epoch`` of session ``t`` (spec §6.14): ``train()`` once
+    """Module mode of the code's training step ``epoch`` of session ``t`` (official ``train.py:train``): ``train()`` once
     before the session loop and whenever ``epoch % 100 == 1``; every validation leaves ``eval()`` on."""
     return (t == 0 and epoch == 0) or epoch % 100 == 1
 
@@ -171,7 +171,7 @@ def legacy_train_mode(t: int, epoch: int) -> bool:
 def evaluate_session(method: GFSCILMethod, ctx: SessionContext) -> SessionResult:
     """Accuracy on the test nodes of all seen classes, scored as one set (the session accuracy), and
     per session group (a row of the accuracy matrix): sliced from the joint prediction by default,
-    re-scored group by group with ``legacy_group_eval`` (spec §6.15)."""
+    re-scored group by group with ``legacy_group_eval`` (official ``train.py:train`` scores each group in its own batch)."""
     groups = ctx.test_groups()
     joint = torch.cat(groups)
     allowed = ctx.mask()

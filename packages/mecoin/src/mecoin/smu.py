@@ -1,4 +1,5 @@
-"""SMU, the structured memory unit: codebooks of keys (spec §3.5) or one key per class (spec §3.9).
+"""SMU, the structured memory unit: codebooks of keys (official ``utils/kvb_core.py:KeyValueBottleneck``,
+commit b8a41c4) or one key per class (ours, the abstract's "prototypes of learned categories").
 
 Codebook layout (default, the official code): keys ``K ∈ R^{C×P×d_k}`` start as N(0, 1); one
 construction pass over the base pre-training nodes runs an EMA k-means step per codebook:
@@ -105,7 +106,8 @@ class StructuredMemoryUnit(nn.Module):
 
     @torch.no_grad()
     def construct_step(self, q: torch.Tensor, dead_threshold: float) -> dict[str, float]:
-        """One EMA k-means step on the queries ``q [n, C, d_k]`` plus dead-code reset (spec §3.5)."""
+        """One EMA k-means step on the queries ``q [n, C, d_k]`` plus dead-code reset (official ``KeyValueBottleneck.forward``,
+        ``expire_codes_`` and ``utils/kvb_utils.py:laplace_smoothing``)."""
         if self.layout != "codebook":
             raise RuntimeError("construct_step applies to the codebook layout only")
         if bool(self.frozen):
@@ -148,7 +150,7 @@ class StructuredMemoryUnit(nn.Module):
     def write_class_keys(
         self, q: torch.Tensor, y: torch.Tensor, classes: list[int], ema: bool = False
     ) -> None:
-        """Class layout (spec §3.9): ``K[:, k] = mean of q̃`` over the nodes of class ``k``. A key is
+        """Class layout (ours): ``K[:, k] = mean of q̃`` over the nodes of class ``k``. A key is
         written once; with ``ema=True`` a reappearing class is updated by ``K ← γK + (1−γ)·mean``."""
         if self.layout != "class":
             raise RuntimeError("write_class_keys applies to the class layout only")

@@ -1,4 +1,4 @@
-"""Training-free prototype baselines of spec §4 on the frozen pre-trained encoder.
+"""Training-free prototype baselines on the frozen pre-trained encoder (ours, after the cited papers).
 
 * ``ncm`` (Frozen-NCM / ProtoNet-style): class prototype = mean embedding of the class's labelled
   nodes when it appears (base classes: the base training nodes; novel classes: their supports);
@@ -28,7 +28,7 @@ _NO_PROTOTYPE = -1e9
 def teen_calibrate(
     new: torch.Tensor, base: torch.Tensor, tau: float = 16.0, weight: float = 0.1
 ) -> torch.Tensor:
-    """TEEN calibration (spec §4) of novel prototypes ``new [m, h]`` with base prototypes ``base [B, h]``;
+    """TEEN calibration (Wang et al., NeurIPS 2023, Eq. 5 of the TEEN paper) of novel prototypes ``new [m, h]`` with base prototypes ``base [B, h]``;
     both are L2-normalised first, the result is ``(1−w)·p̂_new + w·normalize(Σ_b a_b p̂_b)``."""
     p_new, p_base = F.normalize(new, dim=-1), F.normalize(base, dim=-1)
     attn = torch.softmax(tau * p_new @ p_base.T, dim=-1)
