@@ -1,9 +1,7 @@
 #!/usr/bin/env bash
-# Component ablation on CIFAR100 (spec §7): v2v, g2g, g2g+lgp, g2g+cag2g, full on one shared pre-training,
-# then the node-only / edge-only variants. Run from the workspace root.
+# Component ablation on CIFAR100 on one shared pre-training per seed: V2V, G2G without LGP and CAG2G,
+# +LGP, +CAG2G, full, node term only, edge term only. Extra key=value overrides are passed through.
 set -euo pipefail
-C=packages/g2g-fscil/configs
-uv run --no-sync g2g-fscil ablate --config "$C/cifar100.yaml" --variants v2v,g2g,g2g+lgp,g2g+cag2g,full --resume "$@"
-for v in node_only edge_only; do
-  uv run --no-sync g2g-fscil run --config "$C/ablation_$v.yaml" --resume "$@"
-done
+G2G=${G2G:-g2g-fscil}
+$G2G ablate --config cifar100 --resume \
+  "variants=[v2v,g2g_plain,g2g_no_cag2g,g2g_no_lgp,g2g,g2g_node_only,g2g_edge_only]" "$@"

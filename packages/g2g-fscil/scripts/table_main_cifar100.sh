@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Main table row set on cifar100 (spec §5): G2G and the baselines sharing its trainer, 3 seeds.
-# Run from the workspace root; extra key=value overrides are passed through (e.g. data_root=...).
+# Main cifar100 table: G2G and the baselines sharing its pipeline (V2V / C-FSCIL, NCM, TEEN), 3 seeds.
+# Extra key=value overrides are passed through (e.g. data_root=...). Several GPUs: set
+# G2G="torchrun --nproc-per-node 8 -m g2g_fscil.cli" (the default runs the console script).
 set -euo pipefail
-CFG=packages/g2g-fscil/configs/cifar100.yaml
+G2G=${G2G:-g2g-fscil}
 for m in g2g v2v ncm teen; do
-  uv run --no-sync g2g-fscil run --config "$CFG" --method "$m" --resume "seeds=[0,1,2]" "$@"
+  $G2G run --config cifar100 --resume "method=$m" "seeds=[0,1,2]" "$@"
 done

@@ -24,7 +24,7 @@ def _graph(b, m, d, seed=0):
 
 
 def test_v2v_reduction_m1():
-    """Spec §8.1: with M = 1 the edge term drops (alpha forced to 1) and G2G == V2V."""
+    """With M = 1 the edge term drops (alpha forced to 1) and G2G == V2V."""
     g = torch.Generator().manual_seed(0)
     q, p = torch.randn(5, 8, generator=g), torch.randn(3, 8, generator=g)
     zq, zp = represent(q, "tanh")[:, None], represent(p, "tanh")[:, None]
@@ -84,7 +84,7 @@ def test_g2g_combines_node_and_edge():
 
 
 def test_soft_vs_aligned_on_permutation():
-    """Spec §8.3: permuted prototype nodes -> soft S_node = 1, aligned < 1."""
+    """Permuted prototype nodes -> soft S_node = 1, aligned < 1."""
     z, _ = _graph(1, 5, 8, 4)
     zp = z[:, torch.tensor([2, 0, 4, 1, 3])]
     assert float(node_similarity(z, zp, "soft")) == pytest.approx(1.0, abs=1e-6)

@@ -4,27 +4,55 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from g2g_fscil.graphs import cosine_adjacency, represent
-from g2g_fscil.losses import cag2g_loss, cosine_align_loss, episode_bce_loss, lgp_loss, nudging_loss
+from g2g_fscil.baselines.v2v import nudging_loss
+from g2g_fscil.cag2g import cag2g_loss
+from g2g_fscil.graphs import collapse_index, cosine_adjacency, represent
+from g2g_fscil.lgp import backbone_graph, lgp_loss
+from g2g_fscil.losses import cosine_align_loss, episode_bce_loss
 
 
 def test_lgp_zero_for_isometry_positive_for_collapse():
-    """Spec §8.6."""
     g = torch.Generator().manual_seed(0)
     f = torch.randn(3, 4, 5, generator=g)
     q, _ = torch.linalg.qr(torch.randn(8, 5, generator=g))  # orthonormal columns, d=8 >= D=5
     z = f @ q.T  # bias-free isometry, rho = identity
-    assert float(lgp_loss(f, z)) == pytest.approx(0.0, abs=1e-10)
+    assert float(lgp_loss(f, z, mode="preserve")) == pytest.approx(0.0, abs=1e-10)
+    # centred: the isometry of the batch-centred features matches exactly
+    zc = (f - f.mean((0, 1), keepdim=True)) @ q.T
+    assert float(lgp_loss(f, zc, mode="centred")) == pytest.approx(0.0, abs=1e-10)
     collapsed = torch.ones(3, 4, 8)
-    assert float(lgp_loss(f, collapsed)) > 0.05
+    for mode in ("centred", "preserve", "image_centred"):
+        assert float(lgp_loss(f, collapsed, mode=mode)) > 0.05
     assert float(lgp_loss(f, collapsed, mode="anti_collapse", margin=0.5)) == pytest.approx(0.5, abs=1e-6)
+
+
+def test_backbone_graph_centring_hand_values():
+    """centred removes the batch-mean feature, image_centred each image's mean (zero-sum target)."""
+    f = torch.tensor([[[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]], [[3.0, 0.0], [0.0, 3.0], [3.0, 3.0]]])
+    mu = f.mean((0, 1))  # (4/3, 4/3)
+    ref = cosine_adjacency(f - mu)
+    torch.testing.assert_close(backbone_graph(f, "centred"), ref)
+    torch.testing.assert_close(backbone_graph(f, "centred", mean=torch.zeros(2)), cosine_adjacency(f))
+    torch.testing.assert_close(backbone_graph(f, "preserve"), cosine_adjacency(f))
+    img = backbone_graph(f, "image_centred")
+    torch.testing.assert_close(img, cosine_adjacency(f - f.mean(1, keepdim=True)))
+    # post-ReLU-like features: raw cosines are high, the image-centred target has mean -1/(M-1) for
+    # equal-norm residuals (here M = 3: each residual pair of an equilateral layout has cosine -1/2)
+    g = torch.Generator().manual_seed(0)
+    pos = torch.rand(64, 4, 16, generator=g) + 0.5
+    assert collapse_index(backbone_graph(pos, "preserve")) > 0.8
+    assert collapse_index(backbone_graph(pos, "centred")) < 0.1
+    tri = torch.tensor([[[1.0, 0.0], [-0.5, 3**0.5 / 2], [-0.5, -(3**0.5) / 2]]]) + 5.0
+    assert collapse_index(backbone_graph(tri, "image_centred")) == pytest.approx(-0.5, abs=1e-6)
+    with pytest.raises(ValueError, match="backbone_graph mode"):
+        backbone_graph(f, "anti_collapse")
 
 
 def test_lgp_backbone_gradient_detached():
     f = torch.randn(2, 4, 5, requires_grad=True)
     w = torch.randn(6, 5, requires_grad=True)
     z = torch.tanh(f @ w.T)
-    lgp_loss(f, z, detach_backbone=True).backward()
+    lgp_loss(f, z, mode="preserve", detach_backbone=True).backward()
     # the gradient reaching f only comes through z (the B term is detached): compare with a z-only path
     g_with = f.grad.clone()
     f2 = f.detach().clone().requires_grad_(True)
@@ -59,7 +87,7 @@ def _supcon_ref(x, labels, tau):
 
 
 def test_cag2g_equals_supcon_when_m1_alpha1():
-    """Spec §8.7: alpha = 1, M = 1 -> SupCon on cosine similarities."""
+    """alpha = 1, M = 1 -> SupCon (Khosla et al. 2020, Eq. 2) on cosine similarities."""
     g = torch.Generator().manual_seed(1)
     x = torch.randn(6, 4, generator=g)
     labels = torch.tensor([0, 0, 1, 1, 2, 0])

@@ -14,8 +14,8 @@ def _proj(d_in=5, d_out=4, seed=0):
     return nn.Linear(d_in, d_out)
 
 
-def test_memory_write_means_and_sum_keys():
-    """Spec §8.4: Z_c = mean over supports of rho(g(f_i)); V2V key = sum of g(GAP)."""
+def test_memory_write_means_and_mean_keys():
+    """Z_c = mean over supports of rho(g(f_i)); V2V key = g(mean GAP) (C-FSCIL align() prototypes)."""
     proj = _proj()
     maps = torch.randn(6, 3, 5)
     labels = torch.tensor([1, 1, 4, 4, 4, 1])
@@ -25,7 +25,7 @@ def test_memory_write_means_and_sum_keys():
     with torch.no_grad():
         sel = labels == 4
         ref_nodes = torch.tanh(proj(maps[sel])).mean(0)
-        ref_key = proj(maps[sel].mean(1)).sum(0)
+        ref_key = proj(maps[sel].mean(1).mean(0))
     torch.testing.assert_close(mem.nodes[1], ref_nodes)
     torch.testing.assert_close(mem.keys[1], ref_key)
     torch.testing.assert_close(mem.feats[1], maps[sel].mean(0))
@@ -104,17 +104,17 @@ def test_model_shapes_forward_predict_and_eval_sharpening(tiny_cfg):
     w = net(x)
     assert w.shape == (6, 3)
     torch.testing.assert_close(w.sum(1), torch.ones(6))
-    ref = weightings(net.memory_similarity(x), "abs", tiny_cfg.beta)  # abs at evaluation (spec §3.2)
+    ref = weightings(net.memory_similarity(x), "abs", tiny_cfg.beta)  # abs at evaluation (C-FSCIL)
     torch.testing.assert_close(w, ref)
     assert set(net.predict(x).tolist()) <= {5, 7, 9}
 
 
 def test_model_m1_memory_equals_v2v_ranking(tiny_cfg):
-    """With local_pool=1 (M = 1) and node_proto="rho_sum", G2G and V2V memory read-outs are equal."""
+    """With local_pool=1 (M = 1) and node_proto="rho_key", G2G and V2V memory read-outs are equal."""
     import dataclasses
 
     torch.manual_seed(0)
-    cfg = dataclasses.replace(tiny_cfg, local_pool=1, node_proto="rho_sum")
+    cfg = dataclasses.replace(tiny_cfg, local_pool=1, node_proto="rho_key")
     g2g = G2GNet(cfg, 3, image_size=8)
     v2v = G2GNet(dataclasses.replace(cfg, interaction="v2v"), 3, image_size=8)
     v2v.load_state_dict(g2g.state_dict())
@@ -123,7 +123,7 @@ def test_model_m1_memory_equals_v2v_ranking(tiny_cfg):
     g2g.write_memory(y, x)
     v2v.write_memory(y, x)
     torch.testing.assert_close(g2g.memory_similarity(x), v2v.memory_similarity(x), atol=1e-5, rtol=0)
-    # the spec default (mean of rho) differs from V2V's rho of the sum, but only slightly
+    # the default (mean of rho) differs from V2V's rho of the mean, but only slightly
     g2g_default = G2GNet(dataclasses.replace(cfg, node_proto="mean_rho"), 3, image_size=8)
     g2g_default.load_state_dict(g2g.state_dict(), strict=False)
     g2g_default.memory.reset()
@@ -143,14 +143,14 @@ def test_model_bad_input_errors(tiny_cfg):
 
 
 def test_model_save_load_roundtrip(tiny_cfg, tmp_path):
-    from papers_shared.checkpoints import atomic_save, load_checkpoint
+    from papers_shared.checkpoints import load_safetensors, save_safetensors
 
     net = G2GNet(tiny_cfg, 3, image_size=8)
     x = torch.rand(6, 1, 8, 8)
     net.write_memory(torch.tensor([0, 0, 1, 1, 2, 2]), x)
-    atomic_save({"model": net.state_dict()}, tmp_path / "m.pt")
+    save_safetensors(net.state_dict(), tmp_path / "m.safetensors")
     fresh = G2GNet(tiny_cfg, 3, image_size=8)
-    fresh.load_state_dict(load_checkpoint(tmp_path / "m.pt")["model"])
+    fresh.load_state_dict(load_safetensors(tmp_path / "m.safetensors")[0])
     net.eval()
     fresh.eval()
     torch.testing.assert_close(fresh(x), net(x))
@@ -174,6 +174,20 @@ def test_resnet18_missing_weights_clear_error(tmp_path):
         build_backbone("resnet18", pretrained=True, weights=str(tmp_path / "none.pth"))
 
 
+def test_resnet18_weights_crafted_pickle_refused_and_wrong_dict(tmp_path, crafted_pickle):
+    """The ResNet-18 weights loader never unpickles: a file that would run code is refused, unexecuted."""
+    from g2g_fscil.backbones import build_backbone
+    from papers_shared.errors import CheckpointError
+
+    target = crafted_pickle(tmp_path / "evil.pth")
+    with pytest.raises(CheckpointError, match=r"evil\.pth") as err:
+        build_backbone("resnet18", pretrained=True, weights=str(tmp_path / "evil.pth"))
+    assert "\n" not in str(err.value) and not target.exists()
+    torch.save({"conv1.weight": torch.zeros(1)}, tmp_path / "other.pth")
+    with pytest.raises(CheckpointError, match="not a torchvision resnet18 state dict"):
+        build_backbone("resnet18", pretrained=True, weights=str(tmp_path / "other.pth"))
+
+
 def test_representation_used_for_nodes(tiny_cfg):
     net = G2GNet(tiny_cfg, 3, image_size=8)
     x = torch.rand(2, 1, 8, 8)
@@ -193,16 +207,36 @@ def test_prepared_readout_equals_reference_and_cache_invalidates():
     z = torch.tanh(torch.randn(6, 3, 4))
     a = cosine_adjacency(z)
     ref = g2g_similarity(z, a, mem.nodes, mem.adj, 0.3)
-    torch.testing.assert_close(g2g_similarity_prepared(z, a, mem.prepared(), 0.3), ref)
-    first = mem.prepared()
-    assert mem.prepared() is first  # cached
+    torch.testing.assert_close(g2g_similarity_prepared(z, a, mem.prepared(0.3)), ref)
+    for alpha in (0.0, 1.0):  # one term only
+        ref_a = g2g_similarity(z, a, mem.nodes, mem.adj, alpha)
+        torch.testing.assert_close(g2g_similarity_prepared(z, a, mem.prepared(alpha)), ref_a)
+    first = mem.prepared(0.3)
+    assert mem.prepared(0.3) is first  # cached
+    assert mem.prepared(0.5) is not first  # another alpha
+    first = mem.prepared(0.3)
     mem.write(torch.tensor([3]), torch.randn(1, 3, 5), proj)
-    assert mem.prepared() is not first and mem.prepared().nodes.shape[0] == 4
+    assert mem.prepared(0.3) is not first and mem.prepared(0.3).nodes_t.shape[1] == 4
     with torch.no_grad():
         proj.weight.mul_(2)
-    before = mem.prepared()
+    before = mem.prepared(0.3)
     mem.rebuild(proj)
-    assert mem.prepared() is not before
+    assert mem.prepared(0.3) is not before
     torch.testing.assert_close(
-        g2g_similarity_prepared(z, a, mem.prepared(), 0.3), g2g_similarity(z, a, mem.nodes, mem.adj, 0.3)
+        g2g_similarity_prepared(z, a, mem.prepared(0.3)), g2g_similarity(z, a, mem.nodes, mem.adj, 0.3)
     )
+
+
+def test_node_dim_split_gives_key_sized_graphs(tiny_cfg):
+    import dataclasses
+
+    from papers_shared.errors import ConfigError
+
+    net = G2GNet(dataclasses.replace(tiny_cfg, node_dim="split"), 3, image_size=8)
+    z, a = net.local_graph(torch.rand(2, 1, 8, 8))
+    assert z.shape == (2, 4, tiny_cfg.feat_dim // 4)  # M nodes of d/M dims: M * d/M = d, a V2V key's size
+    assert net.memory.nodes.shape[-1] == tiny_cfg.feat_dim // 4
+    with pytest.raises(ConfigError, match="not divisible"):
+        G2GConfig(feat_dim=30, local_pool=2, node_dim="split")
+    with pytest.raises(ConfigError, match="not divisible"):  # M from the map when local_pool is null
+        G2GNet(dataclasses.replace(tiny_cfg, local_pool=None, feat_dim=30, node_dim="split"), 3, image_size=8)

@@ -1,10 +1,10 @@
-"""Backbones that return feature maps ``F(x) in R^{B x D x H x W}`` (spec §3.1).
+"""Backbones that return feature maps ``F(x) in R^{B x D x H x W}`` (C-FSCIL ``embeddings/``).
 
 * ``resnet12``: DeepEMD/C-FSCIL-style ResNet-12, filters [64, 160, 320, 640] (D = 640, 2x2 map at 32 px).
 * ``resnet20``: the CIFAR ResNet-20 of the CEC/TEEN line (D = 64, 8x8 map at 32 px).
 * ``resnet18``: torchvision ResNet-18 without pooling/fc (D = 512, 7x7 map at 224 px); ImageNet weights
   are read only from a local file (torch hub cache or ``backbone_weights``), never downloaded.
-* ``tiny``: TinyConvNet for tests and the digits experiment (spec §8): conv 3x3 -> 16 -> conv -> 32,
+* ``tiny``: TinyConvNet for tests and the digits experiment (ours): conv 3x3 -> 16 -> conv -> 32,
   one 2x2 max-pool (8x8 input -> 4x4 map, D = 32).
 """
 
@@ -15,7 +15,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from papers_shared.checkpoints import load_checkpoint, load_safetensors
 from papers_shared.data.errors import DatasetNotFoundError
+from papers_shared.errors import CheckpointError
 
 __all__ = ["ResNet12", "ResNet20", "TinyConvNet", "build_backbone", "resnet18_features"]
 
@@ -145,8 +147,16 @@ def resnet18_features(
 
     net = resnet18(weights=None)
     if pretrained:
-        state = torch.load(_resnet18_weights_path(weights), map_location="cpu", weights_only=True)
-        net.load_state_dict(state)
+        path = _resnet18_weights_path(weights)
+        if path.suffix == ".safetensors":
+            state, _ = load_safetensors(path)
+        else:
+            state = load_checkpoint(path)  # weights_only: a file that would run code is refused
+        try:
+            net.load_state_dict(state)
+        except (RuntimeError, TypeError, AttributeError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise CheckpointError(f"{path} is not a torchvision resnet18 state dict ({first})") from None
     if in_channels != 3:
         net.conv1 = nn.Conv2d(in_channels, 64, 7, 2, 3, bias=False)
     return _ResNet18Features(net)

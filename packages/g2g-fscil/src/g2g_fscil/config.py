@@ -1,247 +1,234 @@
-"""Configuration dataclasses (spec §3.7, §7).
+"""Configuration dataclasses, validated when built (``papers_shared.config.Config``).
 
-``G2GConfig`` holds the method (interaction, memory, LGP, CAG2G, meta-training, incremental alignment);
-``ExperimentConfig`` adds the data, the session protocol and the base pre-training; ``QuickConfig`` is the
-digits experiment of spec §8. Every [ours] reconstruction of the spec is a field with the spec's default.
+``G2GConfig`` holds the method: backbone and projection, G2G/V2V read-out, LGP, CAG2G, meta-training and
+the incremental alignment. ``ExperimentConfig`` adds the data, the FSCIL protocol, base pre-training and
+the list of variants an ablation (or the quick reproduction) runs. Tags in the help texts: "(paper)" =
+stated in the G2G abstract (arXiv 2403.04140), "(C-FSCIL)" = taken from the official C-FSCIL code
+(IBM/constrained-FSCIL, commit cff95a7), "(ours)" = our reconstruction of what the paper does not give.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import typing
+from dataclasses import dataclass
+from typing import Literal
 
-from papers_shared.config import ConfigError
+from papers_shared.cli import resolve_config
+from papers_shared.config import Config, ConfigError, field, load_config
 
 __all__ = [
-    "BACKBONES",
-    "DATASETS",
+    "DATASET_CLASSES",
     "ExperimentConfig",
     "G2GConfig",
-    "METHODS",
-    "QuickConfig",
-    "SHARPENINGS",
+    "VARIANTS",
     "preset",
 ]
 
-BACKBONES = ("resnet12", "resnet18", "resnet20", "tiny")
-SHARPENINGS = ("softabs", "abs", "softrelu", "relu", "exp", "scaledexp", "none")
-REPRESENTATIONS = ("tanh", "real", "bipolar")
-METHODS = ("g2g", "v2v", "ncm", "teen")
-DATASETS = ("digits", "cifar100", "cub200", "imagenet_r")
-
-
-def _check(cond: bool, msg: str) -> None:
-    if not cond:
-        raise ConfigError(msg)
-
-
-@dataclass
-class G2GConfig:
-    """G2G / V2V explicit-memory FSCIL model and its training (spec §3, defaults of §3.7)."""
-
-    # backbone and projection (spec §3.1)
-    backbone: str = "resnet12"
-    in_channels: int = 3
-    pretrained_backbone: bool = False  # ImageNet weights for resnet18 (read from a local file only)
-    backbone_weights: str | None = None  # path to a torchvision resnet18 state dict; None: torch hub cache
-    feat_dim: int = 512  # d, output of g_phi
-    local_pool: int | None = None  # adaptive average pool of the map to r x r before building graphs [ours]
-    representation: str = "tanh"  # rho in meta-training and evaluation [V2V]
-    # retrieval (spec §3.2-3.3)
-    interaction: str = "g2g"  # "g2g" | "v2v"
-    sharpen_train: str = "softabs"
-    sharpen_eval: str = "abs"
-    beta: float = 10.0
-    normalize: bool = True
-    alpha: float = 0.5  # node vs edge weight [ours]
-    node_match: str = "aligned"  # "aligned" | "soft" [ours]
-    edge_sim: str = "cosine"  # "cosine" | "frobenius" [ours]
-    edge_knn: int | None = None  # keep the top-k edges per row, symmetrised [ours]
-    edge_proto: str = "from_nodes"  # "from_nodes" | "mean_adj" [ours]
-    node_proto: str = "mean_rho"  # "mean_rho" (spec: mean of rho(z)) | "rho_sum" (C-FSCIL write) [ours]
-    # LGP (spec §3.4) [ours]
-    lgp: str | None = "preserve"  # "preserve" | "anti_collapse" | None
-    lambda_lgp: float = 1.0
-    lgp_margin: float = 0.5
-    lgp_detach_backbone: bool = True
-    # CAG2G (spec §3.5) [ours]
-    cag2g: bool = True
-    lambda_ca: float = 0.5
-    tau: float = 0.1
-    n_views: int = 2
-    crop_scale_min: float = 0.6
-    hflip: bool = True
-    color_jitter: float = 0.4
-    # meta-training (spec §3.6) [V2V]
-    meta_iters: int = 70000
-    meta_ways: int = 60
-    meta_shots: int = 5
-    meta_queries: int = 10
-    lr: float = 0.01
-    lr_step: int = 30000
-    lr_gamma: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    nesterov: bool = True
-    # incremental sessions (spec §3.2 refinements, §3.6 stage 3)
-    retrain_iter: int = 10
-    retrain_lr: float = 0.01
-    retrain_ca: bool = True  # use lambda_ca * CAG2G in the session alignment [ours]
-    retrain_lgp: bool = False  # add lambda_lgp * LGP in the session alignment [ours]
-    nudging_iter: int = 0
-    nudging_lr: float = 0.1
-    nudging_deviation: float = 1.0  # weight of the 1 - cos(new, initial) term
-    bipolarize: bool = False
-    teen_tau: float = 16.0  # TEEN calibration temperature
-    teen_weight: float = 0.1  # TEEN calibration weight w
-    ncm_temperature: float = 16.0
-    legacy_implicit_seeds: bool = False  # C-FSCIL quirk: manual_seed(0) at build, manual_seed(100) nudging
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        _check(self.backbone in BACKBONES, f"backbone must be one of {BACKBONES}, got {self.backbone!r}")
-        _check(
-            self.interaction in ("g2g", "v2v"),
-            f"interaction must be 'g2g' or 'v2v', got {self.interaction!r}",
-        )
-        for name in ("sharpen_train", "sharpen_eval"):
-            v = getattr(self, name)
-            _check(v in SHARPENINGS, f"{name} must be one of {SHARPENINGS}, got {v!r}")
-        _check(
-            self.representation in REPRESENTATIONS,
-            f"representation must be one of {REPRESENTATIONS}, got {self.representation!r}",
-        )
-        _check(
-            self.node_match in ("aligned", "soft"),
-            f"node_match must be aligned|soft, got {self.node_match!r}",
-        )
-        _check(
-            self.edge_sim in ("cosine", "frobenius"),
-            f"edge_sim must be cosine|frobenius, got {self.edge_sim!r}",
-        )
-        _check(
-            self.edge_proto in ("from_nodes", "mean_adj"),
-            f"edge_proto must be from_nodes|mean_adj, got {self.edge_proto!r}",
-        )
-        _check(
-            self.node_proto in ("mean_rho", "rho_sum"),
-            f"node_proto must be mean_rho|rho_sum, got {self.node_proto!r}",
-        )
-        _check(
-            self.lgp in (None, "preserve", "anti_collapse"),
-            f"lgp must be 'preserve', 'anti_collapse' or null, got {self.lgp!r}",
-        )
-        _check(0.0 <= self.alpha <= 1.0, f"alpha must be in [0, 1], got {self.alpha}")
-        _check(self.feat_dim >= 1, "feat_dim must be >= 1")
-        _check(self.tau > 0, "tau must be > 0")
-        _check(self.beta > 0, "beta must be > 0")
-        _check(self.n_views >= 1, "n_views must be >= 1")
-        _check(self.meta_ways >= 2 and self.meta_shots >= 1 and self.meta_queries >= 1, "bad episode shape")
-        _check(self.edge_knn is None or self.edge_knn >= 1, "edge_knn must be >= 1 or null")
-        _check(self.local_pool is None or self.local_pool >= 1, "local_pool must be >= 1 or null")
-        _check(0.0 < self.crop_scale_min <= 1.0, "crop_scale_min must be in (0, 1]")
-        for name in ("meta_iters", "retrain_iter", "nudging_iter", "lr_step"):
-            _check(getattr(self, name) >= 0, f"{name} must be >= 0")
+Backbone = Literal["resnet12", "resnet18", "resnet20", "tiny"]
+Sharpening = Literal["softabs", "abs", "softrelu", "relu", "exp", "scaledexp", "none"]
+Representation = Literal["tanh", "real", "bipolar"]
+LGPMode = Literal["centred", "preserve", "image_centred", "anti_collapse"]
+Method = Literal["g2g", "v2v", "ncm", "teen"]
+Dataset = Literal["digits", "cifar100", "cub200", "imagenet_r"]
+Variant = Literal[
+    "ncm",
+    "teen",
+    "v2v",
+    "v2v_mode1",
+    "v2v_mode2",
+    "v2v_mode3",
+    "g2g",
+    "g2g_no_lgp",
+    "g2g_no_cag2g",
+    "g2g_plain",
+    "g2g_lgp_preserve",
+    "g2g_lgp_image_centred",
+    "g2g_anti_collapse",
+    "g2g_node_only",
+    "g2g_edge_only",
+    "g2g_split",
+]
+VARIANTS: tuple[str, ...] = typing.get_args(Variant)
+#: number of classes of each dataset (for the split checks)
+DATASET_CLASSES = {"digits": 10, "cifar100": 100, "cub200": 200, "imagenet_r": 200}
 
 
 @dataclass
-class ExperimentConfig:
-    """One paper table: data, FSCIL protocol, base pre-training, method (spec §5)."""
+class G2GConfig(Config):
+    """G2G / V2V explicit-memory FSCIL model and its training."""
 
-    name: str = "cifar100"
-    dataset: str = "cifar100"
-    data_root: str = "data/cifar100"
-    index_dir: str | None = None  # TOPIC-style session_k.txt lists; None: generated reproducibly
-    download: bool = False
-    image_size: int = 32
-    base_classes: int = 60
-    ways: int = 5
-    shots: int = 5
-    num_sessions: int | None = 8
-    split_seed: int = 1
-    imagenet_r_test_frac: float = 0.2  # ImageNet-R has no official split [ours]
-    method: str = "g2g"  # g2g | v2v | ncm | teen
-    v2v_mode: int = 1  # C-FSCIL incremental mode for v2v: 1 none, 2 retrain+bipolarise, 3 retrain+nudging
-    seeds: list[int] = field(default_factory=lambda: [0])
-    pretrain_epochs: int = 120
-    pretrain_lr: float = 0.01
-    pretrain_step: int = 30
-    pretrain_batch: int = 128
-    eval_batch: int = 256
-    num_workers: int = 0
-    device: str = "auto"
-    out_dir: str = "runs/g2g-fscil"
-    ckpt_every: int = 1000
-    model: G2GConfig = field(default_factory=G2GConfig)
+    # backbone and projection
+    backbone: Backbone = field("resnet12", help="feature-map backbone (tiny: the digits TinyConvNet)")
+    in_channels: int = field(3, ge=1, help="image channels")
+    pretrained_backbone: bool = field(
+        False, help="ImageNet weights for resnet18, read from a local file only"
+    )
+    backbone_weights: str | None = field(
+        None, help="path of a torchvision resnet18 state dict; null: the torch hub cache"
+    )
+    feat_dim: int = field(512, ge=1, help="d, output size of the projection g_phi (C-FSCIL dim_features)")
+    node_dim: Literal["full", "split"] = field(
+        "full",
+        help="(ours) full: every node has d dims; split: g_phi outputs d/M dims, so the M nodes together "
+        "are as long as a V2V key (about V2V's retrieval cost)",
+    )
+    local_pool: int | None = field(
+        None, ge=1, help="(ours) adaptive average pool of the map to r x r before building graphs (M = r*r)"
+    )
+    representation: Representation = field("tanh", help="rho in meta-training and evaluation (C-FSCIL)")
+    # retrieval
+    interaction: Literal["g2g", "v2v"] = field("g2g", help="memory read-out: graph-to-graph or vector")
+    sharpen_train: Sharpening = field("softabs", help="sharpening in meta-training (C-FSCIL)")
+    sharpen_eval: Sharpening = field("abs", help="sharpening at evaluation (C-FSCIL)")
+    beta: float = field(10.0, gt=0, help="sharpening strength (C-FSCIL sharpening_strength)")
+    normalize: bool = field(True, help="normalise the weightings to sum 1 (C-FSCIL normalize_weightings)")
+    alpha: float = field(0.5, ge=0, le=1, help="(ours) weight of the node term; 1 - alpha for the edges")
+    node_match: Literal["aligned", "soft"] = field(
+        "aligned", help="(ours) node term: position-aligned cosines or best match per node"
+    )
+    edge_sim: Literal["cosine", "frobenius"] = field("cosine", help="(ours) edge term between adjacencies")
+    edge_knn: int | None = field(None, ge=1, help="(ours) keep the top-k edges per row, symmetrised")
+    edge_proto: Literal["from_nodes", "mean_adj"] = field(
+        "from_nodes", help="(ours) prototype edges: cos-adjacency of the prototype nodes, or mean adjacency"
+    )
+    node_proto: Literal["mean_rho", "rho_key"] = field(
+        "mean_rho",
+        help="(ours) prototype nodes: mean of rho(z) over the supports, or rho of the aggregate the V2V "
+        "key uses (C-FSCIL: sum in episodes, projected class-mean feature in the memory)",
+    )
+    # LGP
+    lgp: LGPMode | None = field(
+        "centred",
+        help="(ours) Local Graph Preservation: centred (match the backbone graph after removing the "
+        "batch-mean local feature), preserve (uncentred backbone graph), image_centred (per-image "
+        "centring; zero-sum target), anti_collapse (hinge on A_ij > margin), null (off)",
+    )
+    lambda_lgp: float = field(1.0, ge=0, help="(ours) weight of the LGP loss")
+    lgp_margin: float = field(0.5, ge=-1, le=1, help="(ours) margin of anti_collapse")
+    lgp_detach_backbone: bool = field(True, help="(ours) stop-gradient on the backbone graph")
+    # CAG2G
+    cag2g: bool = field(True, help="(paper) contrastive loss on G2G similarities of augmented views")
+    lambda_ca: float = field(0.5, ge=0, help="(ours) weight of the CAG2G loss")
+    tau: float = field(0.1, gt=0, help="(ours) CAG2G temperature")
+    n_views: int = field(2, ge=1, help="(ours) augmented views per query")
+    crop_scale_min: float = field(0.6, gt=0, le=1, help="(ours) random-resized-crop minimum area")
+    hflip: bool = field(True, help="(ours) random horizontal flip of the views")
+    color_jitter: float = field(0.4, ge=0, le=1, help="(ours) brightness/contrast/saturation jitter")
+    # meta-training (C-FSCIL CIFAR recipe)
+    meta_iters: int = field(70000, ge=0, help="meta-training episodes (C-FSCIL)")
+    meta_ways: int = field(60, ge=2, help="classes per episode (C-FSCIL num_ways)")
+    meta_shots: int = field(5, ge=1, help="supports per class (C-FSCIL num_shots)")
+    meta_queries: int = field(10, ge=1, help="queries per class (C-FSCIL batch_size_training)")
+    lr: float = field(0.01, gt=0, help="meta-training learning rate (C-FSCIL)")
+    lr_step: int = field(30000, ge=1, help="StepLR step of meta-training (C-FSCIL)")
+    lr_gamma: float = field(0.1, gt=0, le=1, help="StepLR factor")
+    momentum: float = field(0.9, ge=0, lt=1, help="SGD momentum (C-FSCIL SGDmomentum)")
+    weight_decay: float = field(5e-4, ge=0, help="SGD weight decay (C-FSCIL SGDweight_decay)")
+    nesterov: bool = field(True, help="Nesterov momentum (C-FSCIL SGDnesterov)")
+    freeze_bn: bool = field(
+        False,
+        help="(ours) BatchNorm keeps its running statistics (eval mode) in pre- and meta-training; makes "
+        "multi-process CPU runs equal one process (no SyncBatchNorm on CPU)",
+    )
+    # incremental sessions (C-FSCIL align())
+    retrain_iter: int = field(10, ge=0, help="steps of g_phi alignment per session (C-FSCIL retrain_iter)")
+    retrain_lr: float = field(0.01, gt=0, help="learning rate of the session alignment")
+    retrain_ca: bool = field(True, help="(ours) add lambda_ca * CAG2G to the G2G session alignment")
+    retrain_lgp: bool = field(False, help="(ours) add lambda_lgp * LGP to the G2G session alignment")
+    nudging_iter: int = field(0, ge=0, help="prototype nudging steps (C-FSCIL nudging_iter; mode 3)")
+    nudging_lr: float = field(0.1, gt=0, help="nudging learning rate (C-FSCIL nudge_prototypes default)")
+    nudging_act: Literal["doubleexp", "exp"] = field(
+        "doubleexp", help="pairwise nudging penalty (C-FSCIL nudging_act)"
+    )
+    nudging_act_exp: float = field(4.0, gt=0, help="exponent of the nudging penalty (C-FSCIL)")
+    nudging_deviation: float = field(1.0, ge=0, help="weight of the 1 - cos(new, initial) term (C-FSCIL: 1)")
+    bipolarize: bool = field(False, help="sign() of the prototypes before retraining (C-FSCIL mode 2)")
+    # baselines
+    teen_tau: float = field(16.0, gt=0, help="TEEN calibration temperature")
+    teen_weight: float = field(0.1, ge=0, le=1, help="TEEN calibration weight w")
+    ncm_temperature: float = field(16.0, gt=0, help="NCM cosine temperature (does not change argmax)")
+    legacy_implicit_seeds: bool = field(
+        False, help="C-FSCIL quirk: manual_seed(0) when the model is built, manual_seed(100) in nudging"
+    )
+    seed: int = field(0, help="seed of this model's run (set per seed by the experiment)")
 
     def __post_init__(self) -> None:
-        _check(self.dataset in DATASETS, f"dataset must be one of {DATASETS}, got {self.dataset!r}")
-        _check(self.method in METHODS, f"method must be one of {METHODS}, got {self.method!r}")
-        _check(self.v2v_mode in (1, 2, 3), f"v2v_mode must be 1, 2 or 3, got {self.v2v_mode}")
-        _check(self.ways >= 1 and self.shots >= 1 and self.base_classes >= 1, "ways/shots/base must be >= 1")
-        _check(len(self.seeds) >= 1, "seeds must not be empty")
+        super().__post_init__()
+        if self.nesterov and self.momentum <= 0:
+            raise ConfigError("nesterov=true needs momentum > 0 (torch SGD); set nesterov=false or momentum")
+        if self.node_dim == "split" and self.local_pool is not None:
+            m = self.local_pool * self.local_pool
+            if self.feat_dim % m:
+                raise ConfigError(
+                    f"node_dim=split gives each of the M={m} nodes feat_dim/M dims: feat_dim={self.feat_dim} "
+                    f"is not divisible by {m}"
+                )
 
 
 @dataclass
-class QuickConfig:
-    """Digits experiment of spec §8 (6 base classes, two 2-way 5-shot sessions)."""
+class ExperimentConfig(Config):
+    """One paper table: data, FSCIL protocol, base pre-training, method."""
 
-    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
-    base_classes: int = 6
-    ways: int = 2
-    shots: int = 5
-    pretrain_epochs: int = 30
-    pretrain_lr: float = 0.05
-    meta_iters: int = 300
-    meta_ways: int = 6
-    meta_shots: int = 5
-    meta_queries: int = 5  # queries per class per episode (not fixed by spec §8; CPU budget) [ours]
-    meta_lr: float = 0.01
-    feat_dim: int = 32
-    local_pool: int = 2
-    retrain_iter: int = 10
-    variants: list[str] = field(default_factory=lambda: ["v2v", "g2g_no_lgp", "g2g"])
+    name: str = field("cifar100", help="run name (output sub-folder)")
+    dataset: Dataset = field("cifar100", help="dataset")
+    data_root: str = field("data/cifar100", help="local dataset folder (nothing is downloaded by default)")
+    index_dir: str | None = field(
+        None, help="TOPIC-style session_k.txt lists; null: sessions generated reproducibly (split_seed)"
+    )
+    download: bool = field(False, help="let torchvision download CIFAR-100 into data_root")
+    image_size: int = field(32, ge=1, help="input size in pixels")
+    base_classes: int = field(60, ge=1, help="classes of session 0")
+    ways: int = field(5, ge=1, help="new classes per incremental session")
+    shots: int = field(5, ge=1, help="labelled images per new class")
+    num_sessions: int | None = field(8, ge=1, help="incremental sessions; null: as many as the classes allow")
+    split_seed: int = field(1, help="seed of generated sessions and of the digits/ImageNet-R splits")
+    imagenet_r_test_frac: float = field(
+        0.2, gt=0, lt=1, help="(ours) ImageNet-R has no official split: test share per class"
+    )
+    method: Method = field("g2g", help="method of `run`: g2g, v2v (C-FSCIL), ncm, teen")
+    v2v_mode: Literal[1, 2, 3] = field(
+        1, help="C-FSCIL incremental mode of v2v: 1 none, 2 retrain + bipolarise, 3 retrain + nudging"
+    )
+    variants: list[Variant] = field(
+        default_factory=lambda: ["v2v", "g2g_plain", "g2g_no_cag2g", "g2g_no_lgp", "g2g"],
+        help=f"variants of `ablate` and the quick reproduction, one shared pre-training per seed; one of "
+        f"{list(VARIANTS)}",
+    )
+    seeds: list[int] = field(default_factory=lambda: [0], help="seeds; one full run per seed")
+    pretrain_epochs: int = field(120, ge=0, help="base pre-training epochs (C-FSCIL CIFAR recipe)")
+    pretrain_lr: float = field(0.01, gt=0, help="pre-training learning rate (C-FSCIL)")
+    pretrain_step: int = field(30, ge=1, help="pre-training StepLR step in epochs (C-FSCIL)")
+    pretrain_batch: int = field(128, ge=2, help="global pre-training batch (split over processes)")
+    eval_batch: int = field(256, ge=1, help="evaluation batch")
+    num_workers: int = field(0, ge=0, help="DataLoader workers for image files")
+    device: str = field("auto", help="cpu, cuda, cuda:1 or auto")
+    out_dir: str = field("runs/g2g-fscil", help="output folder")
+    ckpt_every: int = field(1000, ge=0, help="meta-training checkpoint interval in episodes (0: none)")
+    model: G2GConfig = field(default_factory=G2GConfig, help="the method")
 
     def __post_init__(self) -> None:
-        known = (
-            "v2v",
-            "v2v_mode2",
-            "v2v_mode3",
-            "g2g",
-            "g2g_no_lgp",
-            "g2g_no_cag2g",
-            "g2g_plain",
-            "g2g_anti_collapse",
-        )
-        bad = [v for v in self.variants if v not in known]
-        _check(not bad, f"unknown quick variants {bad}; valid: {list(known)}")
-        _check(len(self.seeds) >= 1, "seeds must not be empty")
+        super().__post_init__()
+        if not self.seeds:
+            raise ConfigError("seeds must not be empty")
+        bad = [v for v in self.variants if v not in VARIANTS]
+        if bad:
+            raise ConfigError(f"unknown variants {bad}; valid: {list(VARIANTS)}")
+        total = DATASET_CLASSES[self.dataset]
+        sessions = self.num_sessions or 0
+        if self.dataset == "digits":
+            sessions = 1  # digits runs as many sessions as its 10 classes allow
+        if self.base_classes + self.ways * sessions > total:
+            raise ConfigError(
+                f"{self.dataset} has {total} classes: base_classes={self.base_classes} + ways={self.ways} x "
+                f"sessions={sessions} do not fit"
+            )
+        if self.model.meta_ways > self.base_classes:
+            raise ConfigError(
+                f"an episode cannot have more ways (model.meta_ways={self.model.meta_ways}) than there are "
+                f"base classes ({self.base_classes})"
+            )
 
 
 def preset(name: str) -> ExperimentConfig:
-    """Paper-table presets: ``cifar100``, ``cub200``, ``imagenet_r`` (spec §5)."""
-    if name == "cifar100":
-        return ExperimentConfig()
-    if name == "cub200":
-        return ExperimentConfig(
-            name="cub200",
-            dataset="cub200",
-            data_root="data/CUB_200_2011",
-            image_size=224,
-            base_classes=100,
-            ways=10,
-            num_sessions=10,
-            pretrain_lr=0.001,
-            model=G2GConfig(backbone="resnet18", pretrained_backbone=True, local_pool=3),
-        )
-    if name == "imagenet_r":
-        return ExperimentConfig(
-            name="imagenet_r",
-            dataset="imagenet_r",
-            data_root="data/imagenet-r",
-            image_size=224,
-            base_classes=100,
-            ways=10,
-            num_sessions=10,
-            model=G2GConfig(backbone="resnet18", pretrained_backbone=True, local_pool=3),
-        )
-    raise ConfigError(f"unknown preset {name!r}; use cifar100, cub200 or imagenet_r")
+    """A shipped config by name (``cifar100``, ``cub200``, ``imagenet_r``, ``digits``, ``quick``, ...)."""
+    return load_config(ExperimentConfig, resolve_config("g2g_fscil", name))

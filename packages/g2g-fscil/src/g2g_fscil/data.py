@@ -1,4 +1,4 @@
-"""FSCIL data for the trainer (spec §5): sklearn digits (offline), CIFAR100, CUB200, ImageNet-R.
+"""FSCIL data: sklearn digits (offline), CIFAR100, CUB200, ImageNet-R (splits as in C-FSCIL/TOPIC).
 
 Every loader returns :class:`FSCILData`. Real datasets are read from local folders only; when the files
 are absent the error is a ``DatasetNotFoundError`` naming the path and how to get the data. Sessions come
@@ -51,7 +51,7 @@ def gather(ds: Dataset, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def digits_data(base: int = 6, ways: int = 2, shots: int = 5, seed: int = 0) -> FSCILData:
-    """sklearn digits, 8x8 grey (spec §8): base classes 0..base-1, then ``ways``-way ``shots``-shot."""
+    """sklearn digits, 8x8 grey (ours): base classes 0..base-1, then ``ways``-way ``shots``-shot."""
     xtr, ytr, xte, yte, split = load_digits_fscil(base=base, ways=ways, shots=shots, seed=seed)
     tr = TensorDataset(xtr, ytr)
     return FSCILData("digits", tr, tr, TensorDataset(xte, yte), ytr, yte, split, 1, 8, None)

@@ -1,4 +1,4 @@
-"""Local-feature graphs (spec §3.1, §3.3).
+"""Local-feature graphs (G2G input graphs; paper: concept, ours: construction).
 
 A feature map ``F in R^{B x D x H x W}`` becomes ``M = H*W`` local features (optionally after an adaptive
 average pool to ``r x r``); the projection ``g_phi`` is applied to each node (a 1x1 conv sharing the FC
@@ -96,7 +96,7 @@ def offdiag_vec(a: torch.Tensor) -> torch.Tensor:
 
 
 def collapse_index(a: torch.Tensor) -> float:
-    """Mean off-diagonal ``A_ij`` (spec §3.4): 1.0 means every local feature points the same way."""
+    """Mean off-diagonal ``A_ij`` (ours, the LGP diagnostic): 1.0 means every local feature points the same way."""
     if a.shape[-1] < 2:
         return float("nan")
     return float(offdiag_vec(a).mean())

@@ -1,6 +1,15 @@
-"""Memory read-out: V2V and G2G similarities, sharpening and normalisation (spec §3.2, §3.3)."""
+"""Memory read-out: V2V and G2G similarities, sharpening and normalisation.
+
+V2V (C-FSCIL ``model.py:KeyValueNetwork.forward``, ``torch_blocks.py:cosine_similarity_multi``):
+``sim_c = cos(rho(q), rho(p_c))``. G2G (paper: concept, Sec. III of arXiv 2403.04140; ours: equations):
+``S = alpha * S_node + (1 - alpha) * S_edge`` between an input graph (nodes ``Z [M, d]``, adjacency
+``A [M, M]``) and a prototype graph. Sharpening and normalisation follow C-FSCIL (``softabs``,
+``normalize_weightings``).
+"""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -70,7 +79,7 @@ def g2g_similarity(
     edge_sim: str = "cosine",
 ) -> torch.Tensor:
     """``S = alpha * S_node + (1 - alpha) * S_edge`` between input graphs ``(z [B,M,d], a [B,M,M])`` and
-    prototype graphs ``(zc [C,M,d], ac [C,M,M])`` -> ``[B, C]`` (spec §3.3).
+    prototype graphs ``(zc [C,M,d], ac [C,M,M])`` -> ``[B, C]`` (ours).
 
     With ``M = 1`` there are no edges and ``alpha`` is forced to 1, so G2G equals V2V on the nodes.
     """
@@ -89,41 +98,43 @@ def g2g_similarity(
     return alpha * s_node + (1.0 - alpha) * edge_similarity(a, ac, edge_sim)
 
 
-class PreparedGraphs(tuple):
-    """Prototype graphs in the form the default read-out consumes: l2-normalised nodes flattened to
-    ``[C, M*d]`` and l2-normalised off-diagonal edge vectors ``[C, M(M-1)]`` (computed once per memory
-    state instead of at every query batch)."""
+@dataclass(frozen=True)
+class PreparedGraphs:
+    """Prototype graphs in the form of the default read-out (aligned nodes, cosine edges), computed once
+    per memory state: l2-normalised nodes flattened and transposed to ``[M*d, C]`` and scaled by
+    ``alpha / M``, l2-normalised off-diagonal edge vectors ``[M(M-1), C]`` scaled by ``1 - alpha`` (``None``
+    without an edge term). A query batch then costs one matrix product per term (ours)."""
 
-    @property
-    def nodes(self) -> torch.Tensor:
-        return self[0]
-
-    @property
-    def edges(self) -> torch.Tensor:
-        return self[1]
-
-
-def prepare_graphs(zc: torch.Tensor, ac: torch.Tensor) -> PreparedGraphs:
-    nodes = F.normalize(zc, dim=-1, eps=_EPS).flatten(1)
-    edges = (
-        F.normalize(offdiag_vec(ac), dim=-1, eps=_EPS) if zc.shape[1] > 1 else zc.new_empty(zc.shape[0], 0)
-    )
-    return PreparedGraphs((nodes, edges))
+    nodes_t: torch.Tensor
+    edges_t: torch.Tensor | None
+    alpha: float
+    num_nodes: int
 
 
-def g2g_similarity_prepared(z: torch.Tensor, a: torch.Tensor, prep: PreparedGraphs, alpha: float = 0.5):
+def prepare_graphs(zc: torch.Tensor, ac: torch.Tensor, alpha: float = 0.5) -> PreparedGraphs:
+    m = zc.shape[1]
+    edge = m >= 2 and alpha < 1.0
+    node_w = (alpha if edge else 1.0) / m
+    nodes_t = (F.normalize(zc, dim=-1, eps=_EPS).flatten(1) * node_w).T.contiguous()
+    edges_t = None
+    if edge:
+        edges_t = (F.normalize(offdiag_vec(ac), dim=-1, eps=_EPS) * (1.0 - alpha)).T.contiguous()
+    return PreparedGraphs(nodes_t, edges_t, float(alpha), m)
+
+
+def g2g_similarity_prepared(z: torch.Tensor, a: torch.Tensor, prep: PreparedGraphs) -> torch.Tensor:
     """:func:`g2g_similarity` for ``node_match="aligned"``, ``edge_sim="cosine"`` against prepared
-    prototypes (same result, fewer operations per query)."""
+    prototypes (same result; see :class:`PreparedGraphs`)."""
     m = z.shape[1]
-    if prep.nodes.shape[1] != m * z.shape[2]:
+    if m != prep.num_nodes or prep.nodes_t.shape[0] != m * z.shape[2]:
         raise ValueError(
-            f"prepared prototypes have {prep.nodes.shape[1]} node features, queries {m * z.shape[2]}"
+            f"prepared prototypes have {prep.num_nodes} nodes and {prep.nodes_t.shape[0]} node features, "
+            f"queries {m} and {m * z.shape[2]}"
         )
-    s_node = F.normalize(z, dim=-1, eps=_EPS).flatten(1) @ prep.nodes.T / m
-    if m < 2 or alpha >= 1.0:
-        return s_node
-    s_edge = F.normalize(offdiag_vec(a), dim=-1, eps=_EPS) @ prep.edges.T
-    return alpha * s_node + (1.0 - alpha) * s_edge
+    s = F.normalize(z, dim=-1, eps=_EPS).flatten(1) @ prep.nodes_t
+    if prep.edges_t is None:
+        return s
+    return torch.addmm(s, F.normalize(offdiag_vec(a), dim=-1, eps=_EPS), prep.edges_t)
 
 
 def softabs(x: torch.Tensor, beta: float = 10.0) -> torch.Tensor:

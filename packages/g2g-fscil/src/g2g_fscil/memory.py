@@ -1,12 +1,14 @@
-"""Explicit memory (EM) of class prototypes and prototype graphs (spec §3.2, §3.3).
+"""Explicit memory (EM) of class prototypes and prototype graphs.
 
 Per seen class ``c`` EM stores
-* ``feats[c]``  = ``F_bar_c in R^{M x D}``: the mean backbone local-feature map (the G2G ``feat_replay``),
-* ``keys[c]``   = V2V key: the **sum** of the supports' ``g_phi(GAP(F(x)))`` (C-FSCIL writes raw sums and
-  applies ``rho`` at read time),
-* ``nodes[c]``  = ``Z_c``: position-wise mean over the supports of ``rho(g_phi(f_i(x)))``,
+* ``feats[c]``  = ``F_bar_c in R^{M x D}``: the mean backbone local-feature map (ours: the G2G analogue of
+  C-FSCIL's ``feat_replay``, ``model.py:update_feat_replay``, which keeps one mean ``D``-vector per class),
+* ``keys[c]``   = V2V key ``g_phi(mean GAP(F(x)))``: the projection of the class-mean feature, raw (``rho``
+  is applied at read time), as C-FSCIL's ``align()`` builds its evaluation prototypes
+  (``model.py:update_prototypes_feat`` on ``feat_replay``),
+* ``nodes[c]``  = ``Z_c``: position-wise mean over the supports of ``rho(g_phi(f_i(x)))`` (ours),
 * ``adj[c]``    = ``A_c``: cos-adjacency of ``Z_c`` (``edge_proto="from_nodes"``) or the mean of the
-  supports' adjacencies (``"mean_adj"``).
+  supports' adjacencies (``"mean_adj"``) (ours).
 
 ``rebuild`` recomputes keys, nodes and edges from ``feats`` with the current ``g_phi`` (always
 ``from_nodes`` for edges: the per-sample adjacencies are not stored). Writing new classes never touches the
@@ -89,10 +91,11 @@ class ExplicitMemory(nn.Module):
         """Drop the cached prepared prototypes (call after assigning ``keys``/``nodes``/``adj`` directly)."""
         self._prepared = None
 
-    def prepared(self) -> PreparedGraphs:
-        """Normalised, flattened prototype graphs for the default read-out, cached until the next change."""
-        if self._prepared is None:
-            self._prepared = prepare_graphs(self.nodes, self.adj)
+    def prepared(self, alpha: float = 0.5) -> PreparedGraphs:
+        """Prototype graphs in the form of the default read-out (one matrix, see
+        :func:`~g2g_fscil.interaction.prepare_graphs`), cached until the next change."""
+        if self._prepared is None or self._prepared.alpha != alpha:
+            self._prepared = prepare_graphs(self.nodes, self.adj, alpha)
         return self._prepared
 
     def reset(self) -> None:
@@ -112,9 +115,9 @@ class ExplicitMemory(nn.Module):
     ):
         """Append the classes of ``stats`` (see :func:`class_stats`); a class already stored is an error.
 
-        ``node_proto="mean_rho"`` (spec §3.3): ``Z_c = mean rho(g(f_i))``; ``"rho_sum"``: ``rho(sum g(f_i))``,
-        the C-FSCIL write convention (rho after summing), under which G2G with M = 1 equals V2V at memory
-        level.
+        ``node_proto="mean_rho"`` (ours): ``Z_c = mean rho(g(f_i))``; ``"rho_key"``: ``rho(mean g(f_i))``,
+        the convention of the V2V key (``rho`` after aggregating), under which G2G with M = 1 equals V2V at
+        memory level.
         """
         if not stats:
             raise ValueError("nothing to write: stats is empty")
@@ -130,14 +133,14 @@ class ExplicitMemory(nn.Module):
                 f"maps have shape [M, D]={tuple(feats.shape[1:])}, memory expects "
                 f"{tuple(self.feats.shape[1:])}"
             )
-        keys = torch.stack([stats[c]["keys"] for c in cs]).to(self.keys)
+        keys = torch.stack([stats[c]["keys"] for c in cs]).to(self.keys) / n.view(-1, 1)
         if node_proto == "mean_rho":
             nodes = torch.stack([stats[c]["nodes"] for c in cs]).to(self.nodes) / n.view(-1, 1, 1)
-        elif node_proto == "rho_sum":
-            raw = torch.stack([stats[c]["raw"] for c in cs]).to(self.nodes)
+        elif node_proto == "rho_key":
+            raw = torch.stack([stats[c]["raw"] for c in cs]).to(self.nodes) / n.view(-1, 1, 1)
             nodes = represent(raw, representation)
         else:
-            raise ValueError(f"node_proto must be mean_rho|rho_sum, got {node_proto!r}")
+            raise ValueError(f"node_proto must be mean_rho|rho_key, got {node_proto!r}")
         if edge_proto == "from_nodes":
             adj = cosine_adjacency(nodes, knn)
         elif edge_proto == "mean_adj":
@@ -163,13 +166,14 @@ class ExplicitMemory(nn.Module):
         knn: int | None = None,
         node_proto: str = "mean_rho",
     ) -> None:
-        """Write the classes of ``labels`` from backbone local maps ``[K, M, D]`` (spec §3.3)."""
+        """Write the classes of ``labels`` from backbone local maps ``[K, M, D]``."""
         stats = class_stats(labels, maps, proj, representation, knn)
         self.write_stats(stats, edge_proto, knn, node_proto, representation)
 
     @torch.no_grad()
     def rebuild(self, proj: nn.Module, representation: str = "tanh", knn: int | None = None) -> None:
-        """Recompute keys, nodes and edges of every class from the stored ``F_bar_c`` (spec §3.6 step 4)."""
+        """Recompute keys, nodes and edges of every class from the stored ``F_bar_c`` (C-FSCIL ``align()``
+        stage 5, on local maps)."""
         self._prepared = None
         if len(self) == 0:
             return

@@ -1,4 +1,4 @@
-"""``G2GNet``: backbone + projection ``g_phi`` + explicit memory (spec §3, §7)."""
+"""``G2GNet``: backbone + projection ``g_phi`` + explicit memory (C-FSCIL ``KeyValueNetwork`` with graphs)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from g2g_fscil.config import G2GConfig
 from g2g_fscil.graphs import check_finite, cosine_adjacency, local_features, represent
 from g2g_fscil.interaction import g2g_similarity, g2g_similarity_prepared, v2v_similarity, weightings
 from g2g_fscil.memory import ExplicitMemory
+from papers_shared.errors import ConfigError
 
 __all__ = ["G2GNet", "infer_num_nodes"]
 
@@ -53,10 +54,20 @@ class G2GNet(nn.Module):
             config.backbone, config.in_channels, config.pretrained_backbone, config.backbone_weights
         )
         dim = self.backbone.out_dim
-        self.proj = nn.Linear(dim, config.feat_dim)
-        self.head = nn.Linear(dim, num_classes)  # pre-training head on D features (spec §3.6 stage 1)
         self.num_nodes = infer_num_nodes(self.backbone, config.in_channels, image_size, config.local_pool)
-        self.memory = ExplicitMemory(dim, config.feat_dim, self.num_nodes)
+        self.proj_dim = config.feat_dim
+        if config.node_dim == "split" and config.interaction == "g2g":
+            if config.feat_dim % self.num_nodes:
+                raise ConfigError(
+                    f"node_dim=split gives each of the M={self.num_nodes} nodes feat_dim/M dims: "
+                    f"feat_dim={config.feat_dim} is not divisible by {self.num_nodes}"
+                )
+            self.proj_dim = config.feat_dim // self.num_nodes
+        self.proj = nn.Linear(dim, self.proj_dim)
+        self.head = nn.Linear(
+            dim, num_classes
+        )  # pre-training head on D features (ours, see README Deviations)
+        self.memory = ExplicitMemory(dim, self.proj_dim, self.num_nodes)
         mean, std = _NORMS.get(input_norm, ((0.0,) * config.in_channels, (1.0,) * config.in_channels))
         if input_norm is not None and input_norm not in _NORMS:
             raise ValueError(f"input_norm must be one of {sorted(_NORMS)} or None, got {input_norm!r}")
@@ -67,6 +78,15 @@ class G2GNet(nn.Module):
             )
         self.register_buffer("in_mean", torch.tensor(mean).view(1, -1, 1, 1))
         self.register_buffer("in_std", torch.tensor(std).view(1, -1, 1, 1))
+
+    def train(self, mode: bool = True) -> G2GNet:
+        """``nn.Module.train``; with ``config.freeze_bn`` the backbone's BatchNorm layers stay in eval mode."""
+        super().train(mode)
+        if mode and self.config.freeze_bn:
+            for m in self.backbone.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.eval()
+        return self
 
     # --- features -------------------------------------------------------------------------------
     def _check_input(self, x: torch.Tensor) -> torch.Tensor:
@@ -110,7 +130,7 @@ class G2GNet(nn.Module):
         q, z, a = self.embed(self.local_maps(x))
         c = self.config
         if c.interaction == "g2g" and c.node_match == "aligned" and c.edge_sim == "cosine":
-            return g2g_similarity_prepared(z, a, self.memory.prepared(), c.alpha)
+            return g2g_similarity_prepared(z, a, self.memory.prepared(c.alpha))
         nodes, adj = self.memory.graphs()
         return self.similarity(q, z, a, self.memory.vectors(), nodes, adj)
 

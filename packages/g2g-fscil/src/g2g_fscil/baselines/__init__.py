@@ -1,7 +1,14 @@
-"""Baselines sharing the G2G trainer (spec §4): V2V/C-FSCIL (``interaction="v2v"`` with
-:func:`g2g_fscil.trainer.method_config`), NCM (decoupled cosine) and TEEN (training-free calibration)."""
+"""Baselines sharing the G2G pipeline: V2V / C-FSCIL (``interaction="v2v"``, modes 1-3, prototype
+nudging), NCM (decoupled cosine) and TEEN (training-free prototype calibration)."""
 
 from g2g_fscil.baselines.ncm import NCMClassifier, teen_calibrate
-from g2g_fscil.baselines.v2v import v2v_config
+from g2g_fscil.baselines.v2v import method_config, nudge_prototypes, nudging_loss, v2v_config
 
-__all__ = ["NCMClassifier", "teen_calibrate", "v2v_config"]
+__all__ = [
+    "NCMClassifier",
+    "method_config",
+    "nudge_prototypes",
+    "nudging_loss",
+    "teen_calibrate",
+    "v2v_config",
+]

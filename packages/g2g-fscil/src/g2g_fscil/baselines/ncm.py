@@ -1,4 +1,4 @@
-"""NCM (decoupled cosine classifier on a frozen backbone) and TEEN calibration (spec §4).
+"""NCM (decoupled cosine classifier on a frozen backbone) and TEEN calibration (Wang et al., NeurIPS 2023).
 
 NCM: class prototype = mean of the GAP backbone features; prediction ``argmax_c s * cos(x, p_c)`` with
 temperature ``s = 16`` (the temperature does not change the argmax). TEEN calibrates every new prototype
