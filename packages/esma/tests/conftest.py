@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
@@ -40,3 +42,34 @@ def tiny_bank():
 @pytest.fixture
 def fixed_logits_cls():
     return FixedLogits
+
+
+class _Evil:
+    """A pickle that, when loaded with full unpickling, creates a file (stands for arbitrary code)."""
+
+    def __init__(self, target: Path) -> None:
+        self.target = target
+
+    def __reduce__(self):
+        return (Path.touch, (self.target,))
+
+
+@pytest.fixture
+def evil_file(tmp_path):
+    """``(path, target)``: a torch file holding a crafted pickle that would create ``target``."""
+    target = tmp_path / "pwned"
+    path = tmp_path / "evil.pt"
+    torch.save({"format": "esma-generator-v1", "state_dict": {"w": torch.zeros(1)}, "x": _Evil(target)}, path)
+    return path, target
+
+
+@pytest.fixture
+def refused():
+    """``check(exc_info, path, target)``: the error is one line naming the file, and nothing ran."""
+
+    def check(exc_info, path, target) -> None:
+        msg = str(exc_info.value)
+        assert str(path) in msg and "\n" not in msg and "could run code" in msg
+        assert not target.exists()
+
+    return check

@@ -3,6 +3,7 @@ import torch
 
 from esma import GCT, EsmaGenerator, load_generator, save_generator
 from esma.generator import LinearAttention
+from papers_shared.errors import CheckpointError
 
 
 def test_default_parameter_count_and_size():
@@ -101,8 +102,10 @@ def test_parameter_groups_partition(tiny_gen):
 
 
 def test_save_load_round_trip(tmp_path, tiny_gen):
-    path = tmp_path / "g.pt"
-    save_generator(path, tiny_gen, [3, 5, 7, 9])
+    path = save_generator(tmp_path / "g.safetensors", tiny_gen, [3, 5, 7, 9], epoch=3)
+    from esma.weights import is_safetensors
+
+    assert is_safetensors(path)
     g2, ids = load_generator(path)
     assert ids == [3, 5, 7, 9]
     x = torch.rand(2, 3, 16, 16)
@@ -111,7 +114,38 @@ def test_save_load_round_trip(tmp_path, tiny_gen):
     g2.eval()
     assert torch.equal(tiny_gen(x, t), g2(x, t))
     with pytest.raises(FileNotFoundError):
-        load_generator(tmp_path / "missing.pt")
+        load_generator(tmp_path / "missing.safetensors")
     torch.save({"x": 1}, tmp_path / "bad.pt")
-    with pytest.raises(ValueError, match="not an ESMA generator"):
+    with pytest.raises(CheckpointError, match="bad.pt is not an ESMA generator"):
         load_generator(tmp_path / "bad.pt")
+
+
+def test_legacy_pt_generator_still_loads(tmp_path, tiny_gen):
+    from esma.generator import generator_kwargs
+
+    old = {"format": "esma-generator-v1", "kwargs": generator_kwargs(tiny_gen), "state_dict": tiny_gen.state_dict(),
+           "class_ids": [3, 5, 7, 9], "stage": 1}  # fmt: skip
+    torch.save(old, tmp_path / "g.pt")
+    g2, ids = load_generator(tmp_path / "g.pt")
+    assert ids == [3, 5, 7, 9]
+    assert all(torch.equal(a, b) for a, b in zip(g2.state_dict().values(), tiny_gen.state_dict().values()))
+
+
+def test_generator_loader_refuses_crafted_pickle(evil_file, refused):
+    path, target = evil_file
+    with pytest.raises(CheckpointError) as err:
+        load_generator(path)
+    refused(err, path, target)
+
+
+def test_damaged_or_foreign_generator_files(tmp_path, tiny_gen):
+    path = save_generator(tmp_path / "g.safetensors", tiny_gen, [3, 5, 7, 9])
+    data = path.read_bytes()
+    (tmp_path / "cut.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="cut.safetensors"):
+        load_generator(tmp_path / "cut.safetensors")
+    from esma import EasySampleBank
+
+    EasySampleBank(torch.zeros(2, 3), [0, 1]).save(tmp_path / "bank.safetensors")
+    with pytest.raises(CheckpointError, match="not an ESMA generator file"):
+        load_generator(tmp_path / "bank.safetensors")

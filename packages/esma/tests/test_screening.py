@@ -8,6 +8,7 @@ from torch.utils.data import TensorDataset
 from esma import EasySampleBank, easy_sample_thresholds, per_sample_loss_gradnorm, screen_easy_samples
 from esma.screening import class_mean_logits, select_indices
 from papers_shared.attacks import ImageNetWrapper, tiny_cnn
+from papers_shared.errors import CheckpointError
 
 
 def test_threshold_is_qth_distinct_value():
@@ -117,23 +118,79 @@ def test_gradient_is_taken_wrt_normalized_input():
 
 def test_bank_round_trip_and_errors(tmp_path, tiny_bank):
     tiny_bank.indices = {0: [1, 2]}
-    path = tiny_bank.save(tmp_path / "bank.pt")
+    tiny_bank.stats = {0: {"index": [1, 2, 4], "loss": [0.5, 0.25, 3.0], "gradnorm": [1.0, 2.0, 0.125]}}
+    tiny_bank.class_means = torch.randn(4, 10)
+    tiny_bank.fallback_used = [2]
+    path = tiny_bank.save(tmp_path / "bank.safetensors")
     b2 = EasySampleBank.load(path)
-    assert (
-        torch.equal(b2.anchors, tiny_bank.anchors)
-        and b2.class_ids == [3, 5, 7, 9]
-        and b2.indices[0] == [1, 2]
-    )
+    assert torch.equal(b2.anchors, tiny_bank.anchors) and torch.equal(b2.class_means, tiny_bank.class_means)
+    assert b2.class_ids == [3, 5, 7, 9] and b2.indices[0] == [1, 2] and b2.stats == tiny_bank.stats
+    assert b2.kind == "easy" and b2.q == 2 and b2.fallback_used == [2] and b2.boundary_admitted == []
     assert b2.to_index(torch.tensor([9, 3])).tolist() == [3, 0]
     assert b2.to_index(torch.tensor([4]), strict=False).tolist() == [-1]
     with pytest.raises(ValueError, match="not target classes"):
         b2.to_index(torch.tensor([4]))
     with pytest.raises(FileNotFoundError, match="esma screen"):
-        EasySampleBank.load(tmp_path / "nope.pt")
+        EasySampleBank.load(tmp_path / "nope.safetensors")
     with pytest.raises(ValueError, match="NaN"):
         EasySampleBank(torch.tensor([[float("nan")]]), [0])
     with pytest.raises(ValueError, match="class ids"):
         EasySampleBank(torch.zeros(2, 3), [0])
+
+
+def test_legacy_pt_bank_loads_and_foreign_files_are_refused(tmp_path, tiny_bank, evil_file, refused):
+    old = {"format": "esma-bank-v1", "anchors": tiny_bank.anchors, "class_ids": [3, 5, 7, 9], "kind": "hard",
+           "q": 3, "indices": {0: [4]}, "stats": {}, "class_means": None, "fallback_used": []}  # fmt: skip
+    torch.save(old, tmp_path / "old.pt")
+    b = EasySampleBank.load(tmp_path / "old.pt")
+    assert (
+        b.kind == "hard" and b.q == 3 and b.indices == {0: [4]} and torch.equal(b.anchors, tiny_bank.anchors)
+    )
+    path, target = evil_file
+    with pytest.raises(CheckpointError) as err:
+        EasySampleBank.load(path)
+    refused(err, path, target)
+    torch.save({"anchors": 1}, tmp_path / "foreign.pt")
+    with pytest.raises(CheckpointError, match="foreign.pt is not an ESMA easy-sample bank"):
+        EasySampleBank.load(tmp_path / "foreign.pt")
+
+
+class _BatchSensitive(torch.nn.Module):
+    """Class-0 logit = a per-sample margin (sample id in pixel [0, 0, 0]), scaled by ``1 + delta`` when the
+    batch holds one image: the float noise between a batched and a batch-of-one pass, made visible."""
+
+    def __init__(self, margins, delta):
+        super().__init__()
+        self.register_buffer("margins", torch.tensor(margins))
+        self.delta = delta
+
+    def forward(self, x):
+        ids = torch.round(x[:, 0, 0, 0].detach() * 100).long()
+        m = self.margins[ids] * (1 + self.delta if x.shape[0] == 1 else 1.0)
+        z = torch.zeros(x.shape[0], 3)
+        z[:, 0] = m
+        return z + 0.01 * x.flatten(1)[:, 1:].sum(1, keepdim=True) * torch.tensor([-1.0, 0.0, 1.0])
+
+
+def test_legacy_screening_boundary_admits_the_threshold_sample():
+    """Official ``Sample_screening.find_target_matches``: thresholds from the batched pass, admission of the
+    batch-of-one recomputation -> the q-th sample (which defines both thresholds) gets in."""
+    margins = [5.0, 4.0, 3.0, 2.0, 1.0, 0.5]
+    x = torch.full((6, 3, 4, 4), 0.5)
+    x[:, 0, 0, 0] = torch.arange(6) / 100
+    data = TensorDataset(x, torch.zeros(6, dtype=torch.long))
+    model = _BatchSensitive(margins, delta=1e-3)
+    ours = screen_easy_samples(model, data, [0], q=2, grad_wrt="pixel")
+    legacy = screen_easy_samples(model, data, [0], q=2, grad_wrt="pixel", legacy_boundary=True)
+    assert ours.indices[0] == [0, 1] and ours.boundary_admitted == []
+    assert legacy.indices[0] == [0, 1, 2] and legacy.boundary_admitted == [0]
+    # anchors are the batch-of-one logits there, as in the official code
+    single = torch.stack([model(x[i : i + 1])[0] for i in range(3)]).mean(0)
+    assert torch.allclose(legacy.anchors[0], single)
+    # without the noise both rules agree
+    plain = _BatchSensitive(margins, delta=0.0)
+    same = screen_easy_samples(plain, data, [0], q=2, grad_wrt="pixel", legacy_boundary=True)
+    assert same.indices[0] == [0, 1] and same.boundary_admitted == []
 
 
 def test_screening_bad_inputs(fixed_logits_cls):

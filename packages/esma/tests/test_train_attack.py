@@ -67,10 +67,61 @@ def test_fit_checkpoint_and_resume(tmp_path, source):
     resumed.fit(loader, epochs=2, ckpt_dir=tmp_path, resume=True, progress=False)
     assert resumed.step == 4 and resumed.epoch == 2
     assert resumed.history == pytest.approx(full.history, rel=1e-5)
-    gen, ids = load_generator(tmp_path / "generator.pt")
+    gen, ids = load_generator(tmp_path / "generator.safetensors")
     assert ids == [3, 5, 7, 9]
     for a, b in zip(gen.state_dict().values(), full.generator.state_dict().values()):
         assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_fit_on_a_dataset_equals_fit_on_its_loader(source):
+    """The sampler path (what torchrun shards) sees the same batches as a DataLoader over the same
+    permutation: DistributedSampler(seed) with one replica = randperm(generator seeded with seed)."""
+    from esma import EsmaGenerator
+
+    def make():
+        torch.manual_seed(0)
+        return EsmaGenerator(4, ch=16, ch_mult=(1, 2))
+
+    bank = EasySampleBank(torch.randn(4, 10), [3, 5, 7, 9])
+    ds = TensorDataset(torch.rand(12, 3, 8, 8), torch.tensor([3, 5, 7, 9] * 3))
+    a = EsmaTrainer(make(), source, bank, eps_train=0.1, lr=1e-3, seed=2)
+    a.fit(ds, epochs=2, batch_size=4, progress=False)
+    perm = [torch.randperm(12, generator=torch.Generator().manual_seed(2 + e)).tolist() for e in range(2)]
+    batches = [ds[p[i : i + 4]] for p in perm for i in range(0, 12, 4)]
+    b = EsmaTrainer(make(), source, bank, eps_train=0.1, lr=1e-3, seed=2)
+    b.fit(batches, epochs=1, progress=False)
+    assert a.step == b.step == 6 and a.history == pytest.approx(b.history, rel=1e-6)
+    with pytest.raises(ValueError, match="batch_size"):
+        a.fit(ds, epochs=3, progress=False)
+
+
+def test_bf16_inference_stays_close_to_fp32(tiny_gen):
+    from esma.attack import InferenceGenerator
+
+    torch.manual_seed(0)
+    x = torch.rand(6, 3, 16, 16)
+    t = torch.tensor([24, 99, 245, 344, 24, 99])
+    fp32 = EsmaAttack(tiny_gen, [24, 99, 245, 344], eps=8 / 255)
+    bf16 = EsmaAttack(tiny_gen, [24, 99, 245, 344], eps=8 / 255, precision="bf16")
+    tiny_gen.train()
+    a, b = fp32(x, t), bf16(x, t)
+    assert tiny_gen.training  # the generator's mode is restored
+    assert b.dtype == torch.float32 and float(linf_distance(b, x).max()) <= 8 / 255 + 1e-6
+    assert 0 < float((a - b).abs().max()) <= 8 / 255  # bf16 moves pixels, never past the budget
+    assert float((a - b).abs().mean()) < 2e-3
+    assert bf16.describe()["precision"] == "bf16"
+    with pytest.raises(ValueError, match="precision"):
+        InferenceGenerator(tiny_gen, precision="fp16")
+
+
+def test_generator_body_compiles_as_one_graph(tiny_gen):
+    """``fullgraph=True`` fails on any graph break; the ``eager`` backend checks the capture without the
+    minutes of C++ compilation that inductor needs on CPU (the benchmark measures inductor)."""
+    x = torch.rand(2, 3, 16, 16)
+    t = torch.tensor([24, 99])
+    eager = EsmaAttack(tiny_gen, [24, 99, 245, 344], eps=8 / 255)(x, t)
+    compiled = EsmaAttack(tiny_gen, [24, 99, 245, 344], eps=8 / 255, compile=True, compile_backend="eager")
+    assert torch.allclose(eager, compiled(x, t), atol=1e-6)
 
 
 def test_attack_budget_range_and_label_mapping(tiny_gen):

@@ -3,21 +3,38 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from esma import TTPAttack, TTPGenerator, TTPTrainer, consistency_vs_easiness, load_ttp_checkpoint, ttp_loss
-from esma.ttp import random_rotation
+from esma.baselines.ttp import random_rotation, save_ttp_generator
 from papers_shared.attacks import linf_distance, tiny_cnn
+from papers_shared.errors import CheckpointError
 
 
 def test_ttp_generator_param_count_and_checkpoint(tmp_path):
     g = TTPGenerator()
     assert g.num_parameters() == 7_841_411
     small = TTPGenerator(ngf=8, n_blocks=2)
-    torch.save(small.state_dict(), tmp_path / "netG.pth")
+    torch.save(small.state_dict(), tmp_path / "netG.pth")  # a released TTP checkpoint: a plain state dict
     g2 = load_ttp_checkpoint(tmp_path / "netG.pth")
     assert g2.ngf == 8 and g2.n_blocks == 2
     x = torch.rand(2, 3, 16, 16)
     assert torch.equal(small.eval()(x), g2(x))
+    save_ttp_generator(tmp_path / "ttp.safetensors", small, target=24)
+    g3 = load_ttp_checkpoint(tmp_path / "ttp.safetensors")
+    assert g3.ngf == 8 and g3.n_blocks == 2 and torch.equal(g3(x), g2(x))
     with pytest.raises(FileNotFoundError, match="TTP checkpoint"):
         load_ttp_checkpoint(tmp_path / "none.pth")
+    torch.save([1, 2], tmp_path / "list.pth")
+    with pytest.raises(CheckpointError, match="list.pth is not a TTP generator"):
+        load_ttp_checkpoint(tmp_path / "list.pth")
+    torch.save({"block1.1.weight": torch.zeros(3)}, tmp_path / "wrong.pth")
+    with pytest.raises(CheckpointError, match="wrong.pth does not hold a TTP"):
+        load_ttp_checkpoint(tmp_path / "wrong.pth")
+
+
+def test_ttp_loader_refuses_crafted_pickle(evil_file, refused):
+    path, target = evil_file
+    with pytest.raises(CheckpointError) as err:
+        load_ttp_checkpoint(path)
+    refused(err, path, target)
 
 
 def test_ttp_loss_zero_when_views_match_target_distribution():

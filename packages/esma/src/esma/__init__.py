@@ -2,12 +2,14 @@
 
 One conditional UNet generator ``G(x, k)`` serves all target classes; it is trained so that the source
 model's logits on ``clip(Pi_eps(S(G(x, k)); x))`` match the mean logits of a few *easy* (low-loss,
-low-gradient) training samples of the target class. See ``README.md`` and spec ``esma.md``.
+low-gradient) training samples of the target class. See ``README.md`` and ``docs/methods/esma.md``.
 """
 
 from .analysis import anchor_ablation, consistency_vs_easiness
-from .attack import EasySampleMatchingLoss, EsmaAttack
+from .attack import EasySampleMatchingLoss, EsmaAttack, InferenceGenerator
+from .baselines import TTPAttack, TTPGenerator, TTPTrainer, load_ttp_checkpoint, save_ttp_generator, ttp_loss
 from .config import (
+    EsIterativeConfig,
     EsmaExperimentConfig,
     EvalConfig,
     GeneratorConfig,
@@ -26,7 +28,8 @@ from .generator import (
     load_generator,
     save_generator,
 )
-from .pretrain import pretrain_target_embeddings, stage1_loss, structure_loss
+from .matching import esma_matching_loss
+from .pretrain import stage1_loss, structure_loss
 from .screening import (
     EasySampleBank,
     class_mean_logits,
@@ -34,8 +37,7 @@ from .screening import (
     per_sample_loss_gradnorm,
     screen_easy_samples,
 )
-from .train import EsmaTrainer, esma_matching_loss
-from .ttp import TTPAttack, TTPGenerator, TTPTrainer, load_ttp_checkpoint, ttp_loss
+from .trainer import EsmaTrainer, pretrain_target_embeddings
 
 __version__ = "0.1.0"
 
@@ -43,12 +45,14 @@ __all__ = [
     "GCT",
     "EasySampleBank",
     "EasySampleMatchingLoss",
+    "EsIterativeConfig",
     "EsmaAttack",
     "EsmaExperimentConfig",
     "EsmaGenerator",
     "EsmaTrainer",
     "EvalConfig",
     "GeneratorConfig",
+    "InferenceGenerator",
     "LinearAttention",
     "PretrainConfig",
     "QuickConfig",
@@ -70,6 +74,7 @@ __all__ = [
     "per_sample_loss_gradnorm",
     "pretrain_target_embeddings",
     "save_generator",
+    "save_ttp_generator",
     "screen_easy_samples",
     "stage1_loss",
     "structure_loss",

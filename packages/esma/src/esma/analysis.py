@@ -1,4 +1,5 @@
-"""Empirical checks of the ESMA premise (spec §3.1, §3.7, §8).
+"""Empirical checks of the ESMA premise (the paper's claim that models agree more on easy samples, and that
+moving towards easy target samples helps existing attacks); both measurements are ours.
 
 * :func:`consistency_vs_easiness`: bins samples by the source model's loss (easy -> hard) and reports,
   per bin, the mean cross-model loss gap ``|l_A - l_B|`` and the prediction agreement over all model
@@ -90,7 +91,8 @@ def targeted_pairs(
 
 
 ATTACK_PRESETS = {
-    # name: IterativeAttack switches (spec §4: DI p 0.7, TI kernel 5; Logit keeps the raw TI gradient)
+    # name: IterativeAttack switches (DI p 0.7, TI kernel 5 as in the Logit attack of Zhao et al., NeurIPS 2021;
+    # Logit keeps the raw TI gradient)
     "mi": {"mi": True},
     "dtmi": {"mi": True, "di": True, "ti": True},
     "logit": {"mi": True, "di": True, "ti": True, "normalize_grad": False},

@@ -1,6 +1,9 @@
-"""Data for ESMA: ImageNet subsets of the target classes (spec §3.2, §3.5, §5) and the offline digits
-stand-in. ImageNet folders are read through :mod:`papers_shared.data`; missing folders raise
-:class:`~papers_shared.data.DatasetNotFoundError` naming the path and how to get the data."""
+"""Data for ESMA: ImageNet subsets of the target classes (screening, stage 1, stage 2 and the 10-target
+sub-source evaluation of the official ``Train_Gen/train.py`` / ``transfer_test.py``, gjq100/ESMA commit
+eff2015) and the offline sklearn-digits stand-in. ImageNet folders are read through
+:mod:`papers_shared.data`; missing folders raise :class:`~papers_shared.data.DatasetNotFoundError` naming
+the path and how to get the data. :func:`screening_data`, :func:`train_data` and :func:`val_data` build
+them from an :class:`~esma.config.EsmaExperimentConfig`."""
 
 from __future__ import annotations
 
@@ -20,12 +23,17 @@ from papers_shared.data import (
 )
 
 __all__ = [
+    "digits_dataset",
     "digits_split",
+    "class_images",
     "imagenet_screening_set",
     "imagenet_train_set",
     "imagenet_val_set",
+    "screening_data",
+    "train_data",
     "train_digits_classifier",
     "train_transform",
+    "val_data",
 ]
 
 _HOW = (
@@ -44,8 +52,8 @@ def _check_root(root: str | Path, split: str) -> Path:
 
 def train_transform(image_size: int = 224, crop_scale: Sequence[float] = (0.8, 1.0), grayscale_p: float = 0.2,
                     erasing_p: float = 0.5):  # fmt: skip
-    """Stage-2 augmentation (spec §3.5): RandomResizedCrop(scale 0.8-1, ratio 3/4-4/3), flip,
-    RandomGrayscale(0.2), ToTensor, RandomErasing(0.5, scale 0.03-0.33, ratio 0.3-3.3, value 0)."""
+    """Stage-2 augmentation (official ``train.py:train``): RandomResizedCrop(scale 0.8-1, ratio 3/4-4/3),
+    flip, RandomGrayscale(0.2), ToTensor, RandomErasing(0.5, scale 0.03-0.33, ratio 0.3-3.3, value 0)."""
     from torchvision import transforms
 
     return transforms.Compose(
@@ -82,7 +90,7 @@ def imagenet_val_set(
 
 
 def digits_split(size: int = 16, seed: int = 0) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """sklearn digits, 3 channels, ``size x size``, stratified 70/30 split (spec §8)."""
+    """sklearn digits, 3 channels, ``size x size``, stratified 70/30 split (ours: the offline stand-in)."""
     x, y = load_digits_tensors(size=size, channels=3)
     tr, te = stratified_split(y, test_frac=0.3, seed=seed)
     return {"train": (x[tr], y[tr]), "test": (x[te], y[te])}
@@ -118,3 +126,40 @@ def digits_dataset(split: str, size: int = 16) -> TensorDataset:
     if split not in d:
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
     return TensorDataset(*d[split])
+
+
+def screening_data(cfg) -> Dataset:
+    """Target-class training images with the deterministic transform (screening, stage-1 features)."""
+    if cfg.dataset == "digits":
+        return digits_dataset("train", cfg.digits_size)
+    return imagenet_screening_set(cfg.imagenet_root, cfg.class_ids, cfg.resize, cfg.image_size)
+
+
+def train_data(cfg) -> Dataset:
+    """Stage-2 (and TTP) training images: augmented target-class ImageNet images, or digits."""
+    if cfg.dataset == "digits":
+        return digits_dataset("train", cfg.digits_size)
+    t = cfg.train
+    return imagenet_train_set(
+        cfg.imagenet_root, cfg.class_ids, cfg.image_size,
+        crop_scale=t.crop_scale, grayscale_p=t.grayscale_p, erasing_p=t.erasing_p,
+    )  # fmt: skip
+
+
+def val_data(cfg) -> Dataset:
+    """Evaluation images: the val images of the target classes (sub-source protocol), or digits test."""
+    if cfg.dataset == "digits":
+        return digits_dataset("test", cfg.digits_size)
+    return imagenet_val_set(cfg.imagenet_root, cfg.class_ids, cfg.resize, cfg.image_size)
+
+
+def class_images(dataset: Dataset, class_id: int) -> Dataset:
+    """The images of one class from a digits tensor dataset or an ImageNet subset (TTP's target images)."""
+    from torch.utils.data import Subset
+
+    if isinstance(dataset, TensorDataset):
+        x, y = dataset.tensors
+        return TensorDataset(x[y == class_id], y[y == class_id])
+    base = dataset.dataset if isinstance(dataset, Subset) else dataset
+    positions = getattr(dataset, "indices", range(len(dataset)))
+    return Subset(base, [i for i in positions if base.samples[i][1] == class_id])

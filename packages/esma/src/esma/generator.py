@@ -1,9 +1,10 @@
-"""ESMA's conditional UNet generator ``G(x, k)`` (spec §3.3).
+"""ESMA's conditional UNet generator ``G(x, k)`` (official ``Train_Gen/Generator.py:Generator``, gjq100/ESMA
+commit eff2015; the paper's generator, Gao et al., NeurIPS 2023).
 
 One generator serves all ``K`` target classes: the target index ``k`` is embedded
 (:class:`TargetEmbedding`) and injected into every :class:`ResBlock` through a per-block projection
 (``target_proj``). The output is an *image* in (0, 1) (``(tanh(h) + 1) / 2``), not a residual; the
-attack smooths and projects it onto the eps-ball around ``x`` (spec §3.6).
+attack smooths and projects it onto the eps-ball around ``x`` (``Train_Gen/transfer_test.py:attack``).
 
 Default layout (``ch=32, ch_mult=(1, 2, 3, 4), num_res_blocks=1``) has 4,397,635 parameters.
 """
@@ -35,7 +36,7 @@ def _conv(cin: int, cout: int, k: int, stride: int = 1) -> nn.Conv2d:
 
 
 class TargetEmbedding(nn.Module):
-    """``Embedding(K, ch) -> Linear(ch, tdim) -> GELU -> Linear(tdim, tdim)`` (spec §3.3).
+    """``Embedding(K, ch) -> Linear(ch, tdim) -> GELU -> Linear(tdim, tdim)`` (``Generator.py:TargetEmbedding``).
 
     ``padding_idx=0`` reproduces the official quirk: row 0 of the table is fixed at zero.
     """
@@ -55,7 +56,7 @@ class TargetEmbedding(nn.Module):
 
 
 class LinearAttention(nn.Module):
-    """Linear attention whose queries are derived from the keys (spec §3.3 "Attn").
+    """Linear attention whose queries are derived from the keys (``Generator.py:AttnBlock``).
 
     ``u = GN(h)``; ``[k, v] = split(Conv1x1(u))``; ``q = softmax_C(k) / sqrt(C)``;
     ``kappa = softmax_HW(k)``; ``A = kappa v^T``; ``o = A^T q``; returns ``u + Conv1x1(GELU(GN(o)))``.
@@ -80,7 +81,7 @@ class LinearAttention(nn.Module):
 
 
 class ResBlock(nn.Module):
-    """Residual block conditioned on the target embedding (spec §3.3).
+    """Residual block conditioned on the target embedding (``Generator.py:ResBlock``).
 
     ``h = conv(GN(GELU(x))) + target_proj(e)``; ``h = conv(GN(GELU(h)))``; affine-free LayerNorm over
     (C, H, W); ``h + shortcut(x)``; optional linear attention.
@@ -127,7 +128,7 @@ class UpSample(nn.Module):
 
 
 class GCT(nn.Module):
-    """Gated Channel Transformation, l2 mode (Yang et al., CVPR 2020; spec §3.3).
+    """Gated Channel Transformation, l2 mode (Yang et al., CVPR 2020; ``Generator.py:GCT``).
 
     ``s_c = alpha_c sqrt(sum_hw x_c^2 + eps)``, ``n_c = gamma_c / sqrt(mean_c s_c^2 + eps)``,
     ``out = x (1 + tanh(s_c n_c + beta_c))``. Identity at initialisation (gamma = beta = 0).
@@ -147,7 +148,7 @@ class GCT(nn.Module):
 
 
 class EsmaGenerator(nn.Module):
-    """Conditional UNet ``G(x, k) -> image in (0, 1)`` (spec §3.3).
+    """Conditional UNet ``G(x, k) -> image in (0, 1)`` (``Generator.py:Generator``).
 
     Args:
         num_targets: number of target classes ``K`` (the generator's conditioning vocabulary).
@@ -226,7 +227,7 @@ class EsmaGenerator(nn.Module):
         return 2 ** (len(self.ch_mult) - 1)
 
     def reset_parameters(self) -> None:
-        """Official ``weight_init`` (spec §3.3): Conv2d Xavier-uniform / bias 0.1, GroupNorm 1 / 0,
+        """Official ``Generator.py:Generator.weight_init``: Conv2d Xavier-uniform / bias 0.1, GroupNorm 1 / 0,
         Linear N(0, 0.01^2) / bias 0; ConvTranspose2d and Embedding keep PyTorch's defaults."""
         for mod in self.modules():
             if type(mod) is nn.Conv2d:
@@ -259,7 +260,7 @@ class EsmaGenerator(nn.Module):
                 yield p
 
     def conditioning_vectors(self) -> tuple[Tensor, list[Tensor]]:
-        """``E = TargetEmbedding(0..K-1)`` and ``P_b = target_proj_b(E)`` for every ResBlock (spec §3.4)."""
+        """``E = TargetEmbedding(0..K-1)`` and ``P_b = target_proj_b(E)`` for every ResBlock (stage 1)."""
         idx = torch.arange(self.num_targets, device=self.target_embedding.embedding.weight.device)
         e = self.target_embedding(idx)
         return e, [rb.target_proj(e) for rb in self.res_blocks()]
@@ -286,6 +287,10 @@ class EsmaGenerator(nn.Module):
 
     def forward(self, x: Tensor, target_idx: Tensor) -> Tensor:
         self.check_inputs(x, target_idx)
+        return self.body(x, target_idx)
+
+    def body(self, x: Tensor, target_idx: Tensor) -> Tensor:
+        """The forward pass without input checks (what ``torch.compile`` traces)."""
         emb = self.target_embedding(target_idx.long())
         h = self.head(x)
         skips = [h]
@@ -306,7 +311,7 @@ class EsmaGenerator(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
     def size_mb(self) -> float:
-        """Size of the parameters in MiB (2^20 bytes; the spec's "16.8 MB" for the default layout)."""
+        """Size of the parameters in MiB (2^20 bytes; 16.78 MiB for the default layout)."""
         return sum(p.numel() * p.element_size() for p in self.parameters()) / 2**20
 
     def extra_repr(self) -> str:
@@ -329,26 +334,50 @@ def generator_kwargs(gen: EsmaGenerator) -> dict:
     }
 
 
-def save_generator(path, gen: EsmaGenerator, class_ids: Sequence[int] | None = None, **extra) -> object:
-    """Atomically write ``{"kwargs", "state_dict", "class_ids", ...}``; :func:`load_generator` reads it."""
-    from papers_shared.checkpoints import atomic_save
+GENERATOR_FORMAT = "esma-generator-v2"
 
-    obj = {"format": "esma-generator-v1", "kwargs": generator_kwargs(gen), "state_dict": gen.state_dict()}
-    obj["class_ids"] = None if class_ids is None else [int(c) for c in class_ids]
-    obj.update(extra)
-    return atomic_save(obj, path)
+
+def save_generator(path, gen: EsmaGenerator, class_ids: Sequence[int] | None = None, **extra):
+    """Write ``gen`` as safetensors: its weights, plus the constructor arguments (``config``), the class
+    ids it was trained for and any JSON-able ``extra`` (stage, epoch, ...) as metadata (ours).
+    :func:`load_generator` rebuilds it without running code."""
+    from .weights import write_weights
+
+    ids = None if class_ids is None else [int(c) for c in class_ids]
+    return write_weights(
+        path, gen.state_dict(), GENERATOR_FORMAT, config=generator_kwargs(gen), class_ids=ids, extra=extra
+    )
+
+
+def _legacy_generator(obj) -> tuple[dict, dict]:
+    """A ``torch.save`` generator dict of package version 0.1 (``format: esma-generator-v1``)."""
+    if not isinstance(obj, dict) or obj.get("format") != "esma-generator-v1":
+        raise ValueError("not an ESMA generator (neither safetensors nor an esma-generator-v1 dict)")
+    extra = {k: v for k, v in obj.items() if k not in ("format", "kwargs", "state_dict", "class_ids")}
+    return dict(obj["state_dict"]), {
+        "config": obj["kwargs"],
+        "class_ids": obj.get("class_ids"),
+        "extra": extra,
+    }
 
 
 def load_generator(path, map_location: str | torch.device = "cpu") -> tuple[EsmaGenerator, list[int] | None]:
-    """Rebuild a generator saved by :func:`save_generator`; returns ``(generator, class_ids)``."""
-    from pathlib import Path
+    """Rebuild a generator written by :func:`save_generator`; returns ``(generator, class_ids)``.
 
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"ESMA generator checkpoint not found: {path}")
-    obj = torch.load(path, map_location=map_location, weights_only=True)
-    if not isinstance(obj, dict) or obj.get("format") != "esma-generator-v1":
-        raise ValueError(f"{path} is not an ESMA generator checkpoint (written by save_generator)")
-    gen = EsmaGenerator(**obj["kwargs"])
-    gen.load_state_dict(obj["state_dict"])
-    return gen, obj.get("class_ids")
+    Older ``.pt`` files are read with ``weights_only=True``; a damaged, foreign or code-carrying file
+    raises :class:`~papers_shared.errors.CheckpointError` naming it.
+    """
+    from papers_shared.errors import CheckpointError
+
+    from .weights import read_weights
+
+    tensors, meta = read_weights(
+        path, GENERATOR_FORMAT, "ESMA generator", map_location, legacy=_legacy_generator
+    )
+    try:
+        gen = EsmaGenerator(**meta["config"])
+        gen.load_state_dict(tensors)
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"{path}: cannot rebuild the ESMA generator ({first})") from None
+    return gen.to(map_location), meta.get("class_ids")

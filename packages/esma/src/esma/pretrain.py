@@ -1,4 +1,5 @@
-"""Stage 1: target-embedding pretraining (spec §3.4).
+"""Stage-1 objective: target-embedding pretraining (official ``Train_Gen/train.py:train``, the branch without
+``training_load_weight``, gjq100/ESMA commit eff2015; the loop is :func:`esma.trainer.pretrain_target_embeddings`).
 
 The conditioning vectors (``E = TargetEmbedding(0..K-1)`` and every ResBlock's ``P_b = target_proj_b(E)``)
 are trained so that their distance and cosine geometry matches the geometry of the class-mean logits
@@ -7,12 +8,11 @@ are trained so that their distance and cosine geometry matches the geometry of t
 ``L1 = sum_{Z in {E, P_1..P_B}} [ w_d SKL(Dist(F), Dist(Z)) + w_c SKL(Cos(F), Cos(Z)) + w_n ||Z||_F ]``
 
 with ``SKL(A, B) = KL(softmax(B) || softmax(A)) + KL(softmax(A) || softmax(B))`` row-wise softmax,
-averaged over all K*K entries (``KLDivLoss`` ``reduction='mean'``).
+averaged over all K*K entries (``nn.KLDivLoss()``'s default ``reduction='mean'`` in the official
+``train.py:double_kl_div``).
 """
 
 from __future__ import annotations
-
-from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -25,7 +25,6 @@ from .generator import EsmaGenerator
 __all__ = [
     "cosine_matrix",
     "distance_matrix",
-    "pretrain_target_embeddings",
     "stage1_loss",
     "structure_loss",
     "symmetric_kl_matrix",
@@ -59,7 +58,7 @@ def symmetric_kl_matrix(a: Tensor, b: Tensor) -> Tensor:
 def structure_loss(
     features: Tensor, embeddings: Tensor, cos_weight: float = 5.0, dist_weight: float = 1.0
 ) -> Tensor:
-    """``dist_weight * SKL(Dist(F), Dist(E)) + cos_weight * SKL(Cos(F), Cos(E))`` (spec §3.4 item 4)."""
+    """``dist_weight * SKL(Dist(F), Dist(E)) + cos_weight * SKL(Cos(F), Cos(E))`` (official weights 1 and 5)."""
     _check_rows(features, "features")
     _check_rows(embeddings, "embeddings")
     if features.shape[0] != embeddings.shape[0]:
@@ -84,60 +83,3 @@ def stage1_loss(
     for z in (e, *projections):
         loss = loss + structure_loss(feats, z, cos_weight, dist_weight) + norm_weight * torch.linalg.norm(z)
     return loss
-
-
-def pretrain_target_embeddings(
-    generator: EsmaGenerator,
-    features: Tensor,
-    steps: int = 15000,
-    lr: float = 1.5e-5,
-    weight_decay: float = 5e-5,
-    norm_weight: float = 0.01,
-    cos_weight: float = 5.0,
-    dist_weight: float = 1.0,
-    accumulate_grads: bool = False,
-    callback: Callable[[int, float], None] | None = None,
-    progress: bool = False,
-) -> list[float]:
-    """Train only the embedding and the ``target_proj`` layers with AdamW (full batch of K rows).
-
-    ``accumulate_grads=True`` reproduces the official loop, which never zeroes gradients (the gradient
-    fed to AdamW at step s is the sum of all gradients so far). Returns the loss per step.
-    """
-    _check_rows(features, "features")
-    if features.shape[0] != generator.num_targets:
-        raise ValueError(f"features have {features.shape[0]} rows for {generator.num_targets} targets")
-    if steps < 0:
-        raise ValueError(f"steps must be >= 0, got {steps}")
-    params = list(generator.conditioning_parameters())
-    frozen = [p for p in generator.backbone_parameters()]
-    flags = [p.requires_grad for p in frozen]
-    for p in frozen:
-        p.requires_grad_(False)
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    history: list[float] = []
-    it = range(steps)
-    if progress:
-        from tqdm.auto import tqdm
-
-        it = tqdm(it, desc="stage 1", unit="step")
-    was = generator.training
-    generator.train()
-    try:
-        opt.zero_grad(set_to_none=True)
-        for step in it:
-            if not accumulate_grads:
-                opt.zero_grad(set_to_none=True)
-            loss = stage1_loss(generator, features, cos_weight, dist_weight, norm_weight)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"stage-1 loss is not finite at step {step}: {float(loss)}")
-            loss.backward()
-            opt.step()
-            history.append(float(loss.detach()))
-            if callback is not None:
-                callback(step, history[-1])
-    finally:
-        for p, f in zip(frozen, flags):
-            p.requires_grad_(f)
-        generator.train(was)
-    return history

@@ -1,10 +1,19 @@
-"""Easy-sample screening: per-class anchor logits ``m_k`` (spec §3.2), plus the hard / random controls
-of spec §3.7.
+"""Easy-sample screening: per-class anchor logits ``m_k`` (official ``Train_Gen/Sample_screening.py``,
+gjq100/ESMA commit eff2015; the paper's easy-sample approximation of the high-density region), plus the
+hard / random anchor controls (ours).
 
 For every training image of target class ``t_k``: ``l_i = CE(f(N(x_i)), t_k)`` and
 ``g_i = ||d l_i / d N(x_i)||_2``. With ``tau`` the element at index ``q`` of the sorted *distinct*
-values, the easy set is ``{i : g_i < tau_g and l_i < tau_l}`` (strict), and
-``m_k = mean_{i in E_k} f(N(x_i))`` (mean **logits**).
+values (``Sample_screening.find_thresholds``), the easy set is ``{i : g_i < tau_g and l_i < tau_l}``
+(strict), and ``m_k = mean_{i in E_k} f(N(x_i))`` (mean **logits**, ``find_target_matches``).
+
+Admission (ours, default): the thresholds and the comparison use the same batched values, so at most
+``q`` samples pass. The official ``find_target_matches`` re-runs every sample as a batch of one and
+compares that recomputation with the thresholds of the batched pass; float noise between the two can let
+the sample that *defines* a threshold fall below it. ``legacy_screening_boundary=True`` reproduces this
+(and the anchors are then the batch-of-one logits, as there). An empty easy set crashes the official code
+(``torch.stack`` of an empty list); here it falls back to the ``q`` lowest-loss samples with a warning
+(ours), flagged in :attr:`EasySampleBank.fallback_used`.
 """
 
 from __future__ import annotations
@@ -100,12 +109,15 @@ def select_indices(
     kind: str = "easy",
     fallback: str = "lowest_loss",
     generator: torch.Generator | None = None,
+    admit: tuple[Tensor, Tensor] | None = None,
 ) -> tuple[Tensor, bool]:
     """Positions (within one class) used for the anchor, and whether the easy fallback fired.
 
-    ``easy``: ``g < tau_g and l < tau_l`` (spec §3.2); empty -> the ``q`` lowest-loss samples with a
-    warning (``fallback="lowest_loss"``) or ``ValueError`` (``"error"``). ``hard``: the ``q``
-    highest-loss samples. ``random``: ``q`` samples drawn without replacement.
+    ``easy``: ``g < tau_g and l < tau_l``; empty -> the ``q`` lowest-loss samples with a warning
+    (``fallback="lowest_loss"``, ours) or ``ValueError`` (``"error"``). ``hard``: the ``q``
+    highest-loss samples. ``random``: ``q`` samples drawn without replacement (both ours).
+    ``admit=(losses_1, gradnorms_1)``: compare these values (the batch-of-one recomputation) with the
+    thresholds computed from ``losses``/``gradnorms`` (the official admission rule).
     """
     if losses.shape != gradnorms.shape or losses.ndim != 1:
         raise ValueError("losses and gradnorms must be 1-D tensors of the same length")
@@ -116,9 +128,11 @@ def select_indices(
         raise ValueError(f"q must be >= 1, got {q}")
     m = min(q, n)
     if kind == "easy":
-        keep = (gradnorms < easy_sample_thresholds(gradnorms, q)) & (
-            losses < easy_sample_thresholds(losses, q)
-        )
+        tau_g, tau_l = easy_sample_thresholds(gradnorms, q), easy_sample_thresholds(losses, q)
+        al, ag = (losses, gradnorms) if admit is None else admit
+        if al.shape != losses.shape or ag.shape != gradnorms.shape:
+            raise ValueError("admit values must have the shape of losses and gradnorms")
+        keep = (ag < tau_g) & (al < tau_l)
         idx = torch.nonzero(keep).flatten()
         if idx.numel() > 0:
             return idx, False
@@ -136,13 +150,18 @@ def select_indices(
     raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
 
 
+BANK_FORMAT = "esma-bank-v2"
+
+
 @dataclass
 class EasySampleBank:
     """Anchor logits ``M`` (K, C) for the target classes ``class_ids`` (anchor ``k`` for ``class_ids[k]``).
 
     ``indices[k]``: dataset indices of the selected samples; ``stats[k]``: the per-sample table
     ``{"index", "loss", "gradnorm"}``; ``class_means``: mean logits over *all* screened samples of
-    each class (stage-1 features, spec §3.4), when available.
+    each class (the stage-1 features ``F``), when available; ``fallback_used``: target indices whose easy
+    set was empty (fallback, ours); ``boundary_admitted``: target indices where the official
+    batch-of-one rule admitted a sample the batched rule would not (``legacy_screening_boundary``).
     """
 
     anchors: Tensor
@@ -153,6 +172,7 @@ class EasySampleBank:
     stats: dict[int, dict[str, list[float]]] = field(default_factory=dict)
     class_means: Tensor | None = None
     fallback_used: list[int] = field(default_factory=list)
+    boundary_admitted: list[int] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if not isinstance(self.anchors, Tensor) or self.anchors.ndim != 2:
@@ -187,34 +207,81 @@ class EasySampleBank:
             raise ValueError(f"labels {bad} are not target classes of this bank ({self.class_ids})")
         return out.view(t.shape).to(t.device)
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "format": "esma-bank-v1",
-            "anchors": self.anchors.detach().cpu(),
+    # ------------------------------------------------------------------------------------- files
+    def _files(self) -> tuple[dict[str, Tensor], dict[str, Any]]:
+        tensors = {"anchors": self.anchors.detach().float().cpu()}
+        if self.class_means is not None:
+            tensors["class_means"] = self.class_means.detach().float().cpu()
+        for k, idx in self.indices.items():
+            tensors[f"indices.{int(k)}"] = torch.tensor(list(idx), dtype=torch.int64)
+        for k, table in self.stats.items():
+            tensors[f"stats.{int(k)}.index"] = torch.tensor(list(table["index"]), dtype=torch.int64)
+            for col in ("loss", "gradnorm"):
+                tensors[f"stats.{int(k)}.{col}"] = torch.tensor(list(table[col]), dtype=torch.float64)
+        meta = {
             "class_ids": self.class_ids,
             "kind": self.kind,
-            "q": self.q,
-            "indices": {int(k): list(v) for k, v in self.indices.items()},
-            "stats": {int(k): dict(v) for k, v in self.stats.items()},
-            "class_means": None if self.class_means is None else self.class_means.detach().cpu(),
-            "fallback_used": list(self.fallback_used),
+            "q": int(self.q),
+            "fallback_used": [int(k) for k in self.fallback_used],
+            "boundary_admitted": [int(k) for k in self.boundary_admitted],
         }
+        return tensors, meta
+
+    @classmethod
+    def _from_files(cls, tensors: dict[str, Tensor], meta: dict[str, Any]) -> EasySampleBank:
+        indices: dict[int, list[int]] = {}
+        stats: dict[int, dict[str, list[float]]] = {}
+        for key, t in tensors.items():
+            parts = key.split(".")
+            if parts[0] == "indices":
+                indices[int(parts[1])] = [int(v) for v in t.tolist()]
+            elif parts[0] == "stats":
+                col = stats.setdefault(int(parts[1]), {})
+                col[parts[2]] = [int(v) for v in t.tolist()] if parts[2] == "index" else t.tolist()
+        return cls(
+            anchors=tensors["anchors"],
+            class_ids=meta["class_ids"],
+            kind=meta.get("kind", "easy"),
+            q=int(meta.get("q", 2)),
+            indices=dict(sorted(indices.items())),
+            stats=dict(sorted(stats.items())),
+            class_means=tensors.get("class_means"),
+            fallback_used=list(meta.get("fallback_used", [])),
+            boundary_admitted=list(meta.get("boundary_admitted", [])),
+        )
 
     def save(self, path: str | Path) -> Path:
-        from papers_shared.checkpoints import atomic_save
+        """Write the bank as safetensors (tensors) + JSON metadata (ours); :meth:`load` reads it."""
+        from .weights import write_weights
 
-        return atomic_save(self.to_dict(), path)
+        tensors, meta = self._files()
+        return write_weights(path, tensors, BANK_FORMAT, **meta)
 
     @classmethod
     def load(cls, path: str | Path) -> EasySampleBank:
+        """Read a bank written by :meth:`save` (or a ``.pt`` bank of version 0.1, ``weights_only=True``).
+
+        A damaged, foreign or code-carrying file raises :class:`~papers_shared.errors.CheckpointError`.
+        """
+        from papers_shared.errors import CheckpointError
+
+        from .weights import read_weights
+
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"easy-sample bank not found: {path} (create it with `esma screen`)")
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-        if not isinstance(obj, dict) or obj.get("format") != "esma-bank-v1":
-            raise ValueError(f"{path} is not an ESMA easy-sample bank")
-        obj.pop("format")
-        return cls(**obj)
+
+        def legacy(obj: Any) -> tuple[dict[str, Tensor], dict[str, Any]]:
+            if not isinstance(obj, dict) or obj.get("format") != "esma-bank-v1":
+                raise ValueError("not an ESMA easy-sample bank")
+            kwargs = {k: v for k, v in obj.items() if k != "format"}
+            return cls(**kwargs)._files()
+
+        tensors, meta = read_weights(path, BANK_FORMAT, "ESMA easy-sample bank", legacy=legacy)
+        try:
+            return cls._from_files(tensors, meta)
+        except (KeyError, TypeError, ValueError, IndexError) as exc:
+            raise CheckpointError(f"{path}: not a valid ESMA easy-sample bank ({exc})") from None
 
 
 def _iter_batches(data: Dataset | DataLoader | Iterable, batch_size: int) -> Iterable:
@@ -227,7 +294,8 @@ def _iter_batches(data: Dataset | DataLoader | Iterable, batch_size: int) -> Ite
 def class_mean_logits(
     model: nn.Module, data: Dataset | DataLoader | Iterable, class_ids: Sequence[int], batch_size: int = 64
 ) -> Tensor:
-    """``F_k = mean_{x in D_k} f(x)`` over all samples of class ``class_ids[k]`` (spec §3.4 step 1)."""
+    """``F_k = mean_{x in D_k} f(x)`` over all samples of class ``class_ids[k]`` (the stage-1 features,
+    official ``Train_Gen/train.py:feature_extraction``)."""
     was = model.training
     model.eval()
     sums: dict[int, Tensor] = {}
@@ -263,17 +331,20 @@ def screen_easy_samples(
     grad_wrt: str = "normalized",
     seed: int = 0,
     progress: bool = False,
+    legacy_boundary: bool = False,
 ) -> EasySampleBank:
-    """Run spec §3.2 over ``dataset`` (``(image, class_id)`` pairs, deterministic transform).
+    """Screen ``dataset`` (``(image, class_id)`` pairs, deterministic transform) for anchor logits.
 
     One pass computes per-sample loss, gradient norm and logits for every sample whose label is in
     ``class_ids`` (others are skipped); the bank also stores the class-mean logits (stage-1 features).
-    ``dataset`` may be a Dataset (indices are dataset positions) or any iterable of batches (indices
-    count the kept samples in iteration order).
+    ``dataset`` may be a Dataset (indices are dataset positions) or any re-iterable of batches (indices
+    count the samples in iteration order). ``legacy_boundary``: the official admission rule (module
+    docstring), which re-runs every sample as a batch of one.
     """
     return screen_banks(
-        model, dataset, class_ids, q, batch_size, device, fallback, (kind,), grad_wrt, seed, progress
-    )[kind]
+        model, dataset, class_ids, q, batch_size, device, fallback, (kind,), grad_wrt, seed, progress,
+        legacy_boundary,
+    )[kind]  # fmt: skip
 
 
 def screen_banks(
@@ -288,13 +359,31 @@ def screen_banks(
     grad_wrt: str = "normalized",
     seed: int = 0,
     progress: bool = False,
+    legacy_boundary: bool = False,
 ) -> dict[str, EasySampleBank]:
-    """One screening pass, one bank per kind (``easy`` / ``hard`` / ``random``; spec §3.7 controls)."""
+    """One screening pass, one bank per kind (``easy`` / ``hard`` / ``random``; the controls are ours)."""
     bad = [k for k in kinds if k not in KINDS]
     if bad or not kinds:
         raise ValueError(f"kinds must be a non-empty subset of {KINDS}, got {list(kinds)}")
+    if fallback not in ("lowest_loss", "error"):
+        raise ValueError(f"fallback must be 'lowest_loss' or 'error', got {fallback!r}")
     per_class = _screening_pass(model, dataset, class_ids, batch_size, device, grad_wrt, progress)
+    if legacy_boundary and "easy" in kinds:
+        _single_pass(model, dataset, per_class, batch_size, device, grad_wrt, progress)
     return {k: _bank_from_pass(per_class, class_ids, q, k, fallback, seed) for k in kinds}
+
+
+def _labelled_batches(dataset, batch_size: int, progress: bool, desc: str):
+    it = _iter_batches(dataset, batch_size)
+    if iter(it) is it:
+        raise ValueError(
+            "screening data must be a Dataset, a DataLoader or a list of batches, not an iterator"
+        )
+    if progress:
+        from tqdm.auto import tqdm
+
+        it = tqdm(it, desc=desc, unit="batch")
+    return it
 
 
 def _screening_pass(model, dataset, class_ids, batch_size, device, grad_wrt, progress) -> dict[int, dict]:
@@ -308,13 +397,8 @@ def _screening_pass(model, dataset, class_ids, batch_size, device, grad_wrt, pro
         c: {"index": [], "loss": [], "gradnorm": [], "logits": []} for c in class_ids
     }
     pos = 0
-    it = _iter_batches(dataset, batch_size)
-    if progress:
-        from tqdm.auto import tqdm
-
-        it = tqdm(it, desc="screening", unit="batch")
     try:
-        for batch in it:
+        for batch in _labelled_batches(dataset, batch_size, progress, "screening"):
             x, y = batch[0], torch.as_tensor(batch[1])
             idx = torch.arange(pos, pos + x.shape[0])
             pos += x.shape[0]
@@ -339,15 +423,50 @@ def _screening_pass(model, dataset, class_ids, batch_size, device, grad_wrt, pro
     return per_class
 
 
+def _single_pass(model, dataset, per_class, batch_size, device, grad_wrt, progress) -> None:
+    """The official ``find_target_matches`` recomputation: every sample again, as a batch of one."""
+    device = torch.device(device)
+    was = model.training
+    model.eval()
+    for d in per_class.values():
+        d.update(loss1=[], gradnorm1=[], logits1=[])
+    try:
+        for batch in _labelled_batches(dataset, batch_size, progress, "screening (batch of one)"):
+            x, y = batch[0], torch.as_tensor(batch[1])
+            for xi, yi in zip(x, y.tolist()):
+                d = per_class.get(int(yi))
+                if d is None:
+                    continue
+                loss, gn, z = per_sample_loss_gradnorm(
+                    model, xi[None].to(device), torch.tensor([int(yi)], device=device), grad_wrt
+                )
+                d["loss1"].append(float(loss[0]))
+                d["gradnorm1"].append(float(gn[0]))
+                d["logits1"].append(z[0].float().cpu())
+    finally:
+        model.train(was)
+    for c, d in per_class.items():
+        if len(d["loss1"]) != len(d["loss"]):
+            raise ValueError(f"class {c}: the data changed between the two screening passes")
+
+
 def _bank_from_pass(per_class, class_ids, q, kind, fallback, seed) -> EasySampleBank:
     gen = torch.Generator().manual_seed(seed)
-    anchors, means, indices, stats, fell = [], [], {}, {}, []
+    anchors, means, indices, stats, fell, boundary = [], [], {}, {}, [], []
     for k, c in enumerate(int(c) for c in class_ids):
         d = per_class[c]
         losses = torch.tensor(d["loss"], dtype=torch.float64)
         gns = torch.tensor(d["gradnorm"], dtype=torch.float64)
         logits = torch.stack(d["logits"])
-        sel, used = select_indices(losses, gns, q, kind, fallback, gen)
+        single = kind == "easy" and "loss1" in d
+        admit = None
+        if single:
+            admit = (
+                torch.tensor(d["loss1"], dtype=torch.float64),
+                torch.tensor(d["gradnorm1"], dtype=torch.float64),
+            )
+            logits = torch.stack(d["logits1"])
+        sel, used = select_indices(losses, gns, q, kind, fallback, gen, admit=admit)
         if used:
             fell.append(k)
             warnings.warn(
@@ -356,8 +475,12 @@ def _bank_from_pass(per_class, class_ids, q, kind, fallback, seed) -> EasySample
                 RuntimeWarning,
                 stacklevel=3,
             )
+        if single and not used:
+            batched, _ = select_indices(losses, gns, q, kind, fallback, gen)
+            if set(sel.tolist()) - set(batched.tolist()):
+                boundary.append(k)
         anchors.append(logits[sel].mean(dim=0))
-        means.append(logits.mean(dim=0))
+        means.append(torch.stack(d["logits"]).mean(dim=0))
         indices[k] = [d["index"][i] for i in sel.tolist()]
         stats[k] = {"index": d["index"], "loss": d["loss"], "gradnorm": d["gradnorm"]}
     return EasySampleBank(
@@ -369,4 +492,5 @@ def _bank_from_pass(per_class, class_ids, q, kind, fallback, seed) -> EasySample
         stats=stats,
         class_means=torch.stack(means),
         fallback_used=fell,
+        boundary_admitted=boundary,
     )

@@ -1,4 +1,5 @@
-"""TTP baseline (Naseer et al., "On Generating Transferable Targeted Perturbations", ICCV 2021; spec §4).
+"""TTP baseline (Naseer et al., "On Generating Transferable Targeted Perturbations", ICCV 2021; official code
+Muzammal-Naseer/TTP ``train.py``), the generative method ESMA compares with.
 
 One unconditional ResNet generator **per target**. Loss per batch, with the source model ``f``, the
 adversarial views ``a`` (of ``x``), ``a_rot`` (of a randomly 90-degree-rotated ``x``) and ``a_aug``
@@ -12,7 +13,13 @@ adversarial views ``a`` (of ``x``), ``a_rot`` (of a randomly 90-degree-rotated `
   forming cosine similarities; the default uses cosine similarities.
 
 Generator layout (``ngf=64``, 6 residual blocks, 7,841,411 parameters) and state-dict names follow
-the released checkpoints, so :func:`load_ttp_checkpoint` reads them directly.
+the released checkpoints, so :func:`load_ttp_checkpoint` reads them directly (``weights_only=True``);
+generators trained here are written as safetensors with their layout as metadata.
+
+Under ``torchrun`` :class:`TTPTrainer` wraps the generator in DDP and shards both loaders (ours). The
+neighbourhood-similarity term then compares the rows of each process's share of the batch (as per-GPU
+batch statistics do), and BatchNorm statistics are per process on CPU (SyncBatchNorm on CUDA), so a
+multi-process TTP run is close to, not identical with, a one-process run of the same global batch.
 """
 
 from __future__ import annotations
@@ -24,9 +31,12 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset
 
+from papers_shared import distributed as dist
 from papers_shared.attacks import GenerativeAttack
-from papers_shared.checkpoints import CheckpointManager, atomic_save
+from papers_shared.checkpoints import CheckpointManager
+from papers_shared.errors import CheckpointError
 
 __all__ = [
     "TTPAttack",
@@ -34,6 +44,7 @@ __all__ = [
     "TTPTrainer",
     "load_ttp_checkpoint",
     "random_rotation",
+    "save_ttp_generator",
     "simple_augment",
     "ttp_loss",
 ]
@@ -113,24 +124,50 @@ class TTPGenerator(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
 
+TTP_FORMAT = "esma-ttp-generator-v1"
+
+
+def save_ttp_generator(path: str | Path, gen: TTPGenerator, target: int | None = None) -> Path:
+    """Write a TTP generator as safetensors with its layout (``ngf``, ``n_blocks``, ``inception``) and
+    its target class as metadata (ours); :func:`load_ttp_checkpoint` reads it."""
+    from ..weights import write_weights
+
+    gen = getattr(gen, "module", gen)
+    layout = {"ngf": gen.ngf, "n_blocks": gen.n_blocks, "inception": gen.inception}
+    return write_weights(path, gen.state_dict(), TTP_FORMAT, layout=layout, target=target)
+
+
 def load_ttp_checkpoint(path: str | Path, inception: bool = False, map_location: str = "cpu") -> TTPGenerator:
-    """Load a released TTP generator (``netG_<model>_<epoch>_<target>.pth``, a plain state dict)."""
+    """Load a TTP generator: one written by :func:`save_ttp_generator`, or a released TTP checkpoint
+    (``netG_<model>_<epoch>_<target>.pth``, a plain state dict, read with ``weights_only=True``).
+
+    A damaged, foreign or code-carrying file raises :class:`~papers_shared.errors.CheckpointError`.
+    """
+    from ..weights import read_weights
+
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(
             f"TTP checkpoint not found: {path}. The released generators are linked from the README of "
             "github.com/Muzammal-Naseer/TTP; or train one with `esma ttp-train`."
         )
-    state = torch.load(path, map_location=map_location, weights_only=True)
-    if isinstance(state, Mapping) and "state_dict" in state:
-        state = state["state_dict"]
-    n_blocks = len({k.split(".")[0] for k in state if k.startswith("resblock")})
-    ngf = int(state["block1.1.weight"].shape[0]) if "block1.1.weight" in state else 64
-    gen = TTPGenerator(ngf=ngf, n_blocks=max(n_blocks, 1), inception=inception)
+
+    def released(obj) -> tuple[dict, dict]:
+        if isinstance(obj, Mapping) and "state_dict" in obj:
+            obj = obj["state_dict"]
+        if not isinstance(obj, Mapping) or not all(isinstance(v, Tensor) for v in obj.values()):
+            raise ValueError("not a state dict of tensors")
+        n_blocks = len({k.split(".")[0] for k in obj if k.startswith("resblock")})
+        ngf = int(obj["block1.1.weight"].shape[0]) if "block1.1.weight" in obj else 64
+        return dict(obj), {"layout": {"ngf": ngf, "n_blocks": max(n_blocks, 1), "inception": inception}}
+
+    state, meta = read_weights(path, TTP_FORMAT, "TTP generator", map_location, legacy=released)
     try:
+        gen = TTPGenerator(**meta["layout"])
         gen.load_state_dict(state)
-    except RuntimeError as err:
-        raise ValueError(f"{path} does not hold a TTP ResNet generator state dict: {err}") from err
+    except (KeyError, TypeError, RuntimeError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(f"{path} does not hold a TTP ResNet generator ({first})") from None
     return gen.eval()
 
 
@@ -199,7 +236,10 @@ def ttp_loss(
 
 
 class TTPTrainer:
-    """Train one :class:`TTPGenerator` towards one target class (Adam lr 2e-4, betas (0.5, 0.999))."""
+    """Train one :class:`TTPGenerator` towards one target class (Adam lr 2e-4, betas (0.5, 0.999)).
+
+    Runs in one process or under ``torchrun`` (DDP generator, sharded loaders; module docstring).
+    """
 
     def __init__(
         self,
@@ -212,16 +252,22 @@ class TTPTrainer:
         legacy_similarity_norm: bool = False,
         device: str | torch.device = "cpu",
         seed: int = 0,
+        target: int | None = None,
     ) -> None:
         self.device = torch.device(device)
         self.generator = generator.to(self.device)
         self.source_model = source_model.to(self.device).eval()
         for p in self.source_model.parameters():
             p.requires_grad_(False)
-        self.attack = GenerativeAttack(generator, eps=eps_train, smoothing=smoothing, conditional=False)
-        self.optimizer = torch.optim.Adam(generator.parameters(), lr=lr, betas=tuple(betas))
+        self.model = dist.wrap_ddp(self.generator, self.device)
+        self.generator = dist.unwrap(self.model)
+        self.attack = GenerativeAttack(self.model, eps=eps_train, smoothing=smoothing, conditional=False)
+        self.optimizer = torch.optim.Adam(self.generator.parameters(), lr=lr, betas=tuple(betas))
         self.legacy = bool(legacy_similarity_norm)
-        self.rng = torch.Generator().manual_seed(seed)
+        self.seed = int(seed)
+        self.target = target
+        # rotations / crops differ per process (each augments its own share of the batch)
+        self.rng = torch.Generator().manual_seed(self.seed + 7919 * dist.rank())
         self.step = 0
         self.epoch = 0
         self.history: list[float] = []
@@ -233,7 +279,7 @@ class TTPTrainer:
             x_match = x_match.repeat((n + x_match.shape[0] - 1) // x_match.shape[0], 1, 1, 1)[:n]
         x_rot = random_rotation(x, self.rng)
         x_aug = simple_augment(x, self.rng)
-        self.generator.train()
+        self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
         f = self.source_model
         loss = ttp_loss(
@@ -248,8 +294,31 @@ class TTPTrainer:
         loss.backward()
         self.optimizer.step()
         self.step += 1
-        self.history.append(float(loss.detach()))
+        self.history.append(dist.reduce_mean(loss.detach()))
         return self.history[-1]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "generator": self.generator.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "rng_gen": self.rng.get_state(),
+            "step": self.step,
+            "epoch": self.epoch,
+            "history": list(self.history),
+        }
+
+    def _loader(self, data, batch_size: int | None, seed: int, num_workers: int):
+        if not isinstance(data, Dataset):
+            if dist.world_size() > 1:
+                raise ValueError("under torchrun pass Datasets (and batch_size), so that they can be sharded")
+            return data, None
+        if batch_size is None:
+            raise ValueError("batch_size (the global batch) is needed when fit() gets a Dataset")
+        sampler = dist.make_sampler(data, shuffle=True, seed=seed, drop_last=len(data) >= dist.world_size())
+        loader = DataLoader(
+            data, batch_size=dist.per_rank_batch_size(batch_size), sampler=sampler, num_workers=num_workers
+        )
+        return loader, sampler
 
     def fit(
         self,
@@ -260,27 +329,45 @@ class TTPTrainer:
         resume: bool = False,
         max_steps: int | None = None,
         progress: bool = True,
+        batch_size: int | None = None,
+        num_workers: int = 0,
     ) -> list[float]:
-        """Epochs over ``loader`` (source images); target images cycle through ``match_loader``."""
+        """Epochs over ``loader`` (source images); target images cycle through ``match_loader``. Both may
+        be Datasets (sharded across processes, global batch ``batch_size``) or iterables of batches."""
         from tqdm.auto import tqdm
 
         mgr = CheckpointManager(ckpt_dir, keep=2) if ckpt_dir is not None else None
         if resume and mgr is not None:
+            dist.barrier()
             state = mgr.load_latest(map_location=self.device)
             if state is not None:
                 self.generator.load_state_dict(state["generator"])
                 self.optimizer.load_state_dict(state["optimizer"])
                 self.rng.set_state(state["rng_gen"])
                 self.step, self.epoch = int(state["step"]), int(state["epoch"])
-                self.history = list(state.get("history", []))
+                self.history = [float(v) for v in state.get("history", [])]
+        loader, sampler = self._loader(loader, batch_size, self.seed, num_workers)
+        match_loader, match_sampler = self._loader(match_loader, batch_size, self.seed + 1, num_workers)
+        match_epoch = 0
         match_iter = iter(match_loader)
-        stop = False
-        bar = tqdm(total=epochs, initial=self.epoch, desc="TTP", unit="epoch", disable=not progress)
+        stop = max_steps is not None and self.step >= max_steps
+        bar = tqdm(
+            total=epochs,
+            initial=self.epoch,
+            desc="TTP",
+            unit="epoch",
+            disable=not dist.on_main_process(progress),
+        )
         while self.epoch < epochs and not stop:
+            if sampler is not None:
+                sampler.set_epoch(self.epoch)
             for batch in loader:
                 try:
                     xm = next(match_iter)
                 except StopIteration:
+                    match_epoch += 1
+                    if match_sampler is not None:
+                        match_sampler.set_epoch(match_epoch)
                     match_iter = iter(match_loader)
                     xm = next(match_iter)
                 xm = xm[0] if isinstance(xm, (tuple, list)) else xm
@@ -292,20 +379,13 @@ class TTPTrainer:
             self.epoch += 1
             bar.update(1)
             if mgr is not None:
-                mgr.save(
-                    self.epoch,
-                    {
-                        "generator": self.generator.state_dict(),
-                        "optimizer": self.optimizer.state_dict(),
-                        "rng_gen": self.rng.get_state(),
-                        "step": self.step,
-                        "epoch": self.epoch,
-                        "history": self.history,
-                    },
-                )
+                if dist.is_main_process():
+                    mgr.save(self.epoch, self.state_dict())
+                dist.barrier()
         bar.close()
-        if ckpt_dir is not None:
-            atomic_save(self.generator.state_dict(), Path(ckpt_dir) / "netG.pth")
+        if ckpt_dir is not None and dist.is_main_process():
+            save_ttp_generator(Path(ckpt_dir) / "generator.safetensors", self.generator, self.target)
+        dist.barrier()
         return self.history
 
 
