@@ -1,140 +1,113 @@
-"""``smr-ssm`` command line (contract: ``smr-ssm <sub-command> --config x.yaml [key=value ...]``).
+"""smr-ssm: State Memory Replay (SMR) for S4D/S4/S5/Mamba/Mega state-space models under non-uniform sampling.
 
-Sub-commands: ``lm`` (WikiText-103 table), ``lra`` (LRA table), ``nss`` (sampling-shift / NSS
-experiment of spec §8), ``bench`` (training-speed claim R3), ``quick`` (the quick reproduction).
+Commands: lm (WikiText-103 perplexity table), lra (Long Range Arena table), nss (sampling-shift experiment),
+bench (training-speed benchmark); built in: quick (the quick reproduction), show-config, list-configs.
+lm and lra also run under torchrun / accelerate launch (data-parallel, global batch = train.batch_size).
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import sys
+import dataclasses
 from pathlib import Path
 
-from papers_shared.config import ConfigError, load_config
-from papers_shared.data import DatasetNotFoundError
+from papers_shared import distributed as dist
+from papers_shared.cli import CLI, Context, arg
+from papers_shared.config import config_to_dict
+from papers_shared.results import Claim, format_claims, write_json
+from smr_ssm.config import ExperimentConfig
 
-__all__ = ["main"]
+__all__ = ["cli", "main"]
 
-
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="smr-ssm", description="State Memory Replay for SSMs under non-uniform sampling."
-    )
-    sub = p.add_subparsers(dest="command", required=True)
-
-    def add(name: str, help_: str, config_required: bool = True) -> argparse.ArgumentParser:
-        sp = sub.add_parser(name, help=help_)
-        sp.add_argument("--config", type=Path, required=config_required, help="YAML config (configs/*.yaml)")
-        sp.add_argument("overrides", nargs="*", help="key=value overrides (dotted keys for nested fields)")
-        return sp
-
-    lm = add("lm", "language modelling on WikiText-103 (spec §5, R2)")
-    lm.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in out_dir")
-    lm.add_argument("--no-progress", action="store_true")
-    lra = add("lra", "one Long Range Arena task (spec §5, R1)")
-    lra.add_argument(
-        "--task",
-        choices=["listops", "text", "retrieval", "image", "pathfinder", "pathx"],
-        help="overrides the config's task",
-    )
-    lra.add_argument("--data-dir", type=Path, help="the unpacked lra_release folder (overrides data_dir)")
-    lra.add_argument("--resume", action="store_true")
-    lra.add_argument("--no-progress", action="store_true")
-    nss = add("nss", "sampling-shift / NSS experiment (spec §8, R4)")
-    nss.add_argument("--out", type=Path, help="write the JSON results here (default <out_dir>/nss.json)")
-    bench = add(
-        "bench", "forward+backward time of layers with and without SMR (spec §5, R3)", config_required=False
-    )
-    bench.add_argument("--layers", help="comma-separated specs, e.g. s4d,s4d+smr,s5,s5+smr:literal")
-    bench.add_argument("--L", dest="lengths", help="comma-separated lengths, e.g. 1024,4096")
-    quick = sub.add_parser("quick", help="the quick reproduction (writes JSON and PNG)")
-    quick.add_argument("--out", type=Path, default=Path("results/quick"))
-    quick.add_argument("--full", action="store_true", help="5 seeds, 600 steps")
-    return p
+cli = CLI(
+    "smr-ssm",
+    ExperimentConfig,
+    description=__doc__,
+    keys={"seed": "train.seed", "device": "train.device", "out": "out_dir"},
+)
+TASKS = ["listops", "text", "retrieval", "image", "pathfinder", "pathx"]
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = _parser()
-    args, extra = parser.parse_known_args(argv)
-    # key=value overrides may also follow options (``--resume a=1``): argparse leaves those over
-    bad = [e for e in extra if "=" not in e or e.startswith("-") or not hasattr(args, "overrides")]
-    if bad:
-        parser.error(f"unrecognized arguments: {' '.join(bad)}")
-    if extra:
-        args.overrides = [*args.overrides, *extra]
-    try:
-        return _run(args)
-    except (ConfigError, DatasetNotFoundError) as exc:
-        print(f"smr-ssm {args.command}: {exc}", file=sys.stderr)
-        return 2
+def _table(res: dict) -> dict | None:
+    return {k: v for k, v in res.items() if k != "history"} if dist.is_main_process() else None
 
 
-def _run(args) -> int:
-    from smr_ssm.config import BenchConfig, LMConfig, LRAConfig, NSSConfig
+@cli.command("lm", help="train and evaluate a language model on WikiText-103 (perplexity table)")
+def lm(cfg: ExperimentConfig, ctx: Context) -> dict | None:
+    from smr_ssm.experiment import run_lm
 
-    if args.command == "lm":
-        from smr_ssm.runners import run_lm
+    cfg.require("lm")
+    return _table(run_lm(cfg, resume=ctx.resume, progress=ctx.progress))
 
-        cfg = load_config(LMConfig, args.config, args.overrides)
-        res = run_lm(cfg, resume=args.resume, progress=not args.no_progress)
-        print(json.dumps({k: v for k, v in res.items() if k != "history"}, indent=2))
-        return 0
-    if args.command == "lra":
-        from smr_ssm.runners import run_lra
 
-        over = list(args.overrides)
-        if args.task:
-            over.append(f"task={args.task}")
-        if args.data_dir:
-            over.append(f"data_dir={args.data_dir}")
-        cfg = load_config(LRAConfig, args.config, over)
-        res = run_lra(cfg, resume=args.resume, progress=not args.no_progress)
-        print(json.dumps({k: v for k, v in res.items() if k != "history"}, indent=2))
-        return 0
-    if args.command == "nss":
-        from papers_shared.checkpoints import atomic_write_text
-        from smr_ssm.nss import run_nss
-        from smr_ssm.quick import build_claims, host_name
+@cli.command(
+    "lra",
+    help="train and evaluate one Long Range Arena task (accuracy table)",
+    args=[arg("--task", choices=TASKS, help="sets lra.task"), arg("--data-dir", help="sets lra.data_dir")],
+)
+def lra(cfg: ExperimentConfig, ctx: Context) -> dict | None:
+    from smr_ssm.experiment import run_lra
 
-        cfg = load_config(NSSConfig, args.config, args.overrides)
-        res = run_nss(cfg)
-        claims = build_claims(res["summary"], len(cfg.seeds), host=host_name(cfg.layer_type))
-        res["claims"] = [c.__dict__ for c in claims]
-        res["config"] = {k: getattr(cfg, k) for k in cfg.__dataclass_fields__}
-        out = args.out or Path(cfg.out_dir) / "nss.json"
-        atomic_write_text(out, json.dumps(res, indent=2, default=float) + "\n")
-        for c in res["claims"]:
-            print(
-                f"{'HOLDS' if c['holds'] else 'fails'}: {c['claim']} ({c['method_value']:.4g} {c['op']} {c['baseline_value']:.4g})"
-            )
-        print(f"wrote {out}")
-        return 0
-    if args.command == "bench":
-        from smr_ssm.runners import run_bench
+    cfg.require("lra")
+    given = {"task": ctx.args.task, "data_dir": ctx.args.data_dir}
+    cfg = dataclasses.replace(cfg, lra=dataclasses.replace(cfg.lra, **{k: v for k, v in given.items() if v}))
+    return _table(run_lra(cfg, resume=ctx.resume, progress=ctx.progress))
 
-        over = list(args.overrides)
-        if args.layers:
-            over.append(f"layers=[{args.layers}]")
-        if args.lengths:
-            over.append(f"lengths=[{args.lengths}]")
-        cfg = load_config(BenchConfig, args.config, over)
-        res = run_bench(cfg)
-        for r in res["rows"]:
-            ratio = f"{r['ratio_to_baseline']:.3f}x" if r["ratio_to_baseline"] else "-"
-            print(
-                f"{r['layer']:>16}  L={r['L']:>6}  {r['ms']:9.2f} ms  {ratio:>8}  {r['tokens_per_s']:.0f} tok/s"
-            )
-        return 0
-    from papers_shared.results import write_result
-    from smr_ssm.quick import quick_reproduction
 
-    args.out.mkdir(parents=True, exist_ok=True)
-    res = quick_reproduction(args.out, quick=not args.full)
-    path = write_result(res, args.out)
-    print(f"{sum(c.holds for c in res.claims)}/{len(res.claims)} claims hold -> {path}")
+@cli.command("nss", help="sampling-shift experiment (--seed N runs that one seed); writes <out>/nss.json")
+def nss(cfg: ExperimentConfig, ctx: Context) -> int:
+    from smr_ssm.experiment import run_nss
+    from smr_ssm.quick import build_claims, build_variant_claims
+
+    cfg.require("nss")
+    if ctx.seed is not None:
+        cfg = dataclasses.replace(cfg, nss=dataclasses.replace(cfg.nss, seeds=[ctx.seed]))
+    res = run_nss(cfg, progress=ctx.progress)
+    models, host = set(cfg.nss.models), cfg.model.layer_type
+    pair = next((p for p in (("baseline", "smr"), ("baseline_steps", "smr_steps")) if set(p) <= models), None)
+    claims: list[Claim] = []
+    if cfg.nss.task == "uniform_grid" and pair:
+        claims = build_variant_claims(res, host, pair)
+    elif {"baseline", "smr"} <= models:
+        claims = build_claims(res, host, cfg.nss.steps_host)
+    record = {**res, "claims": [dataclasses.asdict(c) for c in claims], "config": config_to_dict(cfg)}
+    path = write_json(record, Path(ctx.out) / "nss.json")
+    print(format_claims({"claims": [dataclasses.asdict(c) for c in claims]}))
+    print(f"wrote {path}")
     return 0
 
 
-if __name__ == "__main__":  # pragma: no cover
+@cli.command(
+    "bench",
+    help="forward + backward time of layers with and without SMR; writes <out>/bench.json",
+    args=[
+        arg(
+            "--layers",
+            type=lambda s: s.split(","),
+            help="comma-separated specs, e.g. s4d,s4d+smr (sets bench.layers)",
+        ),
+        arg(
+            "--L",
+            type=lambda s: [int(x) for x in s.split(",")],
+            help="comma-separated lengths (sets bench.lengths)",
+        ),
+    ],
+)
+def bench(cfg: ExperimentConfig, ctx: Context) -> int:
+    from smr_ssm.experiment import run_bench
+
+    given = {"layers": ctx.args.layers, "lengths": ctx.args.L}
+    cfg = dataclasses.replace(
+        cfg, bench=dataclasses.replace(cfg.bench, **{k: v for k, v in given.items() if v})
+    )
+    for r in run_bench(cfg, out=ctx.out)["rows"]:
+        ratio = f"{r['ratio_to_baseline']:.3f}x" if r["ratio_to_baseline"] else "-"
+        print(
+            f"{r['layer']:>16}  L={r['L']:>6}  {r['ms']:9.2f} ms  {ratio:>8}  {r['tokens_per_s']:.0f} tok/s"
+        )
+    return 0
+
+
+main = cli.main
+
+if __name__ == "__main__":
     raise SystemExit(main())

@@ -1,39 +1,63 @@
-"""Non-stable-state (NSS) diagnostics and the sampling-shift experiment (spec §3.2, §3.7, §8).
+"""Non-stable-state (NSS) diagnostics and the pieces of the sampling-shift experiment.
 
-Train on one sampling grid, evaluate on (a) the same grid, (b) uniformly faster/slower grids and (c) a
-jittered non-uniform grid; report the error per condition, the degradation ratio
-``MSE_(b|c) / MSE_(a)`` and the NSS indicator ``max_k ||x_k|| / median_k ||x_k||`` of the first
-block's hidden state. The models never see the sampling times (spec §3.3): SMR has to infer the
-effective step from the input history.
+The paper (Qi et al. 2024, abstract) reads an SSM as a sampled system: when the sampling points differ
+from those of training, the sampling error accumulates in the hidden state (the NSS problem), and
+adjusting the input with early memories (SMR) adapts the model to the step (sampling step adaptation).
+This module measures both sides (ours):
+
+* :func:`state_norms` / :func:`nss_ratio` - the NSS indicator ``max_k ||x_k|| / median_k ||x_k||`` of a
+  block's hidden state;
+* :func:`evaluate` - MSE per test condition, the excess over the oracle's floor, the indicator;
+* :func:`scale_step_correlation` - how SMR's learned scale ``s_k`` follows the true relative step
+  ``tau_k`` (the mechanism: ``B_bar(Delta_k) u_k ~ B_bar(Delta) (s_k u_k)`` with ``s_k ~ Delta_k / Delta``);
+* :class:`SSMRegressor` and :func:`train_regressor` - the per-position regression model and its training.
 """
 
 from __future__ import annotations
 
 import statistics
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
 from torch import nn
 
-from papers_shared.device import seed_everything
-from papers_shared.ssm.modules import validation
-from smr_ssm.blocks import build_blocks, host_kwargs
-from smr_ssm.config import NSSConfig, TrainConfig
-from smr_ssm.data.nonuniform import regression_batch, sample_signals
+from smr_ssm.blocks import SSMBlock, build_blocks, host_kwargs
+from smr_ssm.config import ModelConfig, TrainConfig
+from smr_ssm.data.nonuniform import SamplingTask
+from smr_ssm.smr import StateMemoryReplay
 
 __all__ = [
+    "MODEL_SPECS",
     "RegressionOutput",
     "SSMRegressor",
-    "build_conditions",
+    "build_regressor",
+    "evaluate",
+    "model_label",
     "nss_ratio",
-    "run_nss",
-    "sampling_shift_eval",
+    "scale_step_correlation",
     "state_norms",
-    "build_nss_model",
-    "train_nss_model",
+    "summarise",
+    "train_regressor",
 ]
+
+#: ``nss.models`` entries -> (uses SMR, given the true steps)
+MODEL_SPECS = {
+    "baseline": (False, False),
+    "smr": (True, False),
+    "baseline_steps": (False, True),
+    "smr_steps": (True, True),
+}
+
+HOST_NAMES = {"s4d": "S4D", "s4": "S4", "s5": "S5", "mamba": "Mamba", "mega": "Mega", "mega_ema": "Mega-EMA"}
+
+
+def model_label(name: str, host: str) -> str:
+    """Display name of an ``nss.models`` entry on ``host`` (``"smr"``, ``"s4d"`` -> ``"S4D+SMR"``)."""
+    smr, steps = MODEL_SPECS[name]
+    label = HOST_NAMES.get(host, host) + ("+SMR" if smr else "")
+    return label + (" (true steps)" if steps else "")
 
 
 @dataclass
@@ -43,23 +67,28 @@ class RegressionOutput:
 
 
 class SSMRegressor(nn.Module):
-    """Per-position regressor for the NSS experiment: ``Linear(1, d)`` -> SSM blocks -> norm ->
-    ``Linear(d, 1)``, MSE loss. Same blocks as :class:`~smr_ssm.models.SSMForSequenceRegression`, without
-    the transformers wrapper (so the quick reproduction does not import transformers)."""
+    """Per-position regressor: ``Linear(input_dim, d)`` -> SSM blocks -> norm -> ``Linear(d, 1)``, MSE.
 
-    def __init__(
-        self,
-        d_model: int,
-        n_layer: int,
-        layer_type: str = "s4d",
-        d_state: int | None = None,
-        smr: Any = "default",
-    ) -> None:
+    The blocks are those of :class:`~smr_ssm.models.SSMForSequenceRegression` built from a
+    :class:`~smr_ssm.config.ModelConfig`, without the transformers wrapper (the quick reproduction does
+    not import transformers).
+    """
+
+    def __init__(self, cfg: ModelConfig, input_dim: int = 1) -> None:
         super().__init__()
-        self.encoder = nn.Linear(1, d_model)
-        self.layers = build_blocks(n_layer, d_model, layer_type, host_kwargs(layer_type, d_state), smr=smr)
-        self.norm_f = nn.LayerNorm(d_model)
-        self.head = nn.Linear(d_model, 1)
+        kw = host_kwargs(
+            cfg.layer_type, cfg.d_state, cfg.dt_min, cfg.dt_max, cfg.smr_position, cfg.d_conv, cfg.expand,
+            cfg.dt_rank, cfg.scan_backend, cfg.s5_blocks, cfg.mega_chunk, cfg.mega_attention,
+            cfg.spade_window, cfg.n_heads,
+        )  # fmt: skip
+        self.encoder = nn.Linear(input_dim, cfg.d_model)
+        self.layers = build_blocks(
+            cfg.n_layer, cfg.d_model, cfg.layer_type, kw, smr=cfg.smr, bidirectional=cfg.bidirectional,
+            norm=cfg.norm, prenorm=cfg.prenorm, mixer_output=cfg.mixer_output, ffn=cfg.ffn,
+            ffn_expand=cfg.ffn_expand, dropout=cfg.dropout,
+        )  # fmt: skip
+        self.norm_f = nn.LayerNorm(cfg.d_model)
+        self.head = nn.Linear(cfg.d_model, 1)
 
     def embed(self, input_values: torch.Tensor) -> torch.Tensor:
         return self.encoder(input_values)
@@ -78,11 +107,32 @@ class SSMRegressor(nn.Module):
         return RegressionOutput(loss, pred)
 
 
-def state_norms(layer: nn.Module, u: torch.Tensor, timesteps: torch.Tensor | None = None) -> torch.Tensor:
-    """Hidden-state norm ``||x_k||`` per position ``(B, L)`` of a host (anything with ``states``) or of an
-    :class:`~smr_ssm.blocks.SSMBlock` (its input normalisation applied first, as in its forward)."""
-    from smr_ssm.blocks import SSMBlock
+def build_regressor(
+    model: ModelConfig, name: str, seed: int, input_dim: int, steps_host: str | None = None
+) -> tuple[SSMRegressor, bool]:
+    """The regressor of ``nss.models`` entry ``name`` built with ``seed`` (``(model, uses_steps)``).
 
+    ``baseline`` and ``smr`` built with the same seed have identical shared parameters (copied from the
+    model without SMR, so also when SMR's own initialisation draws random numbers): the two differ only
+    by SMR.
+    """
+    from papers_shared.device import seed_everything
+
+    smr, steps = MODEL_SPECS[name]
+    plain = replace(model, smr=None)
+    if steps and steps_host is not None:
+        plain = replace(plain, layer_type=steps_host)
+    seed_everything(seed)
+    reg = SSMRegressor(replace(plain, smr=model.smr) if smr else plain, input_dim)
+    if smr and model.smr is not None:  # an SMR with a random init draws numbers: copy the shared weights
+        seed_everything(seed)
+        reg.load_state_dict(SSMRegressor(plain, input_dim).state_dict(), strict=False)
+    return reg, steps
+
+
+def state_norms(layer: nn.Module, u: torch.Tensor, timesteps: torch.Tensor | None = None) -> torch.Tensor:
+    """Hidden-state norm ``||x_k||`` per position ``(B, L)`` of a host with ``states`` or of an
+    :class:`~smr_ssm.blocks.SSMBlock` (its input normalisation applied first, as in its forward)."""
     if isinstance(layer, SSMBlock):
         u = layer.norm(u) if layer.prenorm else u
         layer = layer.mixer
@@ -95,198 +145,128 @@ def state_norms(layer: nn.Module, u: torch.Tensor, timesteps: torch.Tensor | Non
 
 
 def nss_ratio(norms: torch.Tensor) -> torch.Tensor:
-    """``max_k ||x_k|| / median_k ||x_k||`` per sequence (spec §8 NSS indicator)."""
+    """``max_k ||x_k|| / median_k ||x_k||`` per sequence (the NSS indicator)."""
     return norms.max(dim=1).values / norms.median(dim=1).values.clamp_min(1e-12)
 
 
-def build_conditions(cfg: NSSConfig, n: int, seed: int) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """Test signals per condition: ``same`` (training grid), ``step_<s>`` (uniform grid of step ``s``),
-    ``jitter`` (``Delta_k ~ base_step * U[1 - jitter, 1 + jitter]``). Each has ``L + 1`` samples."""
-    common = dict(
-        base_step=cfg.base_step,
-        n_components=cfg.n_components,
-        freq_range=tuple(cfg.freq_range),
-        amp_range=tuple(cfg.amp_range),
-    )
-    conds = {"same": sample_signals(n, cfg.length + 1, "uniform", seed=seed, **common)}
-    for i, s in enumerate(cfg.test_steps):
-        conds[f"step_{s:g}"] = sample_signals(
-            n, cfg.length + 1, "scaled", scale=s / cfg.base_step, seed=seed + 1 + i, **common
-        )
-    conds["jitter"] = sample_signals(n, cfg.length + 1, "jitter", jitter=cfg.jitter, seed=seed + 99, **common)
-    return conds
-
-
 @torch.no_grad()
-def sampling_shift_eval(
-    model: nn.Module,
-    conditions: dict[str, tuple[torch.Tensor, torch.Tensor]],
-    base_step: float,
-    norm_sequences: int | None = 32,
-    with_timesteps: bool = False,
+def evaluate(
+    model: SSMRegressor,
+    conditions: Mapping[str, SamplingTask],
+    with_steps: bool = False,
+    norm_sequences: int = 32,
 ) -> dict[str, dict[str, float]]:
-    """MSE per condition for a regression model, and the NSS indicator of its first block on the first
-    ``norm_sequences`` sequences (``None``: all; ``0``: skipped). ``with_timesteps`` passes the true
-    relative steps to the model (the oracle of spec §4)."""
+    """Per condition: ``mse``, ``excess`` over the oracle's floor, and (``norm_sequences > 0``) the NSS
+    indicator of the first block on the first ``norm_sequences`` sequences."""
     model.eval()
     out = {}
-    for name, (values, times) in conditions.items():
-        batch = regression_batch(values, times, base_step, with_timesteps=with_timesteps)
-        ts = batch.get("timesteps")
-        pred = model(input_values=batch["input_values"], timesteps=ts).logits
-        res = {"mse": torch.mean((pred - batch["labels"]) ** 2).item()}
-        if norm_sequences != 0:
-            h = model.embed(input_values=batch["input_values"][:norm_sequences])
-            ts_n = None if ts is None else ts[:norm_sequences]
-            res["state_norm_ratio"] = nss_ratio(state_norms(model.layers[0], h, ts_n)).mean().item()
+    for name, task in conditions.items():
+        batch = task.batch(slice(None), with_steps)
+        pred = model(input_values=batch["input_values"], timesteps=batch.get("timesteps")).logits
+        mse = torch.mean((pred - batch["labels"]) ** 2).item()
+        res = {"mse": mse, "excess": mse - task.floor}
+        if norm_sequences:
+            h = model.embed(batch["input_values"][:norm_sequences])
+            ts = None if not with_steps else batch["timesteps"][:norm_sequences]
+            res["state_norm_ratio"] = nss_ratio(state_norms(model.layers[0], h, ts)).mean().item()
         out[name] = res
     return out
 
 
-def repeat_last_mse(conditions: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> dict[str, float]:
-    """The "repeat the last value" predictor ``u_{k+1} = u_k`` per condition."""
-    return {k: torch.mean((v[:, 1:] - v[:, :-1]) ** 2).item() for k, (v, _) in conditions.items()}
+def _pearson(x: torch.Tensor, y: torch.Tensor) -> float:
+    x, y = x.double() - x.double().mean(), y.double() - y.double().mean()
+    den = (x.pow(2).sum() * y.pow(2).sum()).sqrt()
+    return float((x * y).sum() / den) if den > 0 else 0.0
 
 
-def build_nss_model(cfg: NSSConfig, smr: Any, seed: int, init_from: nn.Module | None = None) -> SSMRegressor:
-    """A regressor (the baseline when ``smr`` is ``None``); ``init_from`` copies the shared parameters so
-    that the two models of a seed differ only by SMR."""
-    seed_everything(seed)
-    model = SSMRegressor(cfg.d_model, cfg.n_layer, cfg.layer_type, cfg.d_state, smr)
-    if init_from is not None:
-        model.load_state_dict(init_from.state_dict(), strict=False)
-    return model
+@torch.no_grad()
+def scale_step_correlation(
+    model: SSMRegressor, tasks: Mapping[str, SamplingTask], bins: int = 12
+) -> dict[str, Any]:
+    """How the first block's SMR scale ``s_k`` (``(B, L, H)``) follows the true relative step ``tau_k``.
+
+    Over all positions of all ``tasks`` (concatenated, so that the steps span the training and the
+    shifted ranges): ``r_mean`` - Pearson r between the channel-mean scale and ``tau``; ``r_abs_channel``
+    - mean over channels of ``|r|`` between each channel's scale and ``tau``; ``slope`` - least-squares
+    slope of the channel-mean scale on ``tau``; the mean scale per task; and the channel-mean scale
+    averaged in ``bins`` bins of ``tau`` (for a plot).
+    """
+    block = model.layers[0]
+    smr = block.smr
+    if not isinstance(smr, StateMemoryReplay):
+        raise ValueError("the model's first block has no SMR module")
+    model.eval()
+    scales, steps, per_task = [], [], {}
+    for name, task in tasks.items():
+        h = model.embed(task.inputs)
+        s = smr.scale(block.norm(h) if block.prenorm else h)  # the input SMR sees in the first block
+        scales.append(s)
+        steps.append(task.steps)
+        per_task[name] = float(s.mean())
+    s, tau = torch.cat(scales), torch.cat(steps)
+    s_mean = s.mean(-1)
+    x = tau.flatten().double()
+    yv = s_mean.flatten().double()
+    slope = float(((x - x.mean()) * (yv - yv.mean())).sum() / (x - x.mean()).pow(2).sum())
+    per_channel = [abs(_pearson(s[..., h].flatten(), tau.flatten())) for h in range(s.shape[-1])]
+    edges = torch.linspace(float(x.min()), float(x.max()), bins + 1, dtype=torch.float64)
+    which = torch.bucketize(x, edges[1:-1])
+    binned = [
+        (float(x[which == i].mean()), float(yv[which == i].mean())) for i in range(bins) if (which == i).any()
+    ]
+    return {
+        "r_mean": _pearson(s_mean.flatten(), tau.flatten()),
+        "r_abs_channel": statistics.fmean(per_channel),
+        "slope": slope,
+        "scale_mean": per_task,
+        "binned": {"step": [b[0] for b in binned], "scale": [b[1] for b in binned]},
+    }
 
 
-def train_nss_model(
-    cfg: NSSConfig,
-    model: nn.Module,
+def train_regressor(
+    model: SSMRegressor,
+    train: TrainConfig,
     seed: int,
-    train_values: torch.Tensor,
+    pool: SamplingTask,
+    with_steps: bool = False,
     progress: bool = False,
-    train_times: torch.Tensor | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> list[dict[str, Any]]:
-    """Train a regressor on the training pool (one-step-ahead MSE; AdamW, spec §8 settings). With
-    ``cfg.oracle_timesteps`` the batches carry the true relative steps (``train_times`` needed)."""
+    """Train on ``pool`` with the package trainer (``train`` with ``seed``; no checkpoints).
+
+    ``should_stop`` is polled before every batch: when it returns True the training stops with
+    :class:`KeyboardInterrupt` (how the experiment cancels its worker threads).
+    """
     from smr_ssm.trainer import StepSampler, Trainer
 
-    if cfg.oracle_timesteps and train_times is None:
-        raise ValueError("oracle_timesteps=True needs the sampling times of the training pool (train_times)")
-    sampler = StepSampler(train_values.shape[0], cfg.batch_size, seed=seed)
+    sampler = StepSampler(len(pool), train.batch_size, seed=seed)
 
     def batch_fn(i: int) -> dict[str, torch.Tensor]:
-        idx = sampler(i)
-        times = train_times[idx] if cfg.oracle_timesteps else None
-        return regression_batch(train_values[idx], times, cfg.base_step, with_timesteps=cfg.oracle_timesteps)
+        if should_stop is not None and should_stop():
+            raise KeyboardInterrupt("training cancelled")
+        return pool.batch(sampler(i), with_steps)
 
-    tcfg = TrainConfig(
-        lr=cfg.lr,
-        weight_decay=cfg.weight_decay,
-        max_steps=cfg.steps,
-        batch_size=cfg.batch_size,
-        warmup_frac=0.0,
-        log_every=max(1, cfg.steps // 5),
-        eval_every=0,
-        checkpoint_every=0,
-        seed=seed,
-        device="cpu",
-    )
-    trainer = Trainer(model, tcfg, batch_fn, out_dir=None, progress=progress)
-    return trainer.train()
+    tcfg = replace(train, seed=seed, eval_every=0, checkpoint_every=0, device="cpu")
+    return Trainer(model, tcfg, batch_fn, out_dir=None, progress=progress).train()
 
 
-def run_nss(cfg: NSSConfig, progress: bool = False, log=print) -> dict[str, Any]:
-    """The full experiment: per seed, a baseline and an SMR model with identical shared initialisation,
-    both evaluated on every sampling condition. Returns per-seed numbers and seed means.
-
-    All models and data are built first (in order, so results do not depend on scheduling); with
-    ``cfg.workers > 1`` the trainings then run in that many threads with one intra-op thread each,
-    which uses small CPUs far better than one training with several intra-op threads (the models
-    are tiny; training consumes no random numbers, so results equal a sequential run's up to the
-    floating-point reduction order of the intra-op thread count).
-    """
-    jobs, seeds = [], []
-    for seed in cfg.seeds:
-        common = dict(
-            base_step=cfg.base_step,
-            n_components=cfg.n_components,
-            freq_range=tuple(cfg.freq_range),
-            amp_range=tuple(cfg.amp_range),
-        )
-        train_values, train_times = sample_signals(
-            cfg.n_train, cfg.length + 1, "uniform", seed=1000 * seed + 7, **common
-        )
-        conditions = build_conditions(cfg, cfg.n_test, seed=1000 * seed + 500)
-        init = build_nss_model(cfg, None, seed)
-        seeds.append((seed, conditions))
-        for label, smr in (("baseline", None), ("smr", cfg.smr)):
-            model = build_nss_model(cfg, smr, seed, init_from=init)
-            jobs.append((seed, label, model, (train_values, train_times)))
-
-    def work(job):
-        seed, label, model, (values, times) = job
-        return train_nss_model(
-            cfg, model, seed, values, progress=progress and cfg.workers <= 1, train_times=times
-        )
-
-    threads = torch.get_num_threads()
-    # the data are generated and finite: skip the per-layer NaN/inf reductions (set once, here, since
-    # the switch is process-wide and the worker threads share it)
-    with validation(False):
-        try:
-            if cfg.workers > 1:
-                torch.set_num_threads(1)
-                with ThreadPoolExecutor(max_workers=cfg.workers) as pool:
-                    histories = list(pool.map(work, jobs))
-            else:
-                histories = [work(job) for job in jobs]
-        finally:
-            torch.set_num_threads(threads)
-    per_seed = []
-    for seed, conditions in seeds:
-        record: dict[str, Any] = {"seed": seed, "repeat_last": repeat_last_mse(conditions)}
-        for (s, label, model, _), history in zip(jobs, histories):
-            if s != seed:
-                continue
-            ev = sampling_shift_eval(
-                model, conditions, cfg.base_step, cfg.norm_sequences, with_timesteps=cfg.oracle_timesteps
-            )
-            record[label] = {
-                "eval": ev,
-                "final_train_loss": history[-1]["loss"] if history else float("nan"),
-                "degradation": {k: v["mse"] / ev["same"]["mse"] for k, v in ev.items() if k != "same"},
-            }
-            log(f"[nss] seed {seed} {label}: " + ", ".join(f"{k}={v['mse']:.4g}" for k, v in ev.items()))
-        per_seed.append(record)
-    return {"per_seed": per_seed, "summary": summarise(per_seed)}
-
-
-def summarise(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
-    """Seed means and standard deviations of every reported number."""
+def summarise(per_seed: list[dict[str, Any]], models: list[str]) -> dict[str, Any]:
+    """Seed means and standard deviations of every number, per model and condition."""
 
     def stats(xs: list[float]) -> dict[str, float]:
         return {"mean": statistics.fmean(xs), "std": statistics.pstdev(xs) if len(xs) > 1 else 0.0}
 
-    conds = list(per_seed[0]["repeat_last"])
-    out: dict[str, Any] = {"repeat_last": {c: stats([r["repeat_last"][c] for r in per_seed]) for c in conds}}
-    for label in ("baseline", "smr"):
-        out[label] = {
-            "mse": {c: stats([r[label]["eval"][c]["mse"] for r in per_seed]) for c in conds},
-            "state_norm_ratio": {
-                c: stats([r[label]["eval"][c]["state_norm_ratio"] for r in per_seed]) for c in conds
-            },
-            "degradation": {
-                c: stats([r[label]["degradation"][c] for r in per_seed]) for c in conds if c != "same"
-            },
-        }
-    out["seeds_smr_degrades_less_jitter"] = sum(
-        r["smr"]["degradation"]["jitter"] < r["baseline"]["degradation"]["jitter"] for r in per_seed
-    )
-    out["seeds_smr_lower_mse_jitter"] = sum(
-        r["smr"]["eval"]["jitter"]["mse"] < r["baseline"]["eval"]["jitter"]["mse"] for r in per_seed
-    )
-    out["seeds_smr_norm_ratio_not_larger_jitter"] = sum(
-        r["smr"]["eval"]["jitter"]["state_norm_ratio"] <= r["baseline"]["eval"]["jitter"]["state_norm_ratio"]
-        for r in per_seed
-    )
+    conds = list(per_seed[0]["floor"])
+    out: dict[str, Any] = {
+        "floor": {c: stats([r["floor"][c] for r in per_seed]) for c in conds},
+        "hold": {c: stats([r["hold"][c] for r in per_seed]) for c in conds},
+    }
+    for name in models:
+        evs = [r[name]["eval"] for r in per_seed]
+        out[name] = {key: {c: stats([ev[c][key] for ev in evs]) for c in conds} for key in evs[0][conds[0]]}
+        if "scale_step" in per_seed[0][name]:
+            out[name]["scale_step"] = {
+                k: stats([r[name]["scale_step"][k] for r in per_seed])
+                for k in ("r_mean", "r_abs_channel", "slope")
+            }
     return out

@@ -1,4 +1,4 @@
-"""Long Range Arena tasks (spec §5, table R1), read from the LRA release (``lra_release.gz`` of
+"""Long Range Arena tasks (the paper's LRA table), read from the LRA release (``lra_release.gz`` of
 google-research/long-range-arena, unpacked), CIFAR-10 and IMDb.
 
 Expected layout under ``data_dir`` (the unpacked ``lra_release`` folder):
@@ -26,6 +26,7 @@ import torch
 
 from papers_shared.checkpoints import atomic_save
 from papers_shared.data import DatasetNotFoundError
+from smr_ssm.data.cache import load_cache
 
 __all__ = ["LISTOPS_VOCAB", "LRA_TASKS", "LRADataset", "encode_bytes", "listops_tokens", "load_lra"]
 
@@ -232,8 +233,9 @@ def load_lra(
     root = Path(data_dir).expanduser()
     L = max_length or LRA_TASKS[task]["max_length"]
     cache_path = root / "cache" / f"{task}-{split}-L{L}-v{val_fraction}-s{split_seed}.pt"
-    if cache and cache_path.is_file():
-        return LRADataset(**torch.load(cache_path, weights_only=True))
+    cached = load_cache(cache_path) if cache else None
+    if isinstance(cached, dict) and set(cached) == {"inputs", "mask", "labels"}:
+        return LRADataset(**cached)
     if task not in ("text", "image") and not root.is_dir():  # image/text name their own sources
         raise DatasetNotFoundError(f"LRA data folder for {task!r}", root, _RELEASE + ".")
     if task == "listops":

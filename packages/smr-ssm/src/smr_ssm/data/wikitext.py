@@ -1,4 +1,4 @@
-"""WikiText-103 token streams for causal language modelling (spec §5, table R2).
+"""WikiText-103 token streams for causal language modelling (the paper's language-modelling table).
 
 Text comes from HF ``datasets`` (``Salesforce/wikitext``, ``wikitext-103-raw-v1``) through
 ``papers_shared.data.hf.load_hf_dataset`` (clear error offline), or from a local ``data_dir`` holding
@@ -17,6 +17,7 @@ import torch
 
 from papers_shared.checkpoints import atomic_save
 from papers_shared.data import DatasetNotFoundError
+from smr_ssm.data.cache import load_cache
 
 __all__ = ["ByteTokenizer", "LMWindows", "get_tokenizer", "load_lm_tokens", "perplexity"]
 
@@ -93,8 +94,9 @@ def load_lm_tokens(
         if cache_dir is not None:
             tag = f"{dataset}-{dataset_config}-{tokenizer}-{split}".replace("/", "_")
             cache = Path(cache_dir).expanduser() / f"{tag}.pt"
-            if cache.is_file():
-                out[split] = torch.load(cache, weights_only=True)
+            cached = load_cache(cache)
+            if isinstance(cached, torch.Tensor) and cached.ndim == 1:
+                out[split] = cached
                 continue
         lines = _read_split(dataset, dataset_config, split, data_dir)
         ids: list[int] = []
@@ -120,10 +122,12 @@ class LMWindows:
             raise ValueError(f"need more than context={context} tokens, got {tokens.numel()}")
         self.tokens, self.context, self.seed = tokens, context, seed
 
-    def batch(self, step: int, batch_size: int) -> dict[str, torch.Tensor]:
+    def batch(self, step: int, batch_size: int, rank: int = 0, world: int = 1) -> dict[str, torch.Tensor]:
+        """Training windows of ``step``: the global batch of ``batch_size`` random windows, of which this
+        process takes rows ``rank::world`` (the share a ``DistributedSampler`` would give it)."""
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
         starts = torch.randint(0, self.tokens.numel() - self.context + 1, (batch_size,), generator=g)
-        ids = torch.stack([self.tokens[s : s + self.context] for s in starts.tolist()])
+        ids = torch.stack([self.tokens[s : s + self.context] for s in starts[rank::world].tolist()])
         return {"input_ids": ids, "labels": ids}
 
     def eval_batches(
@@ -152,9 +156,15 @@ class LMWindows:
 
 @torch.no_grad()
 def perplexity(model, batches, device) -> dict[str, float]:
-    """Token-weighted mean next-token NLL and its exponential over ``batches``."""
+    """Token-weighted mean next-token NLL and its exponential over ``batches``. Under several processes
+    each scores every ``world``-th batch and the sums are gathered (every process returns the total)."""
+    from papers_shared import distributed as dist
+
+    rank, world = dist.rank(), dist.world_size()
     total, count = 0.0, 0
-    for batch in batches:
+    for i, batch in enumerate(batches):
+        if i % world != rank:
+            continue
         ids, labels = batch["input_ids"].to(device), batch["labels"].to(device)
         logits = model(input_ids=ids).logits[:, :-1]
         target = labels[:, 1:]
@@ -167,5 +177,7 @@ def perplexity(model, batches, device) -> dict[str, float]:
         )
         total += nll.item()
         count += int(valid.sum())
+    parts = dist.gather_objects((total, count))
+    total, count = sum(p[0] for p in parts), sum(p[1] for p in parts)
     loss = total / max(count, 1)
     return {"nll": loss, "ppl": math.exp(min(loss, 50.0)), "tokens": count}

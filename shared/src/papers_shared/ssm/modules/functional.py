@@ -111,6 +111,15 @@ def _assoc(a, b, h0):
     return b
 
 
+def _default_chunk(L: int) -> int:
+    """A chunk length near ``sqrt(L)``, preferring an exact divisor of ``L`` (no padding)."""
+    root = math.sqrt(L)
+    divisors = [t for t in range(max(1, int(root / 2)), int(2 * root) + 1) if L % t == 0]
+    if divisors:
+        return min(divisors, key=lambda t: abs(t - root))
+    return max(1, int(round(root)))
+
+
 def _chunked(a, b, h0, chunk):
     """Two levels: ``T`` steps inside all chunks at once, then ``K = L / T`` steps across chunks.
 
@@ -119,7 +128,7 @@ def _chunked(a, b, h0, chunk):
     """
     Bsz, L = b.shape[:2]
     rest = b.shape[2:]
-    T = chunk or max(1, int(round(math.sqrt(L))))
+    T = chunk or _default_chunk(L)
     K = -(-L // T)
     a = a.expand_as(b)
     pad = K * T - L
