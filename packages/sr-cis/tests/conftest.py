@@ -34,6 +34,8 @@ def tiny_cfg():
     cfg.text.describe_mode = "class_name_only"
     cfg.text.n_desc = 4
     cfg.restructure.epochs = 1
+    cfg.generator.kind = "gaussian"
+    cfg.generator.gaussian_source = "task"
     cfg.progress = False
     cfg.device = "cpu"
     return cfg

@@ -1,9 +1,10 @@
 import pytest
 import torch
 
+from papers_shared.errors import ConfigError, InputError
 from sr_cis.baselines import SeqLoRA, SimpleCIL, import_results_table, variant_config
-from sr_cis.config import SRCISConfig
-from sr_cis.experiment import METHODS, build_method
+from sr_cis.config import METHOD_NAMES, SRCISConfig
+from sr_cis.experiment import build_method
 from sr_cis.system import SRCIS
 
 
@@ -14,6 +15,9 @@ def test_variant_configs():
     assert variant_config(base, "sr_cis_no_text").text.describe_mode == "class_name_only"
     assert variant_config(base, "sr_cis_random_route").caoad.random_fraction == 0.2
     assert not variant_config(base, "sr_cis_fast_only").caoad.enabled
+    v = variant_config(base, "sr_cis_no_lora")
+    assert not v.stm.train_lora and not v.restructure.train_lora
+    assert variant_config(base, "sr_cis_pixel_replay").generator.gaussian_source == "task"
     assert base.restructure.period == 2 and base.caoad.enabled  # deep copies, base untouched
     with pytest.raises(ValueError, match="unknown SR-CIS variant"):
         variant_config(base, "sr_cis_magic")
@@ -21,11 +25,11 @@ def test_variant_configs():
 
 def test_build_method_names(small, tiny_cfg, names):
     assert isinstance(build_method("sr_cis", tiny_cfg, small, None, names), SRCIS)
-    with pytest.raises(ValueError, match="unknown method"):
+    with pytest.raises(ConfigError, match="unknown method"):
         build_method("l2p", tiny_cfg, small, None, names)
-    with pytest.raises(ValueError, match="large model"):
+    with pytest.raises(ConfigError, match="large model"):
         build_method("mllm_zero_shot", tiny_cfg, small, None, names)
-    assert "seq_lora" in METHODS and "simple_cil" in METHODS
+    assert "seq_lora" in METHOD_NAMES and "simple_cil" in METHOD_NAMES
 
 
 def test_random_route_fraction(small, tiny_cfg, make_task, names):
@@ -95,8 +99,14 @@ def test_import_results_table(tmp_path):
     rows = import_results_table(p)
     assert rows[0]["avg_acc"] is None and rows[0]["setting"] == "standard"
     p.write_text('[{"method": "x", "dataset": "y", "final_acc": 140}]')
-    with pytest.raises(ValueError, match="percentage"):
+    with pytest.raises(InputError, match="row 1, column 'final_acc'.*percentage"):
         import_results_table(p)
-    with pytest.raises(ValueError, match=".csv or .json"):
+    p.write_text('[{"method": "x", "dataset": "y", "final_acc": 40}, {"method": "z", "dataset": "y"}]')
+    with pytest.raises(InputError, match="row 2 has no 'final_acc'"):
+        import_results_table(p)
+    p.write_text("{not json")
+    with pytest.raises(InputError, match="malformed JSON"):
+        import_results_table(p)
+    with pytest.raises(InputError, match=".csv or .json"):
         (tmp_path / "t.txt").write_text("x")
         import_results_table(tmp_path / "t.txt")

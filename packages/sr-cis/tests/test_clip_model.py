@@ -40,6 +40,6 @@ def test_system_falls_back_to_class_names_with_clip(small, tiny_cfg, make_task, 
     lm = CLIPCandidateLargeModel.tiny(list(names.values()), image_size=16)
     s = SRCIS(small, lm, GaussianPixelGenerator(2), tiny_cfg, names)
     s.train_task(make_task([0, 1], 40), 0)
-    assert s.describe_mode == "class_name_only" and s.memory.text.for_class(0) == []
+    assert s.describe_mode == "class_name_only" and s.memory.text.for_class(0) == ["a photo of a zero"]
     prompts, _, _ = s.replay_prompts()
     assert prompts[0] == "a photo of a zero" and len(prompts) == 2 * tiny_cfg.text.n_desc

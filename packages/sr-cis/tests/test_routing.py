@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from sr_cis.fast_path import FastInference
+from sr_cis.fast_path import FastInference, RegionReadout, comparable_scores, route
 from sr_cis.memory import ComplementaryMemory, Region
 from sr_cis.prototypes import PrototypeHead
 
@@ -29,7 +29,7 @@ def _mem():
 
 def test_max_conf_picks_the_certain_region():
     m = FakeModel()
-    out = FastInference(m, _mem(), top_k=3)(torch.zeros(4, 3, 2, 2))
+    out = FastInference(m, _mem(), routing="max_conf", top_k=3)(torch.zeros(4, 3, 2, 2))
     assert out.pred.tolist() == [0] * 4 and out.region.tolist() == [0] * 4
     assert out.passes == 2 and sorted(m.calls) == ["stm_0", "stm_1"]
     # k=3 > 2 classes of region A: third candidate filled from region B
@@ -53,3 +53,34 @@ def test_memory_rejects_repeated_classes():
     mem = _mem()
     with pytest.raises(ValueError, match="already memorised"):
         mem.add_stm(2, Region("stm_2", "stm", PrototypeHead([3, 4], 2), [2]))
+
+
+def test_nearest_prototype_compares_distances_not_confidences():
+    # region A: 2 classes, prototypes far from h; region B: 8 classes, one prototype at h.
+    h = torch.tensor([[1.0, 0.0]])
+    a = PrototypeHead.from_prototypes(torch.tensor([[5.0, 0.0], [-5.0, 0.0]]), [0, 1])
+    pb = torch.tensor([[1.0, 0.0]] + [[0.0, 3.0 + i] for i in range(7)])
+    b = PrototypeHead.from_prototypes(pb, list(range(2, 10)))
+    za, zb = a(h), b(h)
+    ro = RegionReadout([za, zb], [comparable_scores(a, h, za), comparable_scores(b, h, zb)],
+                       [torch.tensor(a.classes), torch.tensor(b.classes)])  # fmt: skip
+    # comparable scores are -||h - p_c||^2 / 2
+    d2 = torch.cat([torch.cdist(h, a.weight), torch.cdist(h, b.weight)], 1) ** 2
+    assert torch.allclose(torch.cat(ro.comparable, 1), -0.5 * d2, atol=1e-5)
+    near = route(ro, "nearest_prototype", top_k=3)
+    assert near.pred.tolist() == [2] and near.region.tolist() == [1]  # distance 0 in region B
+    assert near.topk[0].tolist() == torch.tensor([0, 1, *range(2, 10)])[(-d2[0]).topk(3).indices].tolist()
+    # the 2-class head is far more "confident" (softmax over 2 rows 10 apart): max_conf picks region A
+    old = route(ro, "max_conf", top_k=3)
+    assert old.region.tolist() == [0] and old.pred.tolist() == [0]
+    with pytest.raises(ValueError, match="routing"):
+        route(ro, "energy")
+
+
+def test_cosine_heads_are_compared_as_they_are():
+    h = torch.tensor([[0.0, 2.0]])
+    head = PrototypeHead.from_prototypes(
+        torch.tensor([[1.0, 0.0], [0.0, 1.0]]), [0, 1], norm="cosine", tau=0.5
+    )
+    z = head(h)
+    assert torch.equal(comparable_scores(head, h, z), z) and torch.allclose(z, torch.tensor([[0.0, 2.0]]))

@@ -80,7 +80,7 @@ def test_sdxl_argument_plumbing_with_mock_pipeline():
 def test_build_generator_kinds():
     from sr_cis.config import GeneratorConfig
 
-    assert isinstance(build_generator(GeneratorConfig()), GaussianPixelGenerator)
+    assert isinstance(build_generator(GeneratorConfig(kind="gaussian")), GaussianPixelGenerator)
     cfg = GeneratorConfig()
     cfg.kind = "vae"
     with pytest.raises(ValueError, match="unknown generator"):

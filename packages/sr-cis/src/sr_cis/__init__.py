@@ -1,7 +1,7 @@
-"""SR-CIS: Self-Reflective Complementary Incremental System (arXiv 2408.01970), spec ``sr-cis.md``.
+"""SR-CIS: Self-Reflective Complementary Incremental System (Qi et al., arXiv 2408.01970).
 
 CIM (small ViT + peft LoRA fast path, large multimodal model slow path, CA-OAD gate), CMM (STM slots and a
-merged LTM; textual scenario memory) and SRM (scenario replay for STM -> LTM restructuring).
+merged LTM; textual scenario memory) and SRM (scenario replay from the text for STM -> LTM restructuring).
 """
 
 from sr_cis.baselines import MLLMZeroShot, SeqLoRA, SimpleCIL, import_results_table, variant_config
@@ -23,7 +23,7 @@ from sr_cis.config import (
     TextMemoryConfig,
     TinyViTConfig,
 )
-from sr_cis.fast_path import FastInference, FastOutput
+from sr_cis.fast_path import FastInference, FastOutput, route
 from sr_cis.memory import ComplementaryMemory, Region
 from sr_cis.prototypes import PrototypeHead, compute_prototypes, concat_heads
 from sr_cis.scenario import DiffusersSDXLGenerator, GaussianPixelGenerator, ScenarioGenerator, build_generator
@@ -31,6 +31,7 @@ from sr_cis.slow_path import SlowPath, build_large_model, parse_choice
 from sr_cis.small_model import SmallModel, build_small_model
 from sr_cis.system import SRCIS, RestructureReport, restructure_due
 from sr_cis.text_memory import CHOOSE_TEMPLATE, DESCRIBE_TEMPLATE, TextMemory, choose_prompt
+from sr_cis.trainer import fit, pretrain_backbone, train_stm
 
 __all__ = [
     "CAOADConfig",
@@ -75,8 +76,12 @@ __all__ = [
     "compute_prototypes",
     "concat_heads",
     "confidence_score",
+    "fit",
     "import_results_table",
     "parse_choice",
+    "pretrain_backbone",
     "restructure_due",
+    "route",
+    "train_stm",
     "variant_config",
 ]

@@ -1,4 +1,4 @@
-"""``CLIPCandidateLargeModel``: a non-generative slow path (spec §7, [ours]).
+"""``CLIPCandidateLargeModel``: a non-generative slow path (ours).
 
 CLIP zero-shot scores over the fast path's top-k candidates: ``score_options`` returns the log-softmax of
 CLIP's image-text logits over the options (text ``template.format(name=option)``); the prompt is ignored.

@@ -1,4 +1,5 @@
-"""Dataset helpers and the benchmark splits of spec §5 (CIFAR100, ImageNet-R, DomainNet, digits, few-shot).
+"""Dataset helpers and the benchmark splits (paper: CIFAR100, ImageNet-R, DomainNet, standard and few-shot;
+splits follow InfLoRA / LAMDA-PILOT) plus the offline digits data of the quick run.
 
 Real loaders never download silently and never fall back to fake data: absent files raise
 :class:`papers_shared.data.DatasetNotFoundError` naming the path and how to get them.
@@ -21,8 +22,11 @@ __all__ = [
     "DIGIT_NAMES",
     "class_images",
     "dataset_labels",
+    "eval_subset",
     "few_shot_indices",
+    "hold_out_pretrain",
     "load_benchmark",
+    "stack_dataset",
 ]
 
 DIGIT_NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
@@ -56,7 +60,7 @@ def class_images(
 
 
 def few_shot_indices(labels: torch.Tensor, classes: Sequence[int], shots: int, seed: int = 0) -> torch.Tensor:
-    """``shots`` seeded training indices per class (spec §5 few-shot protocol)."""
+    """``shots`` seeded training indices per class (few-shot protocol, ours)."""
     if shots < 1:
         raise ValueError(f"shots must be >= 1, got {shots}")
     g = torch.Generator().manual_seed(seed)
@@ -167,7 +171,7 @@ def _domainnet(root: Path, size: int, domains: Sequence[str]):
 
 
 def load_benchmark(cfg, image_size: int | None = None) -> CILBenchmark:
-    """The benchmark of a :class:`~sr_cis.config.DataConfig` (spec §5)."""
+    """The benchmark of a :class:`~sr_cis.config.DataConfig`."""
     size = image_size or cfg.image_size
     root = Path(cfg.root).expanduser()
     if cfg.name == "digits":
@@ -192,3 +196,44 @@ def load_benchmark(cfg, image_size: int | None = None) -> CILBenchmark:
     ytr, yte = dataset_labels(train), dataset_labels(test)
     split = task_sessions(ytr, yte, cfg.num_tasks, seed=cfg.class_order_seed)
     return CILBenchmark(train, test, split, names, ytr, yte)
+
+
+def eval_subset(test: Dataset, max_samples: int | None, seed: int = 0) -> Dataset:
+    """A seeded random subset of ``max_samples`` test samples (all of them when ``None``)."""
+    if max_samples is None or len(test) <= max_samples:
+        return test
+    g = torch.Generator().manual_seed(seed)
+    return Subset(test, torch.randperm(len(test), generator=g)[:max_samples].tolist())
+
+
+def hold_out_pretrain(bench: CILBenchmark, frac: float, seed: int) -> tuple[CILBenchmark, Subset]:
+    """Split a stratified share ``frac`` of the training pool off for pre-training a tiny backbone.
+
+    Returns the benchmark restricted to the rest (task splits re-indexed, test unchanged) and the held-out
+    pre-training subset. The two are disjoint, so no incremental training image is seen in pre-training.
+    """
+    from papers_shared.data import stratified_split
+    from papers_shared.sessions import IncrementalSplit, Session
+
+    rest, pre = stratified_split(bench.train_labels, test_frac=frac, seed=seed)
+    rest_ds = Subset(bench.train, rest.tolist())
+    pos = {int(i): j for j, i in enumerate(rest.tolist())}
+    sessions = []
+    for s in bench.split.sessions:
+        tr = torch.tensor([pos[int(i)] for i in s.train_idx if int(i) in pos], dtype=torch.long)
+        sessions.append(Session(s.index, list(s.classes), tr, s.test_idx))
+    split = IncrementalSplit(sessions, bench.split.class_order, bench.split.protocol, bench.split.seed)
+    restricted = CILBenchmark(
+        rest_ds, bench.test, split, bench.class_names, dataset_labels(rest_ds), bench.test_labels
+    )
+    return restricted, Subset(bench.train, pre.tolist())
+
+
+def stack_dataset(ds: Dataset) -> tuple[torch.Tensor, torch.Tensor]:
+    """All images and labels of a (small) dataset as two tensors."""
+    labels = dataset_labels(ds)
+    if isinstance(ds, TensorDataset):
+        return ds.tensors[0], labels
+    if isinstance(ds, Subset) and isinstance(ds.dataset, TensorDataset):
+        return ds.dataset.tensors[0][torch.as_tensor(ds.indices, dtype=torch.long)], labels
+    return torch.stack([ds[i][0] for i in range(len(ds))]), labels

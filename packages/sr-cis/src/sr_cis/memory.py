@@ -1,4 +1,5 @@
-"""Complementary Memory Module (spec §1, §3.5): STM slots and the LTM, decoupled from inference.
+"""Complementary Memory Module (paper: CMM, short-term regions restructured into a long-term region; form
+ours): STM slots and the LTM, decoupled from inference.
 
 A :class:`Region` is one memory region: a peft adapter of the small model ("parameter memory") plus a
 :class:`~sr_cis.prototypes.PrototypeHead` ("representation memory"). The STM holds one region per
@@ -65,8 +66,9 @@ class ComplementaryMemory:
         """``class id -> region that currently owns it``."""
         return {c: r for r in self.regions for c in r.classes}
 
-    def storage_report(self, small_model) -> dict:
-        """Bytes of parameter memory (LoRA tensors), representation memory (heads) and text memory."""
+    def storage_report(self, small_model, image_stats_bytes: int = 0) -> dict:
+        """Bytes of parameter memory (LoRA tensors), representation memory (heads), text memory and, for
+        the pixel-statistics replay variant, the image statistics kept beside the text."""
         lora = {r.adapter: small_model.adapter_bytes(r.adapter) for r in self.regions}
         heads = {r.adapter: r.head_bytes() for r in self.regions}
         text = self.text.nbytes()
@@ -75,6 +77,7 @@ class ComplementaryMemory:
             "lora_bytes": int(sum(lora.values())),
             "head_bytes": int(sum(heads.values())),
             "text_bytes": int(text),
-            "total_bytes": int(sum(lora.values()) + sum(heads.values()) + text),
+            "image_stats_bytes": int(image_stats_bytes),
+            "total_bytes": int(sum(lora.values()) + sum(heads.values()) + text + image_stats_bytes),
             "per_region": {k: {"lora": lora[k], "head": heads[k]} for k in lora},
         }

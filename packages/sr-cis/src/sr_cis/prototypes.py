@@ -1,4 +1,4 @@
-"""Representation memory: prototype heads ("prototype weights and biases", spec §3.1).
+"""Representation memory: prototype heads (the paper's "prototype weights and biases"; form ours).
 
 Euclidean head (NCM written as a linear layer)::
 
@@ -49,7 +49,7 @@ class PrototypeHead(nn.Module):
 
     @torch.no_grad()
     def set_prototypes(self, prototypes: torch.Tensor, rows: Sequence[int] | None = None) -> None:
-        """Overwrite ``(P, b)`` (all rows, or ``rows``) from class means (spec §3.1)."""
+        """Overwrite ``(P, b)`` (all rows, or ``rows``) from class means."""
         if not torch.isfinite(prototypes).all():
             raise ValueError("prototypes contain NaN or inf")
         idx = list(range(len(self.classes))) if rows is None else list(rows)
@@ -75,7 +75,7 @@ class PrototypeHead(nn.Module):
 
 
 def concat_heads(heads: Sequence[PrototypeHead], order: str = "class_id") -> PrototypeHead:
-    """One head holding every row of ``heads`` (spec §3.5 step 4), rows sorted by class id."""
+    """One head holding every row of ``heads`` (the merged LTM head), rows sorted by class id."""
     if not heads:
         raise ValueError("need at least one head")
     rows = [(c, h, i) for h in heads for i, c in enumerate(h.classes)]

@@ -1,9 +1,14 @@
-"""Scenario Replay Module generators (spec §3.4).
+"""Scenario Replay Module generators: text in, images out (paper: SDXL regenerates scenes from the stored
+descriptions; settings ours).
 
 * :class:`DiffusersSDXLGenerator`: SDXL base through ``diffusers`` (optional extra ``sr-cis[diffusion]``,
   imported lazily; a ``pipeline`` object can be passed in, e.g. a mock in tests).
-* :class:`GaussianPixelGenerator`: the offline default (spec §8) - a per-class pixel mean + low-rank
-  covariance fitted on the task data at training time, keyed by the class name found in the prompt.
+* :class:`GaussianPixelGenerator`: the offline stand-in (ours), a per-class pixel mean + low-rank
+  covariance keyed by the class name found in the prompt. Fitted once on a pre-training corpus and
+  frozen (:meth:`~GaussianPixelGenerator.fit_corpus`), it plays the part of a pre-trained text-to-image
+  model: it never sees the incremental tasks, and the memory holds only text. Fitted on each task's
+  images instead (the earlier variant, ``generator.gaussian_source=task``), its statistics are image
+  memory, counted as such in the storage report.
 
 Both return a float tensor ``[N, C, out_size, out_size]`` in ``[0, 1]`` (the small model's input).
 """
@@ -16,8 +21,11 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 import torch.nn.functional as F
 
+from papers_shared.errors import UserError
+
 __all__ = [
     "DiffusersSDXLGenerator",
+    "MissingExtraError",
     "GaussianPixelGenerator",
     "ScenarioGenerator",
     "build_generator",
@@ -25,8 +33,12 @@ __all__ = [
 ]
 
 
+class MissingExtraError(UserError, ImportError):
+    """An optional dependency the config asks for is not installed (one line, exit 2 in the CLI)."""
+
+
 def replay_seed(class_id: int, index: int, base: int = 0) -> int:
-    """Deterministic per-image seed ``hash(class, index)`` (spec §3.4)."""
+    """Deterministic per-image seed ``hash(class, index)`` (ours)."""
     return (int(base) * 1_000_003 + int(class_id) * 10_007 + int(index)) % (2**31 - 1)
 
 
@@ -51,9 +63,22 @@ class GaussianPixelGenerator:
         self.rank = rank
         self.noise = float(noise)
         self.stats: dict[str, tuple[torch.Tensor, torch.Tensor, tuple[int, ...]]] = {}
+        #: fitted on a corpus and frozen (a stand-in for a pre-trained text-to-image model)
+        self.frozen = False
+
+    def fit_corpus(self, x: torch.Tensor, y: torch.Tensor, names: dict[int, str]) -> GaussianPixelGenerator:
+        """Fit every class of a pre-training corpus ``(x, y)`` under its name, then freeze."""
+        if x.shape[0] != y.shape[0]:
+            raise ValueError(f"corpus has {x.shape[0]} images but {y.shape[0]} labels")
+        for c in sorted(torch.unique(y).tolist()):
+            self.fit(names[int(c)], x[y == c])
+        self.frozen = True
+        return self
 
     def fit(self, name: str, x: torch.Tensor) -> None:
         """Fit the class ``name`` on images ``x`` ``[n, C, H, W]`` in ``[0, 1]``."""
+        if self.frozen:
+            raise RuntimeError("this generator was fitted on a corpus and is frozen")
         if x.ndim != 4 or x.shape[0] < 1:
             raise ValueError(f"need a non-empty [n, C, H, W] batch, got shape {tuple(x.shape)}")
         if not torch.isfinite(x).all():
@@ -92,7 +117,7 @@ class GaussianPixelGenerator:
 
 
 class DiffusersSDXLGenerator:
-    """SDXL text-to-image replay (spec §3.4): 30 steps, guidance 7.0, 1024^2 resized to ``out_size``."""
+    """SDXL text-to-image replay (paper: SDXL; ours: 30 steps, guidance 7.0, 1024^2 resized to ``out_size``)."""
 
     def __init__(
         self,
@@ -119,9 +144,9 @@ class DiffusersSDXLGenerator:
         try:
             from diffusers import StableDiffusionXLPipeline
         except ImportError as exc:
-            raise ImportError(
-                "The SDXL scenario generator needs diffusers: pip install sr-cis[diffusion] "
-                "(or use generator.kind=gaussian, the offline default)."
+            raise MissingExtraError(
+                "the SDXL scenario generator needs diffusers: pip install 'sr-cis[diffusion]' "
+                "(or use generator.kind=gaussian, the offline stand-in)"
             ) from exc
         from papers_shared.mllm import resolve_model_path
 

@@ -1,5 +1,7 @@
-"""Large model of the CIM: slow deliberation over the fast path's candidates (spec §3.8) and the writer of
-the textual scenario memory (spec §3.3).
+"""Large model of the CIM: slow deliberation over the fast path's candidates and the writer of the textual
+scenario memory (paper: an MLLM; prompt, candidates and answer parsing from the same authors' ICL code,
+``utils/cor_with_slow.py:InferenceWithSlowModel`` ``formulate_query``/``classification``, repository
+Biqing-Qi/Interactive-continual-Learning-Fast-and-Slow-Thinking, commit 17ab1c68).
 
 Any :class:`papers_shared.mllm.MultimodalLM` works: a transformers checkpoint through
 :class:`~papers_shared.mllm.HFImageTextModel`, the tiny random LLaVA
@@ -79,7 +81,7 @@ class SlowPath:
         return out, answers
 
     def describe(self, images: torch.Tensor, class_id: int, max_new_tokens: int = 60) -> list[str]:
-        """One description per image with ``DESCRIBE_TEMPLATE`` (spec §3.3)."""
+        """One description per image with ``DESCRIBE_TEMPLATE`` (ours)."""
         if not hasattr(self.model, "generate"):
             raise TypeError("this large model cannot write descriptions (no generate); use class_name_only")
         name = self._names([class_id])[0]

@@ -1,4 +1,5 @@
-"""The small model of the Complementary Inference Module (spec §3.1): a frozen ViT whose memory regions
+"""The small model of the Complementary Inference Module (paper: a small pre-trained model for fast
+inference; ViT + LoRA form ours): a frozen ViT whose memory regions
 are peft LoRA adapters (one per STM slot, one for the LTM).
 
 peft is the memory substrate: ``add_adapter`` per task, ``set_adapter`` to read one region,
@@ -23,7 +24,7 @@ TARGET_ALIASES = {"query": "q_proj", "key": "k_proj", "value": "v_proj", "q_proj
 
 
 def resolve_targets(model: nn.Module, targets: Sequence[str]) -> list[str]:
-    """The spec's target names (``query``, ``value``) mapped to the names this model version uses."""
+    """Target names (``query``, ``value``) mapped to the names this transformers version uses."""
     leaves = {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, nn.Linear)}
     out = []
     for t in targets:
@@ -101,8 +102,17 @@ class SmallModel(nn.Module):
             init_lora_weights=True,  # B = 0: a fresh adapter is the identity
         )
 
-    def add_task_adapter(self, name: str, r: int | None = None, alpha: float | None = None) -> None:
-        """A fresh LoRA (``B = 0``) named ``name``; it becomes the active, only trainable adapter."""
+    def add_task_adapter(
+        self, name: str, r: int | None = None, alpha: float | None = None, seed: int | None = None
+    ) -> None:
+        """A fresh LoRA (``B = 0``) named ``name``; it becomes the active, only trainable adapter.
+
+        ``seed`` fixes the random ``A`` (otherwise drawn from the global generator)."""
+        if seed is not None:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                self.add_task_adapter(name, r, alpha)
+            return
         if not isinstance(name, str) or not name:
             raise ValueError("adapter name must be a non-empty string")
         if name in self.adapter_ranks:
@@ -158,7 +168,7 @@ class SmallModel(nn.Module):
         svd_rank: int | None = None,
     ) -> None:
         """``ΔW_new = Σ_i w_i ΔW_i`` exactly (peft ``cat``), or its best rank-``svd_rank`` approximation
-        (peft ``svd``; exact when ``svd_rank >= Σ r_i``). spec §3.5 step 3."""
+        (peft ``svd``; exact when ``svd_rank >= Σ r_i``). The restructuring's merge (ours)."""
         if combination not in ("cat", "svd"):
             raise ValueError(f"combination must be 'cat' or 'svd' (exact merges), got {combination!r}")
         if len(names) == 0 or len(names) != len(weights):
@@ -225,6 +235,19 @@ class SmallModel(nn.Module):
             )
         full = {own[k]: v for k, v in state.items()}
         self.peft.load_state_dict(full, strict=False)
+
+    @torch.no_grad()
+    def relative_delta(self, name: str) -> float:
+        """``sum ||s B A||_F / sum ||W||_F`` over the adapted projections: how far the LoRA of ``name`` moved
+        the frozen weights (0 for a fresh adapter)."""
+        num = den = 0.0
+        for m in self.peft.modules():
+            if hasattr(m, "lora_A") and name in getattr(m, "lora_A", {}):
+                num += float(m.get_delta_weight(name).float().norm())
+                den += float(m.get_base_layer().weight.float().norm())
+        if den == 0.0:
+            raise KeyError(f"adapter {name!r} adapts no layer")
+        return num / den
 
     def adapter_bytes(self, name: str) -> int:
         return sum(v.numel() * v.element_size() for v in self.adapter_state(name).values())

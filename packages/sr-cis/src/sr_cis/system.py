@@ -1,38 +1,50 @@
-"""SR-CIS: the whole system (spec §3.0, §3.9).
+"""SR-CIS: the whole system (paper: CIM + CA-OAD, CMM and SRM; how they are put together is ours).
 
-* :meth:`SRCIS.train_task` - STM slot for task t (spec §3.2) + descriptions of its classes (spec §3.3).
-* :meth:`SRCIS.restructure` - STM -> LTM memory restructuring with scenario replay (spec §3.4-3.5).
-* :meth:`SRCIS.predict` - fast path (spec §3.6) + CA-OAD (spec §3.7) + slow path (spec §3.8).
-* :meth:`SRCIS.evaluate` - accuracy (fast / fast+slow), routing fraction, MLLM fix/harm rates, storage.
+* :meth:`SRCIS.train_task` - STM slot for task t (task LoRA + prototype head, :func:`sr_cis.trainer.train_stm`)
+  and the text memory of its classes.
+* :meth:`SRCIS.restructure` - STM -> LTM: replay scenes from the text memory, merge the LoRAs exactly,
+  concatenate the heads, fine-tune with distillation from each class's previous region.
+* :meth:`SRCIS.predict` - fast path (:mod:`sr_cis.fast_path`) + CA-OAD (:mod:`sr_cis.ca_oad`) + slow path.
+* :meth:`SRCIS.evaluate` - accuracy (fast / fast+slow), region accuracy, routing share, the slow path's
+  gain on routed samples, storage; sharded over processes under ``torchrun``.
+* :meth:`SRCIS.save` / :meth:`SRCIS.load` - the memory as safetensors (tensors) + JSON metadata.
 """
 
 from __future__ import annotations
 
+import contextlib
+import copy
+import json
 import math
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset, TensorDataset
-from tqdm.auto import tqdm
+from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
+from papers_shared.distributed import gather_objects, gather_rows, shard, world_size
+from papers_shared.errors import CheckpointError
 from sr_cis.ca_oad import OnlineConfidenceAnomalyDetector, RandomRouter
 from sr_cis.config import SRCISConfig
 from sr_cis.data import class_images, dataset_labels
-from sr_cis.fast_path import FastInference, FastOutput
+from sr_cis.fast_path import FastInference, FastOutput, route
 from sr_cis.memory import ComplementaryMemory, Region
 from sr_cis.prototypes import PrototypeHead, concat_heads
 from sr_cis.scenario import GaussianPixelGenerator, replay_seed
 from sr_cis.slow_path import SlowPath
 from sr_cis.text_memory import CLASS_NAME_TEMPLATE, TextMemory
+from sr_cis.trainer import HeadOnFeatures, fit, train_stm
 
-__all__ = ["SRCIS", "RestructureReport", "restructure_due"]
+__all__ = ["SRCIS", "STATE_FORMAT", "RestructureReport", "restructure_due", "summarize"]
+
+STATE_FORMAT = "sr-cis/2"
 
 
 def restructure_due(period: int | str | None, t: int, num_tasks: int | None) -> bool:
-    """Restructure after (0-based) task ``t``: every ``R`` tasks, only at the end, or never (spec §3.5)."""
+    """Restructure after (0-based) task ``t``: every ``R`` tasks, only at the end, or never (ours)."""
     if period is None:
         return False
     if period == "end":
@@ -55,10 +67,11 @@ class RestructureReport:
     skipped: bool = False
 
 
-def _feature_loader(
-    ds: Dataset, batch_size: int, shuffle: bool, gen: torch.Generator | None = None, workers: int = 0
-):
-    return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, generator=gen, num_workers=workers)
+def _loader(ds: Dataset, batch_size: int, workers: int = 0, indices: list[int] | None = None) -> DataLoader:
+    """In-order batches of ``ds`` (or of ``indices`` of it)."""
+    if indices is not None:
+        ds = Subset(ds, indices)
+    return DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=workers)
 
 
 class SRCIS:
@@ -67,9 +80,11 @@ class SRCIS:
     Args:
         small_model: :class:`~sr_cis.small_model.SmallModel` (frozen ViT + peft adapters).
         large_model: any :class:`papers_shared.mllm.MultimodalLM` or ``None`` (fast path only).
-        generator: a scenario generator (``generate(prompts, seeds) -> [N, C, H, W]``); a
-            :class:`~sr_cis.scenario.GaussianPixelGenerator` is fitted on task data automatically.
+        generator: a scenario generator (``generate(prompts, seeds) -> [N, C, H, W]``) or ``None`` (no
+            restructuring). An unfrozen :class:`~sr_cis.scenario.GaussianPixelGenerator` is fitted on each
+            task's images (the pixel-statistics variant); a frozen one only reads the stored text.
         class_names: ``class id -> name`` for every class that will appear.
+        seed: seeds every generator the system creates (sample order, replay images, random routing).
     """
 
     def __init__(
@@ -80,21 +95,45 @@ class SRCIS:
         cfg: SRCISConfig | None = None,
         class_names: Mapping[int, str] | None = None,
         device: torch.device | str = "cpu",
+        seed: int = 0,
     ) -> None:
         self.cfg = cfg or SRCISConfig()
         self.device = torch.device(device)
         self.model = small_model.to(self.device)
         self.large_model = large_model
         self.generator = generator
+        self.seed = int(seed)
         self.class_names = {int(k): str(v) for k, v in (class_names or {}).items()}
         self.memory = ComplementaryMemory()
         self.tasks_seen = 0
+        self.task_reports: list[dict] = []
+        self.detector = self._build_detector()
+        self._slow: SlowPath | None = None
+
+    def _build_detector(self):
         c = self.cfg.caoad
         if c.random_fraction is not None:
-            self.detector = RandomRouter(c.random_fraction, c.seed)
-        else:
-            self.detector = OnlineConfidenceAnomalyDetector(c.z_threshold, c.warmup, c.scope, c.score)
-        self._slow: SlowPath | None = None
+            return RandomRouter(c.random_fraction, self.seed)
+        return OnlineConfidenceAnomalyDetector(
+            c.z_threshold, c.warmup, c.scope, c.score, c.rule, c.route_share
+        )
+
+    @contextlib.contextmanager
+    def override(self, **sections: Any) -> Iterator[SRCIS]:
+        """Evaluate with other inference settings, e.g. ``override(fast=FastPathConfig(routing="max_conf"))``;
+        the trained memory is shared, the previous config is restored on exit."""
+        saved, saved_det = self.cfg, self.detector
+        cfg = copy.copy(self.cfg)
+        for k, v in sections.items():
+            if not hasattr(cfg, k):
+                raise KeyError(f"SRCISConfig has no section {k!r}")
+            setattr(cfg, k, v)
+        self.cfg = cfg
+        self.detector = self._build_detector()
+        try:
+            yield self
+        finally:
+            self.cfg, self.detector = saved, saved_det
 
     # ------------------------------------------------------------------ helpers
     @property
@@ -115,6 +154,11 @@ class SRCIS:
             return "class_name_only"
         return self.cfg.text.describe_mode
 
+    @property
+    def stores_image_stats(self) -> bool:
+        """True for the pixel-statistics replay variant (statistics of task images kept in memory)."""
+        return isinstance(self.generator, GaussianPixelGenerator) and not self.generator.frozen
+
     def fast(self) -> FastInference:
         f = self.cfg.fast
         return FastInference(self.model, self.memory, f.routing, f.top_k, self.cfg.caoad.score)
@@ -133,25 +177,31 @@ class SRCIS:
             self.device
         )
 
-    def _prototypes(self, ds: Dataset, labels: torch.Tensor, classes: list[int], adapter: str | None):
-        sums = {c: None for c in classes}
-        counts = dict.fromkeys(classes, 0)
+    @torch.no_grad()
+    def _prototypes(self, ds: Dataset, classes: list[int], adapter: str | None) -> torch.Tensor:
+        """Class means of ``adapter``'s features; each process reads a shard, the sums are gathered."""
+        dim = self.model.dim
+        sums = torch.zeros(len(classes), dim, dtype=torch.float64)
+        counts = torch.zeros(len(classes), dtype=torch.float64)
+        col = {c: i for i, c in enumerate(classes)}
         self.model.eval()
-        with torch.no_grad():
-            for xb, yb in _feature_loader(ds, self.cfg.fast.batch_size, False, None, self.cfg.num_workers):
-                h = self._feats(xb, adapter).cpu()
-                for c in classes:
-                    m = yb == c
-                    if m.any():
-                        s = h[m].sum(0)
-                        sums[c] = s if sums[c] is None else sums[c] + s
-                        counts[c] += int(m.sum())
-        missing = [c for c in classes if counts[c] == 0]
+        mine = shard(list(range(len(ds))))
+        for xb, yb in _loader(ds, self.cfg.fast.batch_size, self.cfg.num_workers, mine):
+            h = self._feats(xb, adapter).double().cpu()
+            rows = torch.tensor([col.get(int(c), -1) for c in yb])
+            keep = rows >= 0
+            sums.index_add_(0, rows[keep], h[keep])
+            counts.index_add_(0, rows[keep], torch.ones(int(keep.sum()), dtype=torch.float64))
+        if world_size() > 1:
+            parts = gather_objects((sums, counts))
+            sums = sum(p[0] for p in parts)
+            counts = sum(p[1] for p in parts)
+        missing = [c for c in classes if counts[col[c]] == 0]
         if missing:
             raise ValueError(f"classes {missing} have no training samples")
-        return torch.stack([sums[c] / counts[c] for c in classes])
+        return (sums / counts[:, None]).float()
 
-    # ------------------------------------------------------------------ training (spec §3.2-3.3)
+    # ------------------------------------------------------------------ training
     def train_task(
         self, train: Dataset, task_id: int | None = None, class_names: Mapping[int, str] | None = None
     ) -> Region:
@@ -170,64 +220,53 @@ class SRCIS:
             raise ValueError(f"classes {sorted(overlap)} were already learned (tasks must be disjoint)")
         s = self.cfg.stm
         name = f"stm_{task_id}"
-        self.model.add_task_adapter(name)
-        protos = self._prototypes(train, labels, classes, name)
-        head = self._head(classes, protos)
+        self.model.add_task_adapter(name, seed=self.seed * 1_000_003 + 300_000 + task_id)
+        before = self._prototypes(train, classes, name)  # B = 0: the frozen backbone's class means
+        head = self._head(classes, before)
         local = torch.full((max(classes) + 1,), -1, dtype=torch.long)
         local[torch.tensor(classes)] = torch.arange(len(classes))
-        params = (self.model.trainable_parameters(name) if s.train_lora else []) + (
-            list(head.parameters()) if s.train_head else []
+        losses = train_stm(
+            self.model,
+            head,
+            name,
+            train,
+            local,
+            s,
+            seed=self.seed * 1_000_003 + task_id,
+            device=self.device,
+            progress=self.cfg.progress,
+            num_workers=self.cfg.num_workers,
         )
-        if not s.train_lora:
-            self.model.freeze_all()
-        losses: list[float] = []
-        if params and s.epochs > 0:
-            opt = torch.optim.Adam(params, lr=s.lr, weight_decay=s.weight_decay)
-            miles = sorted({max(1, int(round(m * s.epochs))) for m in s.milestones})
-            sched = torch.optim.lr_scheduler.MultiStepLR(opt, miles, gamma=s.gamma)
-            gen = torch.Generator().manual_seed(int(torch.randint(0, 2**31 - 1, (1,))))
-            self.model.train()
-            bar = tqdm(
-                range(s.epochs), desc=f"STM task {task_id}", disable=not self.cfg.progress, leave=False
-            )
-            for _ in bar:
-                tot, n = 0.0, 0
-                for xb, yb in _feature_loader(train, s.batch_size, True, gen, self.cfg.num_workers):
-                    z = head(self._feats(xb, name))
-                    loss = F.cross_entropy(z, local[yb].to(self.device))
-                    if not torch.isfinite(loss):
-                        raise FloatingPointError(f"non-finite STM loss at task {task_id}")
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    opt.step()
-                    tot += float(loss.detach()) * xb.shape[0]
-                    n += xb.shape[0]
-                sched.step()
-                losses.append(tot / max(n, 1))
-                bar.set_postfix(loss=f"{losses[-1]:.3f}")
-            self.model.eval()
+        after = self._prototypes(train, classes, name) if losses and s.train_lora else before
         if s.refresh_prototypes:
-            head.set_prototypes(self._prototypes(train, labels, classes, name).to(self.device))
+            head.set_prototypes(after.to(self.device))
         self.model.freeze_all()
-        for p in head.parameters():
-            p.requires_grad_(False)
+        head.requires_grad_(False)
         region = Region(name, "stm", head, [task_id])
         self.memory.add_stm(task_id, region)
         self.tasks_seen = max(self.tasks_seen, task_id + 1)
-        self.last_losses = losses
+        shift = ((after - before).norm(dim=1) / before.norm(dim=1).clamp_min(1e-12)).mean()
+        self.task_reports.append(
+            {
+                "task": task_id,
+                "losses": losses,
+                "lora_rel_delta": self.model.relative_delta(name),
+                "prototype_shift": float(shift),
+            }
+        )
         self._write_text(train, labels, classes)
         return region
 
     def _write_text(self, train: Dataset, labels: torch.Tensor, classes: list[int]) -> None:
         t = self.cfg.text
-        gen = torch.Generator().manual_seed(t.seed)
-        fit = isinstance(self.generator, GaussianPixelGenerator)
+        gen = torch.Generator().manual_seed(self.seed)
         for c in classes:
             name = self._name(c)
             self.memory.text.set_name(c, name)
-            if fit:
+            if self.stores_image_stats:
                 self.generator.fit(name, class_images(train, labels, c, None, gen))
             if self.describe_mode == "class_name_only":
+                self.memory.text.add(c, CLASS_NAME_TEMPLATE.format(name=name))
                 continue
             if self.large_model is None:
                 raise ValueError(
@@ -237,28 +276,36 @@ class SRCIS:
             for d in self.slow.describe(imgs, c, t.max_new_tokens):
                 self.memory.text.add(c, d)
 
-    # ------------------------------------------------------------------ restructuring (spec §3.4-3.5)
+    # ------------------------------------------------------------------ restructuring
     def replay_prompts(self) -> tuple[list[str], list[int], list[int]]:
-        """Prompts, seeds and labels of the scenario replay of every memorised class (spec §3.4)."""
-        t = self.cfg.text
-        base = self.cfg.generator.seed
+        """Prompts, seeds and labels of the scenario replay of every memorised class, built from the text
+        memory alone: ``n_desc`` prompts per class ("{name}, {description}" for large-model descriptions,
+        the stored class-name prompt otherwise)."""
+        n = self.cfg.text.n_desc
         prompts, seeds, labels = [], [], []
         for c in self.memory.seen_classes:
-            name = self._name(c)
+            texts = self.memory.text.for_class(c)
+            if not texts:
+                raise ValueError(f"class {c} has no stored text to replay")
             if self.describe_mode == "class_name_only":
-                ps = [CLASS_NAME_TEMPLATE.format(name=name)] * t.n_desc
+                ps = [texts[i % len(texts)] for i in range(n)]
             else:
-                ds = self.memory.text.for_class(c)[: t.n_desc]
-                if not ds:
-                    raise ValueError(f"class {c} has no stored description to replay")
-                ps = [f"{name}, {d}" for d in ds]
+                ps = [f"{self._name(c)}, {d}" for d in texts[:n]]
             prompts += ps
-            seeds += [replay_seed(c, i, base) for i in range(len(ps))]
+            seeds += [replay_seed(c, i, self.seed) for i in range(len(ps))]
             labels += [c] * len(ps)
         return prompts, seeds, labels
 
+    def _generate(self, prompts: list[str], seeds: list[int]) -> torch.Tensor:
+        """Replay images; the prompts are shared over the processes and the images gathered."""
+        idx = list(range(len(prompts)))
+        mine = shard(idx)
+        part = self.generator.generate([prompts[i] for i in mine], [seeds[i] for i in mine]) if mine else []
+        rows = gather_rows(list(part), idx) if world_size() > 1 else list(part)
+        return torch.stack(rows).float()
+
     def restructure(self) -> RestructureReport:
-        """STM -> LTM: replay, exact merge, head concat, KD fine-tune, free the STM (spec §3.5)."""
+        """STM -> LTM: replay, exact merge, head concat, distillation fine-tune, free the STM (ours)."""
         if self.generator is None:
             raise ValueError("restructuring needs a scenario generator (generator.kind=gaussian or sdxl)")
         mem = self.memory
@@ -268,23 +315,21 @@ class SRCIS:
             )
         rc = self.cfg.restructure
         prompts, seeds, labels = self.replay_prompts()
-        x_s = self.generator.generate(prompts, seeds).float()
+        x_s = self._generate(prompts, seeds)
         y_s = torch.tensor(labels)
         per_class = {c: labels.count(c) for c in sorted(set(labels))}
         owner = mem.owner()
         regions = mem.regions
-        # teacher logits (owner region on each replayed scene), computed once and cached
-        teach: list[torch.Tensor | None] = [None] * len(labels)
+        # teacher logits: the owner region on each replayed scene, computed once
+        teach = torch.zeros(len(labels), max(len(r.classes) for r in regions))
         self.model.eval()
+        bs = self.cfg.fast.batch_size
         with torch.no_grad():
             for r in regions:
                 idx = [i for i, c in enumerate(labels) if owner[c] is r]
-                for s in range(0, len(idx), self.cfg.fast.batch_size):
-                    ii = idx[s : s + self.cfg.fast.batch_size]
-                    z = r.head(self._feats(x_s[ii], r.adapter)).cpu()
-                    for j, i in enumerate(ii):
-                        teach[i] = z[j]
-        # exact merge of the parameter memories
+                for s in range(0, len(idx), bs):
+                    ii = idx[s : s + bs]
+                    teach[ii, : len(r.classes)] = r.head(self._feats(x_s[ii], r.adapter)).float().cpu()
         n_total = len(mem.seen_classes)
         names = [r.adapter for r in regions]
         weights = [len(r.classes) / n_total for r in regions]
@@ -294,56 +339,46 @@ class SRCIS:
         self.model.merge_adapters(names, weights, new, rc.merge, svd_rank if rc.merge == "svd" else None)
         head = concat_heads([r.head for r in regions]).to(self.device)
         col = {c: i for i, c in enumerate(head.classes)}
-        owner_cols = {id(r): torch.tensor([col[c] for c in r.classes]) for r in regions}
-        # fine-tune on the replayed scenes: CE + beta T^2 KL(teacher || student restricted to the owner's classes)
-        params = self.model.trainable_parameters(new) + (list(head.parameters()) if rc.train_head else [])
-        for p in head.parameters():
-            p.requires_grad_(rc.train_head)
-        losses: list[float] = []
-        if rc.epochs > 0:
-            opt = torch.optim.AdamW(params, lr=rc.lr, weight_decay=rc.weight_decay)
-            T, beta = rc.kd_temperature, rc.kd_beta
-            gen = torch.Generator().manual_seed(int(torch.randint(0, 2**31 - 1, (1,))))
-            self.model.set_adapter(new)
-            self.model.train()
-            bar = tqdm(range(rc.epochs), desc="restructure", disable=not self.cfg.progress, leave=False)
-            for _ in bar:
-                perm = torch.randperm(len(labels), generator=gen)
-                tot = 0.0
-                for s in range(0, len(labels), rc.batch_size):
-                    ii = perm[s : s + rc.batch_size].tolist()
-                    z = head(self._feats(x_s[ii], new))
-                    tgt = torch.tensor([col[labels[i]] for i in ii], device=self.device)
-                    loss = F.cross_entropy(z, tgt)
-                    kd = z.new_zeros(())
-                    for r in regions:
-                        rows = [j for j, i in enumerate(ii) if owner[labels[i]] is r]
-                        if not rows:
-                            continue
-                        zt = torch.stack([teach[ii[j]] for j in rows]).to(self.device)
-                        zs = z[rows][:, owner_cols[id(r)].to(self.device)]
-                        kd = kd + F.kl_div(
-                            F.log_softmax(zs / T, 1),
-                            F.log_softmax(zt / T, 1),
-                            reduction="sum",
-                            log_target=True,
-                        )
-                    loss = loss + beta * T * T * kd / len(ii)
-                    if not torch.isfinite(loss):
-                        raise FloatingPointError("non-finite restructuring loss")
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    opt.step()
-                    tot += float(loss.detach()) * len(ii)
-                losses.append(tot / len(labels))
-                bar.set_postfix(loss=f"{losses[-1]:.3f}")
-            self.model.eval()
-        if rc.refresh_ltm_prototypes:
-            ds = TensorDataset(x_s, y_s)
-            head.set_prototypes(self._prototypes(ds, y_s, head.classes, new).to(self.device))
+        target = torch.tensor([col[c] for c in labels])
+        region_of = torch.tensor([regions.index(owner[c]) for c in labels])
+        owner_cols = [torch.tensor([col[c] for c in r.classes]) for r in regions]
+        T, beta = rc.kd_temperature, rc.kd_beta
+
+        def loss_fn(model, batch):
+            (ii,) = batch
+            z = model(x_s[ii].to(self.device))
+            loss = F.cross_entropy(z, target[ii].to(self.device))
+            kd = z.new_zeros(())
+            for ri, cols in enumerate(owner_cols):
+                rows = torch.nonzero(region_of[ii] == ri).flatten()
+                if rows.numel() == 0:
+                    continue
+                zs = z[rows.to(self.device)][:, cols.to(self.device)]
+                zt = teach[ii[rows], : len(cols)].to(self.device)
+                kd = kd + F.kl_div(
+                    F.log_softmax(zs / T, 1), F.log_softmax(zt / T, 1), reduction="sum", log_target=True
+                )
+            return loss + beta * T * T * kd / len(ii)
+
         self.model.freeze_all()
-        for p in head.parameters():
-            p.requires_grad_(False)
+        if rc.train_lora:
+            self.model.set_adapter(new)
+        head.requires_grad_(rc.train_head)
+        losses = fit(
+            HeadOnFeatures(self.model, head, new),
+            TensorDataset(torch.arange(len(labels))),
+            loss_fn,
+            epochs=rc.epochs,
+            batch_size=rc.batch_size,
+            optimizer=lambda ps: torch.optim.AdamW(ps, lr=rc.lr, weight_decay=rc.weight_decay),
+            seed=self.seed * 1_000_003 + 500_000 + mem.ltm_generation,
+            progress=self.cfg.progress,
+            desc="restructure",
+        )
+        if rc.refresh_ltm_prototypes:
+            head.set_prototypes(self._prototypes(TensorDataset(x_s, y_s), head.classes, new).to(self.device))
+        self.model.freeze_all()
+        head.requires_grad_(False)
         tasks = sorted(t for r in regions for t in r.tasks)
         for n in names:
             self.model.delete_adapter(n)
@@ -355,12 +390,12 @@ class SRCIS:
         return restructure_due(self.cfg.restructure.period, t, num_tasks)
 
     def after_task(self, t: int, num_tasks: int | None = None) -> RestructureReport | None:
-        """Restructure when the period says so (spec §3.9)."""
+        """Restructure when the period says so."""
         return self.restructure() if self.restructure_due(t, num_tasks) else None
 
     # ------------------------------------------------------------------ persistence
     def state_dict(self, include_backbone: bool = False) -> dict[str, Any]:
-        """Everything the memory holds: adapters (peft LoRA tensors), heads, text, generator statistics."""
+        """The memory as tensors, numbers, strings, lists and dicts (loadable with ``weights_only=True``)."""
 
         def region(r: Region) -> dict:
             h = r.head
@@ -377,21 +412,24 @@ class SRCIS:
 
         mem = self.memory
         out: dict[str, Any] = {
-            "format": "sr-cis/1",
+            "format": STATE_FORMAT,
             "adapters": {
                 n: {"r": r, "alpha": a, "state": self.model.adapter_state(n)}
                 for n, (r, a) in self.model.adapter_ranks.items()
             },
             "ltm": region(mem.ltm) if mem.ltm is not None else None,
-            "stm": {t: region(r) for t, r in mem.stm.items()},
+            "stm": {str(t): region(r) for t, r in mem.stm.items()},
             "text": mem.text.to_dict(),
             "ltm_generation": mem.ltm_generation,
             "tasks_seen": self.tasks_seen,
-            "class_names": dict(self.class_names),
-            "detector": self.detector.state_dict() if hasattr(self.detector, "state_dict") else None,
+            "class_names": {str(k): v for k, v in self.class_names.items()},
+            "task_reports": [dict(r) for r in self.task_reports],
         }
-        if isinstance(self.generator, GaussianPixelGenerator):
-            out["generator"] = {k: (m, f, list(sh)) for k, (m, f, sh) in self.generator.stats.items()}
+        if self.stores_image_stats:
+            out["image_stats"] = {
+                k: {"mean": m, "factor": f, "shape": list(sh)}
+                for k, (m, f, sh) in self.generator.stats.items()
+            }
         if include_backbone:
             sd = self.model.backbone.state_dict()
             out["backbone"] = {
@@ -401,19 +439,24 @@ class SRCIS:
             }
         return out
 
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+    def load_state_dict(self, state: Mapping[str, Any], source: str = "state") -> None:
         """Restore a :meth:`state_dict` into a system whose small model has no adapters yet."""
-        if not isinstance(state, Mapping) or state.get("format") != "sr-cis/1":
-            raise ValueError("not an SR-CIS state (missing format 'sr-cis/1')")
+        if not isinstance(state, Mapping) or state.get("format") != STATE_FORMAT:
+            raise CheckpointError(f"{source} is not an SR-CIS memory (format {STATE_FORMAT!r} expected)")
         if self.model.adapters:
             raise ValueError(
                 f"load into a fresh small model; this one already has adapters {self.model.adapters}"
             )
-        if "backbone" in state:
-            self.model.backbone.load_state_dict(state["backbone"], strict=True)
-        for n, a in state["adapters"].items():
-            self.model.add_task_adapter(n, r=a["r"], alpha=a["alpha"])
-            self.model.load_adapter_state(n, a["state"])
+        try:
+            if "backbone" in state:
+                self.model.backbone.load_state_dict(state["backbone"], strict=True)
+            for n, a in state["adapters"].items():
+                self.model.add_task_adapter(n, r=int(a["r"]), alpha=float(a["alpha"]))
+                self.model.load_adapter_state(n, a["state"])
+        except (RuntimeError, ValueError, KeyError) as exc:
+            raise CheckpointError(
+                f"{source} does not fit this small model: {str(exc).splitlines()[0]}"
+            ) from None
         self.model.freeze_all()
 
         def region(d: Mapping) -> Region:
@@ -427,37 +470,84 @@ class SRCIS:
         mem = ComplementaryMemory()
         mem.ltm = region(state["ltm"]) if state["ltm"] is not None else None
         mem.stm = {int(t): region(r) for t, r in state["stm"].items()}
-        mem.text = TextMemory.from_dict(state["text"])
+        mem.text = TextMemory.from_dict(state["text"], where=source)
         mem.ltm_generation = int(state["ltm_generation"])
         self.memory = mem
         self.tasks_seen = int(state["tasks_seen"])
+        self.task_reports = [dict(r) for r in state.get("task_reports", [])]
         self.class_names.update({int(k): v for k, v in state["class_names"].items()})
-        if state.get("detector") is not None and hasattr(self.detector, "load_state_dict"):
-            self.detector.load_state_dict(state["detector"])
-        if "generator" in state and isinstance(self.generator, GaussianPixelGenerator):
-            self.generator.stats = {k: (m, f, tuple(sh)) for k, (m, f, sh) in state["generator"].items()}
+        if "image_stats" in state and isinstance(self.generator, GaussianPixelGenerator):
+            self.generator.stats = {
+                k: (v["mean"], v["factor"], tuple(v["shape"])) for k, v in state["image_stats"].items()
+            }
 
-    def save(self, path, include_backbone: bool = False):
-        from papers_shared.checkpoints import atomic_save
+    def save(self, path: str | Path, include_backbone: bool = False) -> Path:
+        """Write the memory as safetensors: every tensor under a flat key, the rest as JSON metadata."""
+        from papers_shared.checkpoints import save_safetensors
 
-        return atomic_save(self.state_dict(include_backbone), path)
+        tensors: dict[str, torch.Tensor] = {}
 
-    def load(self, path) -> None:
-        from pathlib import Path
+        def strip(obj: Any, key: str) -> Any:
+            if isinstance(obj, torch.Tensor):
+                tensors[key] = obj.detach().cpu().contiguous()
+                return {"__tensor__": key}
+            if isinstance(obj, Mapping):
+                return {str(k): strip(v, f"{key}/{k}") for k, v in obj.items()}
+            if isinstance(obj, (list, tuple)):
+                return [strip(v, f"{key}/{i}") for i, v in enumerate(obj)]
+            return obj
 
-        from papers_shared.checkpoints import load_checkpoint
+        meta = strip(self.state_dict(include_backbone), "m")
+        return save_safetensors(tensors, path, metadata={"format": STATE_FORMAT, "state": json.dumps(meta)})
 
-        if not Path(path).is_file():
-            raise FileNotFoundError(f"SR-CIS state file not found: {path}")
-        state = load_checkpoint(path)
-        if isinstance(state, dict) and "system" in state:  # a runner checkpoint
-            state = state["system"]
-        self.load_state_dict(state)
+    def load(self, path: str | Path) -> None:
+        """Read a memory written by :meth:`save` (safetensors) or a runner checkpoint (``.pt``, loaded with
+        ``weights_only=True``). Nothing in either file can run code."""
+        from papers_shared.checkpoints import load_checkpoint, load_safetensors
 
-    # ------------------------------------------------------------------ inference (spec §3.6-3.8)
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"SR-CIS memory file not found: {path}")
+        if path.suffix == ".safetensors":
+            tensors, meta = load_safetensors(path)
+            try:
+                skeleton = json.loads(meta["state"])
+            except (KeyError, json.JSONDecodeError):
+                raise CheckpointError(f"{path} has no SR-CIS metadata; write it with SRCIS.save") from None
+
+            def fill(obj: Any) -> Any:
+                if isinstance(obj, dict) and set(obj) == {"__tensor__"}:
+                    if obj["__tensor__"] not in tensors:
+                        raise CheckpointError(f"{path} lacks tensor {obj['__tensor__']!r}")
+                    return tensors[obj["__tensor__"]]
+                if isinstance(obj, dict):
+                    return {k: fill(v) for k, v in obj.items()}
+                if isinstance(obj, list):
+                    return [fill(v) for v in obj]
+                return obj
+
+            state = fill(skeleton)
+        else:
+            state = load_checkpoint(path)
+            if isinstance(state, dict) and "system" in state:  # a runner checkpoint
+                state = state["system"]
+        self.load_state_dict(state, source=str(path))
+
+    # ------------------------------------------------------------------ inference
     def reset_stream(self) -> None:
         """Start a new test stream (CA-OAD statistics are reset)."""
         self.detector.reset()
+
+    def _decide(
+        self, x: torch.Tensor, topk: torch.Tensor, fast: torch.Tensor
+    ) -> tuple[torch.Tensor, list[str]]:
+        out, answers = fast.clone(), []
+        bs = self.cfg.slow.batch_size
+        for s in range(0, x.shape[0], bs):
+            new, ans = self.slow.decide(x[s : s + bs].cpu(), topk[s : s + bs], fast[s : s + bs])
+            out[s : s + bs] = new
+            answers += ans
+        return out, answers
 
     @torch.no_grad()
     def predict(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, Any]]:
@@ -472,8 +562,7 @@ class SRCIS:
             flags = self.detector.update_and_flag(out.score.cpu())
             if c.slow.enabled and self.slow is not None and flags.any():
                 idx = torch.nonzero(flags).flatten()
-                new, answers = self.slow.decide(x[idx].cpu(), out.topk[idx], out.pred[idx])
-                pred[idx] = new
+                pred[idx], answers = self._decide(x[idx].cpu(), out.topk[idx], out.pred[idx])
         info = {
             "fast_pred": out.pred,
             "conf": out.conf,
@@ -486,48 +575,86 @@ class SRCIS:
         }
         return pred, info
 
+    @torch.no_grad()
     def evaluate(
         self, test: Dataset, task_of_class: Mapping[int, int] | None = None, max_samples=None
     ) -> dict:
-        """Accuracy of fast and fast+slow, per-task accuracies, routing and MLLM fix/harm rates."""
+        """Fast and final accuracy, per-task accuracies, region accuracy (the answering region owns the true
+        class), accuracy within the true class's region (region-incremental accuracy), routing share and the
+        slow path's gain on routed samples, on the stream ``test`` (in order).
+
+        Under ``torchrun`` the fast path's batches are shared over the processes, CA-OAD then reads the
+        gathered stream in order (the same on every process), and the routed samples are shared again for
+        the slow path: the result equals one process's.
+        """
+        self.model.eval()
         self.reset_stream()
-        loader = _feature_loader(test, self.cfg.fast.batch_size, False, None, self.cfg.num_workers)
-        ys, fast, final, flags = [], [], [], []
-        seen = 0
-        for xb, yb in loader:
-            if max_samples is not None and seen >= max_samples:
-                break
-            p, info = self.predict(xb)
-            ys.append(yb)
-            fast.append(info["fast_pred"])
-            final.append(p)
-            flags.append(info["flags"])
-            seen += xb.shape[0]
-        if not ys:
+        n = len(test) if max_samples is None else min(len(test), int(max_samples))
+        if n == 0:
             raise ValueError("empty test set")
-        return summarize(
-            torch.cat(ys), torch.cat(fast), torch.cat(final), torch.cat(flags), task_of_class
-        ) | {
-            "passes": len(self.fast().regions()),
-            "storage": self.memory.storage_report(self.model),
+        bs = self.cfg.fast.batch_size
+        starts = list(range(0, n, bs))
+        mine = shard(starts)
+        idx = [i for s in mine for i in range(s, min(s + bs, n))]
+        fast = self.fast()
+        regions = fast.regions()
+        region_of_class = {c: i for i, r in enumerate(regions) for c in r.classes}
+        rows = []
+        for xb, yb in _loader(test, bs, self.cfg.num_workers, idx):
+            ro = fast.readout(xb.to(self.device))
+            out = route(ro, fast.routing, fast.top_k, fast.score)
+            true_region = torch.tensor([region_of_class.get(int(c), -1) for c in yb])
+            in_region = torch.full_like(out.pred, -1)  # the answer of the true class's own region
+            for ri, (z, cls) in enumerate(zip(ro.logits, ro.classes)):
+                m = true_region == ri
+                if m.any():
+                    in_region[m] = cls[z[m].argmax(1)]
+            rows.append((yb.long(), out.pred, out.score, out.topk, out.region == true_region, in_region))
+        rows = gather_rows(rows, starts)
+        y, fast_pred, score, topk, region_ok, in_region = (torch.cat(parts) for parts in zip(*rows))
+        flags = torch.zeros(n, dtype=torch.bool)
+        if self.cfg.caoad.enabled:
+            flags = torch.cat([self.detector.update_and_flag(r[2].cpu()) for r in rows])
+        final = fast_pred.clone()
+        if self.cfg.caoad.enabled and self.cfg.slow.enabled and self.slow is not None and flags.any():
+            routed = torch.nonzero(flags).flatten().tolist()
+            my_routed = shard(routed)
+            decided: list[int] = []
+            if my_routed:
+                xs = torch.cat([xb for xb, _ in _loader(test, bs, self.cfg.num_workers, my_routed)])
+                new, _ = self._decide(xs, topk[my_routed], fast_pred[my_routed])
+                decided = new.tolist()
+            final[routed] = torch.tensor(gather_rows(decided, routed), dtype=torch.long)
+        return summarize(y, fast_pred, final, flags, task_of_class) | {
+            "region_acc": float(region_ok.float().mean()),
+            "acc_in_true_region": float((in_region == y).float().mean()),
+            "passes": len(regions),
+            "storage": self.storage_report(),
         }
+
+    def storage_report(self) -> dict:
+        stats = self.generator.nbytes() if self.stores_image_stats else 0
+        return self.memory.storage_report(self.model, image_stats_bytes=stats)
 
 
 def summarize(y, fast, final, flags, task_of_class=None) -> dict:
-    """Accuracy / routing statistics of one evaluation (spec §3.9)."""
+    """Accuracy / routing statistics of one evaluation; rates are fractions of the routed samples."""
     y, fast, final, flags = y.cpu(), fast.cpu(), final.cpu(), flags.cpu().bool()
     n = y.numel()
     fr, fw = fast == y, fast != y
+    n_routed = max(int(flags.sum()), 1)
     out = {
         "n": n,
         "acc_fast": float(fr.float().mean()),
         "acc": float((final == y).float().mean()),
         "route_frac": float(flags.float().mean()),
-        "fix_rate": float((flags & fw & (final == y)).float().sum() / max(int(flags.sum()), 1)),
-        "harm_rate": float((flags & fr & (final != y)).float().sum() / max(int(flags.sum()), 1)),
+        "fix_rate": float((flags & fw & (final == y)).float().sum() / n_routed),
+        "harm_rate": float((flags & fr & (final != y)).float().sum() / n_routed),
         "acc_fast_flagged": float(fr[flags].float().mean()) if flags.any() else math.nan,
+        "acc_final_flagged": float((final == y)[flags].float().mean()) if flags.any() else math.nan,
         "acc_fast_unflagged": float(fr[~flags].float().mean()) if (~flags).any() else math.nan,
     }
+    out["gain_flagged"] = out["acc_final_flagged"] - out["acc_fast_flagged"] if flags.any() else math.nan
     if task_of_class is not None:
         tasks = torch.tensor([task_of_class[int(c)] for c in y])
         out["per_task"] = {
