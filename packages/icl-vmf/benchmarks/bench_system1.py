@@ -3,7 +3,7 @@
 Measured side by side in one process (medians over repeats after warm-up):
 
 1. Per-sample inference cost of ICL System1 (ViT -> class projector -> CKT-MHA -> cosine to the memory
-   keys) vs the frozen-ViT linear head (ViT -> token mean -> Linear), at the spec §8 tiny scale and at
+   keys) vs the frozen-ViT linear head (ViT -> token mean -> Linear), at the tiny test scale and at
    the paper's ViT-B/16 scale (224 px, d_c = 896; architecture from ``ViTConfig()``, random weights:
    the same arithmetic as ``google/vit-base-patch16-224``, no download).
 2. Per-sample training-step cost at the tiny scale (ICL in the EM phase = memory + projection step,
@@ -26,12 +26,12 @@ from pathlib import Path
 
 import torch
 
-from icl_vmf.baselines import build_learner
 from icl_vmf.config import ExperimentConfig, System1Config
 from icl_vmf.data import build_stream, iterate_batches
-from icl_vmf.encoders import build_vit, tiny_vit_config
-from icl_vmf.experiment import num_threads, prepare_encoder
+from icl_vmf.encoders import build_vit, prepare_encoder, tiny_vit_config
+from icl_vmf.experiment import num_threads
 from icl_vmf.interaction import InteractiveClassifier
+from icl_vmf.learner import build_learner
 from icl_vmf.odi import VMFOutlierDetector
 from icl_vmf.quick import quick_config
 from icl_vmf.system2 import build_system2

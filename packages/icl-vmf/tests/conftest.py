@@ -10,7 +10,7 @@ from icl_vmf.system1 import System1
 
 @pytest.fixture(scope="session", autouse=True)
 def _one_thread():
-    # the spec §8 models are a few dozen units wide: thread hand-offs cost more than the arithmetic
+    # the tiny test models are a few dozen units wide: thread hand-offs cost more than the arithmetic
     n = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
@@ -18,7 +18,7 @@ def _one_thread():
 
 
 def make_system1(num_classes: int = 6, num_tasks: int = 3, seed: int = 0) -> System1:
-    """Spec §8 System1: tiny ViT (16 px, patch 4 -> L = 17, D = 32), d_class = 48, d_task = 16."""
+    """Tiny System1: ViT (16 px, patch 4 -> L = 17, D = 32), d_class = 48, d_task = 16."""
     torch.manual_seed(seed)
     enc = build_vit(None, config=tiny_vit_config(), image_size=16, seed=seed)
     ckt = CKTMHA(32, 48, 16, num_heads=4)

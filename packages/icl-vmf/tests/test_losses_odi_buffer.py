@@ -66,14 +66,35 @@ def test_margin_regularizer_zero_inside_margins_and_hand_formula():
 
 
 def test_losses_bad_input():
-    with pytest.raises(ValueError, match="square"):
+    with pytest.raises(ValueError, match="one label per column"):
         vmf_set2set_loss(torch.zeros(2, 3), torch.tensor([0, 1]))
-    with pytest.raises(ValueError, match="one label per row"):
+    with pytest.raises(ValueError, match="needs `rows`"):
+        vmf_set2set_loss(torch.zeros(2, 3), torch.tensor([0, 1, 2]))
+    with pytest.raises(ValueError, match="one column index per row"):
+        vmf_set2set_loss(torch.zeros(2, 3), torch.tensor([0, 1, 2]), rows=torch.tensor([0]))
+    with pytest.raises(ValueError, match="one label per column"):
         vmf_set2set_loss(torch.zeros(2, 2), torch.tensor([0, 1, 2]))
     with pytest.raises(TypeError, match="integer"):
         vmf_margin_regularizer(torch.zeros(2, 2), torch.tensor([0.0, 1.0]))
     with pytest.raises(ValueError, match="kappa"):
         vmf_set2set_loss(torch.zeros(2, 2), torch.tensor([0, 1]), kappa=0.0)
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_row_shares_of_a_split_batch_sum_to_the_full_loss_and_gradient(world):
+    """Several processes each score rows rank::world against every column (icl_vmf.trainer)."""
+    y = torch.tensor([0, 1, 0, 2, 2, 1, 3, 0])
+    S = _rand_S(8, seed=4).requires_grad_(True)
+    full = cl_vmf_loss(S, y, kappa=0.5, lam=0.1, delta=0.01, gamma=1e-6)
+    (g_full,) = torch.autograd.grad(full, S)
+    shares = []
+    for r in range(world):
+        rows = torch.arange(r, 8, world)
+        shares.append(cl_vmf_loss(S[rows], y, kappa=0.5, lam=0.1, delta=0.01, gamma=1e-6, rows=rows))
+    total = sum(shares)
+    (g_split,) = torch.autograd.grad(total, S)
+    torch.testing.assert_close(total, full)
+    torch.testing.assert_close(g_split, g_full)
 
 
 def test_odi_flags_only_the_outlier_and_degenerate_batches():

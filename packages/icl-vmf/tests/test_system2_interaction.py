@@ -194,7 +194,9 @@ def test_tiny_llava_two_turn_uses_one_conversation(tiny_llava_system2):
     assert text.count("<image>") == 1 and text.endswith("question? ASSISTANT:")
     out = s2.choose([torch.rand(3, 16, 16)], [["cat", "dog"]])
     assert len(out.raw) == 1
-    assert TwoTurnSystem2(tiny_llava_system2).mllm is tiny_llava_system2.mllm  # spec: TwoTurnSystem2(inner)
+    assert (
+        TwoTurnSystem2(tiny_llava_system2).mllm is tiny_llava_system2.mllm
+    )  # TwoTurnSystem2(inner) reuses the model
 
 
 def test_clip_candidate_system2_from_tiny_config():

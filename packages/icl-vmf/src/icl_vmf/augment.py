@@ -1,4 +1,5 @@
-"""Batched per-sample augmentations in plain PyTorch (spec §3.7, §3.9).
+"""Batched per-sample augmentations in plain PyTorch (the official kornia view ``TRANSFORM_SC`` of
+``datasets/seq_cifar10.py`` used in ``Onlinevt.get_loss``, and the buffer's train flip; commit 8c8ad10).
 
 :class:`ViewAugment` draws the second view of every image used by the CL-vMF loss and by the baselines:
 the code's kornia pipeline ``RandomResizedCrop(scale=(0.8, 1)) -> RandomRotation(30) ->

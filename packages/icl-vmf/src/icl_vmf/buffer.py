@@ -1,4 +1,5 @@
-"""Class-balanced reservoir replay buffer (spec §3.9)."""
+"""Class-balanced reservoir replay buffer (official ``utils/buffer.py:Buffer.add_data`` / ``reservoir_class`` /
+``get_data``, commit 8c8ad10)."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ class ClassBalancedReservoir:
     (``count`` = number of filled slots) whatever their state, so while a class is still filling its
     slots, empty slots (zero images, label 0) can be replayed and filled slots of later classes cannot.
 
-    ``admit_below`` (screening admission, spec §3.9, off by default): see :meth:`add`.
+    ``admit_below`` (screening admission, official ``Buffer.add_data_our``, off by default): see :meth:`add`.
     """
 
     def __init__(

@@ -1,4 +1,5 @@
-"""Class projector, CKT-MHA and the query embedding (spec §3.2-3.4)."""
+"""Class projector, CKT-MHA and the query embedding (paper Sec. 3, CKT-MHA;
+official ``backbone/cvt_online.py:SelfAttentionMLP`` and ``Brain_Net_Vit.memory_map``, commit 8c8ad10)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ __all__ = ["CKTMHA", "kaiming_linear_init", "query_embedding"]
 
 def kaiming_linear_init(module: nn.Module) -> None:
     """Kaiming-normal (``nonlinearity="linear"``) weights and zero biases for every ``nn.Linear`` inside
-    ``module`` (spec §3.2-3.3; MHA's ``out_proj`` is an ``nn.Linear`` and is re-initialised too, its
+    ``module`` (``Brain_Net_Vit.initialize_weights``; MHA's ``out_proj`` is an ``nn.Linear`` and is re-initialised too, its
     ``in_proj_weight`` keeps PyTorch's Xavier init)."""
     for m in module.modules():
         if isinstance(m, nn.Linear):
@@ -25,14 +26,15 @@ def _mlp(d_in: int, d_hidden: int, d_out: int) -> nn.Sequential:
 
 
 def query_embedding(C: torch.Tensor, T: torch.Tensor) -> torch.Tensor:
-    """``z = normalize(mean_tokens(concat[T, C]))`` (spec §3.4: task part first, token mean, L2 norm)."""
+    """``z = normalize(mean_tokens(concat[T, C]))`` (``Brain_Net_Vit.forward``: task part first, token mean,
+    L2 norm)."""
     if C.shape[:2] != T.shape[:2]:
         raise ValueError(f"C {tuple(C.shape)} and T {tuple(T.shape)} differ in batch/token dimensions")
     return F.normalize(torch.cat([T, C], dim=-1).mean(dim=1), dim=-1)
 
 
 class CKTMHA(nn.Module):
-    """Class-Knowledge-Task multi-head attention with the class projector ``g_c`` (spec §3.2-3.3).
+    """Class-Knowledge-Task multi-head attention with the class projector ``g_c`` (``SelfAttentionMLP``).
 
     ``forward(H) -> (C, T)`` token-wise on ``H [B, L, D]``::
 
@@ -44,7 +46,7 @@ class CKTMHA(nn.Module):
 
     No residual and no LayerNorm. ``use_attention=False`` replaces the attention branch by a plain MLP
     ``T = Linear(D, mult*D) -> GELU -> Linear(mult*D, d_task)`` applied to ``H`` (the code's unused
-    ``embedding_map``; ablation of spec §4.5).
+    ``embedding_map``; ablation, ours).
 
     ``fused_inference`` [ours, default on]: in eval mode without autograd, :meth:`embed` uses an
     algebraically identical path that multiplies consecutive linear maps once (``g_c``'s output layer,
@@ -103,7 +105,7 @@ class CKTMHA(nn.Module):
     query_embedding = staticmethod(query_embedding)
 
     def embed(self, H: torch.Tensor) -> torch.Tensor:
-        """Unit-norm query embedding ``z`` of spec §3.4, ``[B, d_task + d_class]``."""
+        """Unit-norm query embedding ``z``, ``[B, d_task + d_class]``."""
         if self.fused_inference and self.use_attention and not self.training and not torch.is_grad_enabled():
             return self._embed_fused(H)
         C, T = self(H)

@@ -1,4 +1,5 @@
-"""Class-incremental streams: Split CIFAR-10/100, Split ImageNet-R and the bundled digits (spec §2, §5, §8).
+"""Class-incremental streams: Split CIFAR-10/100, Split ImageNet-R and the bundled digits (official
+``datasets/seq_cifar10.py``, ``seq_cifar100.py``, ``seq_imagenet_r.py`` at commit 8c8ad10; digits: ours).
 
 Labels are remapped to contiguous stream ids (task ``t`` owns ``[t*C, (t+1)*C)``, as the memory
 assumes), and ``class_names[i]`` names stream id ``i``. Images are float ``[3, H, W]`` in [0, 1], not
@@ -90,7 +91,7 @@ def _split_sets(cfg, train_ds, train_labels, test_ds, test_labels, names):
 
 
 def digits_stream(cfg) -> StreamData:
-    """sklearn digits (spec §8): 16 px RGB, stratified 70/30 split, a disjoint stratified
+    """sklearn digits (ours): 16 px RGB, stratified 70/30 split, a disjoint stratified
     ``pretrain_fraction`` of the training images set aside to pre-train the tiny ViT, 5 tasks x 2."""
     x, y = load_digits_tensors(size=cfg.digits_size, channels=3)
     tr, te = stratified_split(y, test_frac=0.3, seed=cfg.split_seed)
@@ -147,7 +148,7 @@ def _imagenet_r_classes(root: Path, folders: Sequence[str]) -> tuple[list[str], 
 
 
 def imagenet_r_stream(cfg) -> StreamData:
-    """Split ImageNet-R: 200 classes, 10 x 20, seeded per-class ``train_fraction`` split (spec §5).
+    """Split ImageNet-R: 200 classes, 10 x 20, seeded per-class ``train_fraction`` split (official ``datasets/seq_imagenet_r.py``).
 
     ``cfg.root`` holds one folder per wnid (the official ``imagenet-r.tar``); images are resized to
     ``load_size`` squared at load time, no other train transform.

@@ -1,4 +1,5 @@
-"""The alternating (EM) update of memories and projections (spec §3.8)."""
+"""The alternating (EM) update of memories and projections (paper: "EM strategy"; official
+``models/onlinevt.py:Onlinevt.observe``, commit 8c8ad10)."""
 
 from __future__ import annotations
 

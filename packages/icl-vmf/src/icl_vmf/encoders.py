@@ -1,4 +1,5 @@
-"""System1's image encoder: a (frozen) Hugging Face ViT returning token features (spec §3.1)."""
+"""System1's image encoder: a (frozen) Hugging Face ViT returning token features (official
+``backbone/cvt_online.py:Brain_Net_Vit``, commit 8c8ad10: ``ViTForImageClassification(...).vit``)."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ __all__ = [
 
 
 def tiny_vit_config(**overrides: Any):
-    """The spec §8 test encoder: 16 px, patch 4 (L = 17 tokens), width 32, 2 layers, 4 heads."""
+    """The tiny test encoder (ours): 16 px, patch 4 (L = 17 tokens), width 32, 2 layers, 4 heads."""
     from transformers import ViTConfig
 
     kw = dict(
@@ -39,11 +40,11 @@ def tiny_vit_config(**overrides: Any):
 class ViTEncoder(nn.Module):
     """``x`` in [0, 1] ``[B, 3, H, W]`` -> token features ``H = ViT(x).last_hidden_state`` ``[B, L, D]``.
 
-    The input is resized to ``image_size`` (bilinear; spec §3.1, 0 disables) and normalised with
+    The input is resized to ``image_size`` (bilinear; the code's ``Brain_Net_Vit.transform``; 0 disables) and normalised with
     ``mean``/``std`` inside the module, so datasets feed un-normalised images. ``trainable=False`` freezes
     every parameter (``requires_grad_(False)``, fixing the code's no-op attribute), keeps the ViT in eval
     mode and runs it under ``torch.no_grad()`` unless ``input_grad=True`` (needed only by the buffer's
-    gradient-screening admission). ``trainable=True`` is the ViT fine-tuning baseline (spec §4.1).
+    gradient-screening admission). ``trainable=True`` is the ViT fine-tuning baseline (the code's ``--vit_finetune``).
     """
 
     def __init__(
@@ -108,7 +109,7 @@ class ViTEncoder(nn.Module):
 
 
 class FrozenViTEncoder(ViTEncoder):
-    """:class:`ViTEncoder` with ``trainable=False`` (the System1 encoder of spec §3.1)."""
+    """:class:`ViTEncoder` with ``trainable=False`` (the System1 encoder)."""
 
     def __init__(
         self,
@@ -176,7 +177,7 @@ def pretrain_encoder(
     batch_size: int = 32,
     seed: int = 0,
 ) -> ViTEncoder:
-    """Stand-in for ImageNet pre-training in the offline demo (spec §8): train the whole ViT with a
+    """Stand-in for ImageNet pre-training in the offline demo (ours): train the whole ViT with a
     throwaway linear head on mean-pooled tokens (CE, Adam) on ``(x, y)``, then freeze it again.
 
     Returns the same encoder, frozen (``trainable=False``, eval mode, no gradients).

@@ -1,4 +1,5 @@
-"""Fast/slow interaction: System1 predicts, vMF-ODI flags hard samples, System2 may overrule (spec §3.12)."""
+"""Fast/slow interaction: System1 predicts, vMF-ODI flags hard samples, System2 may overrule (paper Fig. 1;
+official ``utils/training.py:evaluate_brain_co``, commit 8c8ad10)."""
 
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ class InteractionInfo:
 
 @dataclass
 class InteractionStats:
-    """Counters accumulated over an evaluation (spec §3.10 logging, plus fix/harm rates)."""
+    """Counters accumulated over an evaluation (the official ``evaluate_brain_co`` logging, plus fix/harm rates)."""
 
     total: int = 0
     hard: int = 0

@@ -1,4 +1,6 @@
-"""Class and task value memories with working copies and consolidation (spec §3.5)."""
+"""Class and task value memories with working copies and consolidation (official
+``backbone/cvt_online.py:Brain_Net_Vit`` tables ``Brain_embedding``, ``memory_2btrain`` and their task
+counterparts; consolidation in ``utils/training.py:train``; commit 8c8ad10)."""
 
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ __all__ = ["VMFValueMemory"]
 
 
 class VMFValueMemory(nn.Module):
-    """Four tables, all initialised ``N(0, init_std^2)`` (spec §3.5):
+    """Four tables, all initialised ``N(0, init_std^2)``:
 
     ======================  ==========  =======================================================
     ``class_memory``  M_c   N x d_c     consolidated class memory (buffer: copied at task end)
@@ -78,7 +80,7 @@ class VMFValueMemory(nn.Module):
         return labels.long()
 
     def uses_working(self, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Masks ``(class row from M'_c, task row from M'_t)`` of spec §3.5 for the current task."""
+        """Masks ``(class row from M'_c, task row from M'_t)`` for the current task."""
         t = int(self.current_task)
         return labels >= t * self.classes_per_task, self.task_of(labels) >= t
 
@@ -100,7 +102,8 @@ class VMFValueMemory(nn.Module):
         return F.normalize(torch.cat([mt, mc], dim=-1), dim=-1)
 
     def keys_seen(self, include_current: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-        """Test keys ``normalize(concat[M_t[tau(c)], M_c[c]])`` for the consolidated classes (spec §3.5).
+        """Test keys ``normalize(concat[M_t[tau(c)], M_c[c]])`` for the consolidated classes (``Brain_Net_Vit.forward``
+        without labels).
 
         ``include_current=True`` also scores the current task's classes with their working rows
         (anytime inference during a task). Returns ``(keys [K, d], class_ids [K])``.
@@ -132,5 +135,5 @@ class VMFValueMemory(nn.Module):
         self.consolidated_tasks.fill_(max(int(self.consolidated_tasks), t + 1))
 
     def working_parameters(self) -> list[nn.Parameter]:
-        """The parameters of the memory optimizer (spec §3.8)."""
+        """The parameters of the memory optimizer (``ContinualModel.set_opt``)."""
         return [self.work_class, self.work_task]

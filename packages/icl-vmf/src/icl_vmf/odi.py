@@ -1,4 +1,5 @@
-"""vMF-ODI: z-score outlier detection on System1's best cosine (spec §3.10)."""
+"""vMF-ODI: z-score outlier detection on System1's best cosine (paper Sec. 3, vMF-ODI; official
+``utils/training.py:normalize_and_find_outliers``, commit 8c8ad10)."""
 
 from __future__ import annotations
 

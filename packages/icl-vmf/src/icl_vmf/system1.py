@@ -1,4 +1,5 @@
-"""System1: frozen ViT -> CKT-MHA -> query embedding, matched against the value memories (spec §3.1-3.6)."""
+"""System1: frozen ViT -> CKT-MHA -> query embedding, matched against the value memories (official
+``backbone/cvt_online.py:Brain_Net_Vit``, commit 8c8ad10)."""
 
 from __future__ import annotations
 
@@ -24,10 +25,11 @@ def _check_phase(phase: str) -> None:
 class System1(nn.Module):
     """The fast system.
 
-    * ``set2set_logits(x, y)``: training logits ``S [n, n]``, ``S_ij = z_i . m_{y_j}`` (spec §3.6).
+    * ``set2set_logits(x, y)``: training logits ``S [n, n]``, ``S_ij = z_i . m_{y_j}`` (``Brain_Net_Vit.forward``
+      with labels).
     * ``scores(x)``: test logits ``[B, K]`` over the consolidated classes (cosines in [-1, 1]).
 
-    ``phase`` controls which side carries gradients (spec §3.8): ``"memory"`` computes the query
+    ``phase`` controls which side carries gradients (``Onlinevt.observe`` steps two optimizers): ``"memory"`` computes the query
     embeddings under ``no_grad`` (the memory step only updates keys), ``"projection"`` detaches the keys,
     ``"both"`` keeps every gradient. The encoder is never trained.
     """

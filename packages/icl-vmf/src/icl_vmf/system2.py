@@ -1,4 +1,5 @@
-"""System2: the slow multimodal LLM, its prompts and the answer -> class mapping (spec §3.11).
+"""System2: the slow multimodal LLM, its prompts and the answer -> class mapping (official
+``utils/cor_with_slow.py:Inference_with_slow`` / ``InferenceWithSlowModel``, commit 8c8ad10).
 
 Every System2 implements one method, :meth:`System2.choose`: given images and, per image, the candidate
 class names (System1's top-k, best first), return the raw answers and the index of the chosen candidate
@@ -110,7 +111,7 @@ class System2:
 
 
 class MLLMSystem2(System2):
-    """A multimodal LLM asked the spec's prompt; answers are parsed (``answer_mode="generate"``) or the
+    """A multimodal LLM asked the official prompt; answers are parsed (``answer_mode="generate"``) or the
     candidates are ranked by log-likelihood (``answer_mode="loglik"``, [ours], never falls back)."""
 
     def __init__(
