@@ -56,6 +56,7 @@ class TaskSwitchBank:
         self.cache_size = int(cache_size)
         self.lora_mix = lora_mix
         self._cache: OrderedDict[tuple, dict[str, Tensor]] = OrderedDict()
+        self._resident: dict[tuple, Tensor] = {}
         names: dict[str, None] = {}
         for task, sw in self.switches.items():
             for n in sw.names:
@@ -106,13 +107,24 @@ class TaskSwitchBank:
                 coef = c * sw.scales[name]
                 if coef == 0.0:
                     continue
-                term = sw.signs[name].to(device=device, dtype=dtype)
+                term = self._signs_on(task, name, device).to(dtype)
             elif name in sw.passthrough:
                 coef, term = c, sw.passthrough[name].to(device=device, dtype=dtype)
             else:
                 continue  # skipped (all-zero) tensor of this task
             acc = term * coef if acc is None else acc.add_(term, alpha=coef)  # never mutate stored tensors
         return acc
+
+    def _signs_on(self, task: str, name: str, device: torch.device) -> Tensor:
+        """The int8 signs of one tensor on ``device``, copied there once (host-to-device copies of every
+        switch per batch would cost more than the forward pass on a GPU)."""
+        s = self.switches[task].signs[name]
+        if s.device == device:
+            return s
+        key = (task, name, str(device))
+        if key not in self._resident:
+            self._resident[key] = s.to(device)
+        return self._resident[key]
 
     def delta(self, weights, dtype: torch.dtype = torch.float32) -> dict[str, Tensor]:
         """``sum_k w_k tau^_k`` per tensor (the switch combination); tensors with no contribution are omitted."""

@@ -276,14 +276,14 @@ def quick_reproduction(out_dir: Path, quick: bool = True, cfg: DigitsConfig | No
     mean, std = res["mean"], res["std"]
     plots = _plots(out_dir, cfg, res)
     failed = [c.claim for c in res["claims"] if not c.holds]
-    chosen = res["router"]["chosen"]
+    chosen = sorted({f"{c['feature']}/k={c['k']}/T={c['temperature']:g}" for c in res["router"]["chosen"]})
     notes = (
         f"Seeds {cfg.seeds}; MLP 64-{cfg.hidden}-{cfg.hidden}-{cfg.feature_dim} generalist, per-domain fine-tuning "
         f"of the body; floor (pre-trained) {mean['pretrained']:.2f}, upper bound (Individual) {mean['individual']:.2f}. "
         f"Auto-Switch with the official protocol's router (body output, k={cfg.knn_k}, soft batch mean): "
         f"{mean['auto_switch_protocol']:.2f}, weight on the right domain {mean['routing_weight_on_task_protocol']:.1f} %, "
         f"per-sample routing {mean.get('routing_sample_accuracy_protocol', float('nan')):.1f} %. Router chosen on the "
-        f"validation split (feature, k, then temperature): {chosen}; test routing {mean['routing_sample_accuracy']:.1f} % "
+        f"validation split (feature/k/temperature, per seed): {', '.join(chosen)}; test routing {mean['routing_sample_accuracy']:.1f} % "
         f"per sample, {mean['routing_batch_accuracy']:.1f} % per batch; Auto-Switch {mean['auto_switch']:.2f}. "
         + (f"Claims that do not hold: {failed}." if failed else "All claims hold.")
     )

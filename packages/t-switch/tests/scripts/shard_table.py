@@ -19,7 +19,7 @@ from t_switch.task_vector import task_vector
 TASKS = ("a", "b", "c")
 
 
-def table() -> dict:
+def table(device: str | None = None, methods=("individual", "task_arithmetic", "ties", "emr")) -> dict:
     torch.manual_seed(0)
     pre = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 3))
     g = torch.Generator().manual_seed(1)
@@ -38,11 +38,14 @@ def table() -> dict:
         evals[t] = [(x[:16], y[:16]), (x[16:32], y[16:32])]
         vals[t] = [(x[32:40], y[32:40])]
         queries[t] = [x[40:]]
+    if device is not None:
+        pre.to(device)
+        tvs = {t: tv.to(device) for t, tv in tvs.items()}
     return run_merging(
         pre, tvs, evals, SwitchConfig(drop_ratio=0.5, exclude=[]), AutoSwitchConfig(k=3, n_query=8),
-        BaselineConfig(methods=["individual", "task_arithmetic", "ties", "emr"], ta_alpha_grid=[0.3, 1.0]),
+        BaselineConfig(methods=list(methods), ta_alpha_grid=[0.3, 1.0]),
         stages=["pretrained", "baselines", "t_switch", "auto_switch", "storage", "pulse"],
-        query_loaders=queries, feature_fn=pre[0], pulse_ratios=[0.0, 0.5], val_loaders=vals,
+        query_loaders=queries, feature_fn=pre[0], pulse_ratios=[0.0, 0.5], val_loaders=vals, device=device,
     )  # fmt: skip
 
 

@@ -42,11 +42,11 @@ def emr_merging(pretrained, task_vectors, **_) -> MergeResult:
         uni[n] = (T.abs() * agree).amax(0) * flag
         for i, t in enumerate(tasks):
             masks[t][n] = agree[i]
-            num[i] += T[i].abs().mean().double()
+            num[i] += float(T[i].abs().mean())
     den = torch.zeros(len(tasks), dtype=torch.float64)
     for i, t in enumerate(tasks):
         for n in names:
-            den[i] += (uni[n] * masks[t][n]).abs().mean().double()
+            den[i] += float((uni[n] * masks[t][n]).abs().mean())
     gamma = {t: float(num[i] / den[i]) if den[i] > 0 else 0.0 for i, t in enumerate(tasks)}
     numel = sum(pre[n].numel() for n in names)
     nbytes = 4 * numel + len(tasks) * (math.ceil(numel / 8) + 4)

@@ -74,7 +74,7 @@ def ties_merging(
         for tv in task_vectors.values():
             flat = torch.cat([tv[n].reshape(-1).float().abs() for n in names])
             kth = int(flat.numel() * (1.0 - k))
-            thr.append(flat.kthvalue(kth).values if kth > 0 else torch.tensor(0.0))
+            thr.append(flat.kthvalue(kth).values if kth > 0 else flat.new_tensor(0.0))
         thr_t = torch.stack(thr)
         for n in names:
             T = stack(task_vectors, n)
@@ -117,7 +117,12 @@ def dare(
     dropped = {}
     for t, tv in task_vectors.items():
         dropped[t] = TaskVector(
-            {n: v * (torch.rand(v.shape, generator=gen) >= p).to(v.dtype) / (1.0 - p) for n, v in tv.items()}
+            {
+                n: v
+                * (torch.rand(v.shape, generator=gen) >= p).to(device=v.device, dtype=v.dtype)
+                / (1.0 - p)
+                for n, v in tv.items()
+            }
         )
     fn = task_arithmetic if base == "task_arithmetic" else ties_merging
     res = fn(pretrained, dropped, **base_hp)
