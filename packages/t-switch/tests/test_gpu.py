@@ -6,22 +6,15 @@ from pathlib import Path
 import pytest
 import torch
 
+from t_switch.config import METHODS as ALL_METHODS
+
 pytestmark = [
     pytest.mark.gpu,
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
 ]
 
 SCRIPT = Path(__file__).parent / "scripts" / "shard_table.py"
-METHODS = (
-    "individual",
-    "weight_averaging",
-    "task_arithmetic",
-    "ties",
-    "dare",
-    "emr",
-    "tall_masks",
-    "consensus",
-)
+METHODS = tuple(m for m in ALL_METHODS if m != "t_switch")
 
 
 def _table(device):

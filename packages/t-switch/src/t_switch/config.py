@@ -274,6 +274,7 @@ class ExperimentConfig(Config):
     eval_subset: int = field(0, ge=0, help="first N evaluation examples per task (GLUE code: 500); 0 = all")
     batch_size: int = field(256, ge=1, help="evaluation batch size (one Auto-Switch combination each)")
     max_length: int = field(128, ge=1, help="GLUE: tokenizer max length")
+    num_workers: int = field(4, ge=0, help="data-loader worker processes per process (image decoding)")
     val_fraction: float = field(0.1, gt=0.0, lt=1.0, help="GLUE: held-out share of train (alpha selection)")
     seed: int = field(0, ge=0, help="seed of data order and held-out splits")
     device: str = field("auto", help="cpu, cuda, cuda:1 or auto (under torchrun: one GPU per rank)")

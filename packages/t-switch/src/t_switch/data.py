@@ -152,7 +152,9 @@ def subset(ds, n: int):
     return ds.select(range(min(n, len(ds)))) if n and n > 0 else ds
 
 
-def vision_loader(ds, processor, batch_size: int, shuffle: bool = False, seed: int = 0) -> DataLoader:
+def vision_loader(
+    ds, processor, batch_size: int, shuffle: bool = False, seed: int = 0, num_workers: int = 0
+) -> DataLoader:
     """``(pixel_values, label)`` batches of an image dataset through a CLIP image processor."""
     img_col = next(c for c in ("image", "img", "jpg") if c in ds.column_names)
     lab_col = next(c for c in ("label", "labels") if c in ds.column_names)
@@ -162,7 +164,9 @@ def vision_loader(ds, processor, batch_size: int, shuffle: bool = False, seed: i
         return px, torch.tensor([r[lab_col] for r in rows])
 
     g = torch.Generator().manual_seed(seed)
-    return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, collate_fn=collate, generator=g)
+    return DataLoader(
+        ds, batch_size=batch_size, shuffle=shuffle, collate_fn=collate, generator=g, num_workers=num_workers
+    )
 
 
 def text_loader(ds, tokenizer, task: str, batch_size: int, max_length: int) -> DataLoader:

@@ -24,7 +24,14 @@ import torch
 from torch import Tensor, nn
 
 from papers_shared.config import save_config
-from papers_shared.distributed import barrier, gather_rows, init_distributed, is_main_process, shard
+from papers_shared.distributed import (
+    barrier,
+    gather_rows,
+    init_distributed,
+    is_main_process,
+    shard,
+    world_size,
+)
 from papers_shared.results import write_json
 from t_switch.analysis import pulse_point
 from t_switch.auto_switch import AutoSwitch
@@ -170,12 +177,46 @@ def _score(table: _Table, cell: tuple) -> Any:
     raise ValueError(f"unknown cell {cell!r}")
 
 
+_COST = {"auto_switch": 3.0, "pulse": 2.0, "storage": 0.5}
+
+
+def _cost(table: _Table, cell: tuple) -> float:
+    """Rough cost of a cell: batches of its loader, times the forward passes per batch."""
+    loader = cell[3] if cell[0] == "select" else table.loaders.get(cell[1])
+    try:
+        n = len(loader) if loader is not None else 1
+    except TypeError:
+        n = 1
+    return _COST.get(cell[0], 1.0) * max(n, 1)
+
+
+def _balanced_order(costs: list[float], world: int) -> list[int | None]:
+    """An order of the cells (``None`` = padding) such that ``order[rank::world]`` gives every process
+    about the same work: longest cells first, each to the least loaded process (deterministic)."""
+    loads, parts = [0.0] * world, [[] for _ in range(world)]
+    for i in sorted(range(len(costs)), key=lambda i: (-costs[i], i)):
+        r = min(range(world), key=lambda r: (loads[r], r))
+        loads[r] += costs[i]
+        parts[r].append(i)
+    depth = max(len(p) for p in parts)
+    return [parts[r][k] if k < len(parts[r]) else None for k in range(depth) for r in range(world)]
+
+
 def _run_cells(table: _Table, cells: list[tuple], progress: bool) -> list[Any]:
+    """Every cell's row, in order; under ``torchrun`` each process computes a balanced share."""
     from tqdm.auto import tqdm
 
-    mine = shard(cells)
-    rows = [_score(table, c) for c in tqdm(mine, desc="cells", disable=not (progress and is_main_process()))]
-    return gather_rows(rows, cells)
+    order = list(range(len(cells)))
+    if world_size() > 1:
+        order = _balanced_order([_cost(table, c) for c in cells], world_size())
+    mine = shard(order)
+    bar = tqdm(mine, desc="cells", disable=not (progress and is_main_process()))
+    rows = gather_rows([None if i is None else _score(table, cells[i]) for i in bar], order)
+    out: list[Any] = [None] * len(cells)
+    for i, row in zip(order, rows):
+        if i is not None:
+            out[i] = row
+    return out
 
 
 def run_merging(
@@ -333,7 +374,7 @@ def _run_vit(cfg: ExperimentConfig, device: torch.device, progress: bool) -> dic
                 clip, processor.tokenizer, names, CLIP_TEMPLATES.get(t, ["a photo of a {}."])
             )
         }
-        evals[t] = vision_loader(test, processor.image_processor, cfg.batch_size)
+        evals[t] = vision_loader(test, processor.image_processor, cfg.batch_size, num_workers=cfg.num_workers)
         queries[t] = vision_loader(
             train, processor.image_processor, cfg.auto.n_query, shuffle=True, seed=cfg.seed
         )
@@ -379,7 +420,7 @@ def _lora_task_vectors(cfg, enc, heads, trains, processor, device, progress):
     def batches_for(t):
         ds = subset(trains[t], cfg.lora.max_train_samples)
         return lambda epoch: vision_loader(
-            ds, processor.image_processor, cfg.lora.batch_size, True, cfg.seed + epoch
+            ds, processor.image_processor, cfg.lora.batch_size, True, cfg.seed + epoch, cfg.num_workers
         )
 
     for t in shard(cfg.tasks):  # each process trains its share of the tasks; the others read the cache

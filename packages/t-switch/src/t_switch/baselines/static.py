@@ -17,31 +17,24 @@ from t_switch.task_vector import TaskVector
 __all__ = ["consensus", "dare", "task_arithmetic", "ties_merging", "weight_averaging"]
 
 
+def _static(method, pre, tasks, names, task_vectors, shared, info=None) -> MergeResult:
+    """A static result: one shared delta, stored like one fp32 task vector."""
+    nbytes = fp32_bytes(names, task_vectors[tasks[0]])
+    return MergeResult(method, tasks, pre, shared=shared, storage_bytes=nbytes, info=dict(info or {}))
+
+
 def weight_averaging(pretrained, task_vectors, **_) -> MergeResult:
     """``theta_0 + (1/K) sum_k tau_k``."""
     pre, tasks, names = prepare(pretrained, task_vectors)
     shared = {n: stack(task_vectors, n).mean(0) for n in names}
-    return MergeResult(
-        "weight_averaging",
-        tasks,
-        pre,
-        shared=shared,
-        storage_bytes=fp32_bytes(names, task_vectors[tasks[0]]),
-    )
+    return _static("weight_averaging", pre, tasks, names, task_vectors, shared)
 
 
 def task_arithmetic(pretrained, task_vectors, alpha: float = 0.3, **_) -> MergeResult:
     """``theta_0 + alpha sum_k tau_k`` (Ilharco et al. 2023; alpha = 0.3 for ViT)."""
     pre, tasks, names = prepare(pretrained, task_vectors)
     shared = {n: alpha * stack(task_vectors, n).sum(0) for n in names}
-    return MergeResult(
-        "task_arithmetic",
-        tasks,
-        pre,
-        shared=shared,
-        storage_bytes=fp32_bytes(names, task_vectors[tasks[0]]),
-        info={"alpha": alpha},
-    )
+    return _static("task_arithmetic", pre, tasks, names, task_vectors, shared, {"alpha": alpha})
 
 
 def _keep_top_mask(mag: Tensor, keep_frac: float) -> Tensor:
@@ -95,14 +88,7 @@ def ties_merging(
         s = (T * agree).sum(0)
         cnt = agree.sum(0).clamp(min=1)
         shared[n] = alpha * s / cnt
-    return MergeResult(
-        "ties",
-        tasks,
-        pre,
-        shared=shared,
-        storage_bytes=fp32_bytes(names, task_vectors[tasks[0]]),
-        info={"k": k, "alpha": alpha},
-    )
+    return _static("ties", pre, tasks, names, task_vectors, shared, {"k": k, "alpha": alpha})
 
 
 def dare(
@@ -143,11 +129,4 @@ def consensus(
         votes = sum(masks[t][n].to(torch.int32) for t in tasks)
         keep = votes >= min_agree
         shared[n] = alpha * keep * stack(task_vectors, n).sum(0)
-    return MergeResult(
-        "consensus",
-        tasks,
-        pre,
-        shared=shared,
-        storage_bytes=fp32_bytes(names, task_vectors[tasks[0]]),
-        info={"alpha": alpha},
-    )
+    return _static("consensus", pre, tasks, names, task_vectors, shared, {"alpha": alpha})
