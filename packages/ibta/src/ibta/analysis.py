@@ -91,7 +91,7 @@ def mine_for_config(cfg: Any, attack: str, source: str | None = None) -> dict[st
     untargeted data of ``cfg`` (an :class:`~ibta.config.ExperimentConfig`), with the ``cfg.mine`` settings."""
     from papers_shared.device import get_device
 
-    from .data import build_data, digits_data
+    from .data import batch_blocks, build_data, digits_data, load_batches
     from .experiment import build_attack
     from .models import build_model, read_weights
 
@@ -99,7 +99,8 @@ def mine_for_config(cfg: Any, attack: str, source: str | None = None) -> dict[st
     digits = digits_data(cfg.digits) if cfg.dataset == "digits" else None
     name = source or cfg.sources[0]
     model = build_model(name, cfg, get_device(cfg.device), {}, weights, digits)
-    loader, _, _ = build_data(cfg, targeted=False)
+    ds, _, _ = build_data(cfg, targeted=False)
+    loader = load_batches(ds, batch_blocks(len(ds), cfg.batch_size))
     m = cfg.mine
     est = perturbation_input_mi(
         build_attack(attack, model, cfg.attack, targeted=False),

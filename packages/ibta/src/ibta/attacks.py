@@ -93,27 +93,20 @@ class IBTAAttack(IterativeAttack):
     Args:
         model: classifier taking [0, 1] images.
         base: ``"mi" | "di" | "ti" | "s2i" | "logit_ti" | "rap_logit_ti"``.
-        eps, alpha, steps: budget, step size, iterations (``steps=None``: 20/20/20/20/300/400).
-        targeted: targeted mode (minimise ``L_tgt``) or untargeted (maximise ``J_untgt``).
         sigma: noise std of the companion ``x~`` (official code: ``sigma``/``sig``, default 0.1).
         gamma: weight of the noisy-branch loss (and, by default, of ``KL(p~ || p)``).
         lam: weight ``lambda`` of the divergence (official code: ``lmd``, default 0.1 in every class and
             in ``transfer.py``).
         gamma_kl: weight of ``KL(p~ || p)``; ``None`` means ``gamma`` (the code's behaviour).
-        decay: momentum ``mu``.
-        diversity_prob, resize_rate: DI parameters; ti_kernel, ti_nsig: TI kernel.
-        ssa_n, ssa_rho, ssa_sigma, ssa_mode: S2I parameters (``ssa_sigma`` is the actual spectrum-noise
-            std; ``None`` = 0.1/255 for ``"ibta_code"``, 16/255 for ``"ssa_paper"``).
-        rap_late_start, rap_inner_steps, rap_alpha_n, rap_eps_n: RAP-LS parameters (``rap_alpha_n=None``
-            means ``alpha``).
-        seed, generator: randomness (x~, DI, spectrum draws); ``seed`` makes every call repeatable.
-        clip_delta: keep ``x + delta`` in [0, 1] after each step (off in the official code).
         fuse_branches: run the clean and noisy branches as one ``2B`` batch (MI/DI/TI/Logit-TI only;
             same result up to float rounding, faster for small batches) (ours, off by default).
         shared_transform: give the noisy branch the same DI draw as the clean branch in each pass (one
             random resize-and-pad for both) instead of an independent one (ours, off by default; the
             official code draws DI independently per branch).
-        **kwargs: forwarded to :class:`~papers_shared.attacks.IterativeAttack`.
+        **kwargs: the base attack's settings, as :func:`ibta.baselines.base_attack_spec` takes them
+            (``eps``, ``alpha``, ``steps``, ``targeted``, ``seed``, DI / TI / S2I / RAP-LS parameters,
+            ``clip_delta``; defaults: the official code's), and any other
+            :class:`~papers_shared.attacks.IterativeAttack` option.
 
     After a call, :attr:`last_stats` holds one dict per objective evaluation (step, pass, loss,
     noisy_loss, divergence, objective) for logging.
@@ -137,31 +130,11 @@ class IBTAAttack(IterativeAttack):
         self,
         model: nn.Module,
         base: str | None = None,
-        eps: float = 16 / 255,
-        alpha: float = 1.25 / 255,
-        steps: int | None = None,
-        targeted: bool = False,
+        *,
         sigma: float = 0.1,
         gamma: float = 0.1,
         lam: float = 0.1,
         gamma_kl: float | None = None,
-        decay: float = 1.0,
-        diversity_prob: float = 0.7,
-        resize_rate: float = 0.9,
-        ti_kernel: int | Tensor = 5,
-        ti_nsig: float = 3.0,
-        ssa_n: int = 20,
-        ssa_rho: float = 0.5,
-        ssa_sigma: float | None = None,
-        ssa_mode: str = "ibta_code",
-        rap_late_start: int = 100,
-        rap_inner_steps: int = 1,
-        rap_alpha_n: float | None = None,
-        rap_eps_n: float = 12 / 255,
-        seed: int | None = None,
-        *,
-        generator: torch.Generator | None = None,
-        clip_delta: bool = False,
         fuse_branches: bool = False,
         shared_transform: bool = False,
         **kwargs: Any,
@@ -175,30 +148,7 @@ class IBTAAttack(IterativeAttack):
                 raise ValueError(f"{nm} must be finite and >= 0, got {v!r}")
         if gamma_kl is not None and (not math.isfinite(float(gamma_kl)) or float(gamma_kl) < 0):
             raise ValueError(f"gamma_kl must be finite and >= 0, got {gamma_kl!r}")
-        _, kw = base_attack_spec(
-            type(self).base,
-            eps=eps,
-            alpha=alpha,
-            steps=steps,
-            targeted=targeted,
-            decay=decay,
-            diversity_prob=diversity_prob,
-            resize_rate=resize_rate,
-            ti_kernel=ti_kernel,
-            ti_nsig=ti_nsig,
-            ssa_n=ssa_n,
-            ssa_rho=ssa_rho,
-            ssa_sigma=ssa_sigma,
-            ssa_mode=ssa_mode,
-            rap_late_start=rap_late_start,
-            rap_inner_steps=rap_inner_steps,
-            rap_alpha_n=rap_alpha_n,
-            rap_eps_n=rap_eps_n,
-            clip_delta=clip_delta,
-            seed=seed,
-            generator=generator,
-            **kwargs,
-        )
+        _, kw = base_attack_spec(type(self).base, **kwargs)
         super().__init__(model, **kw)
         # SSA stores its spectrum-noise std in ``sigma``; IBTA's ``sigma`` is the noise of x~
         self._ssa_sigma = float(getattr(self, "sigma", 0.0))

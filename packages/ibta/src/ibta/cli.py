@@ -12,7 +12,6 @@ from pathlib import Path
 
 from papers_shared.cli import CLI, Context, arg
 from papers_shared.distributed import is_main_process
-from papers_shared.errors import InputError
 
 from .config import ATTACK_NAMES, ExperimentConfig
 
@@ -43,12 +42,10 @@ for _name in ("attack", "run"):
 
 @cli.command("ablate", help="lambda / gamma / sigma sweep around the config", args=[VERBOSE], flags=RUN_FLAGS)
 def ablate(cfg: ExperimentConfig, ctx: Context) -> None:
-    from .experiment import run_ablation
+    from .experiment import run_ablation, summarize_ablation
 
-    for r in run_ablation(cfg, log=print if ctx.args.verbose else None, progress=ctx.progress):
-        if str(r.get("target")) in ("None", "", "mean") and str(r["white_box"]) != "True":
-            where = f"{r['mode']} {r['source']}->{r['victim']} {r['attack']}"
-            print(f"{r['param']}={r['value']:g} {where}: {float(r['success']):.3f}")
+    rows = run_ablation(cfg, log=print if ctx.args.verbose else None, progress=ctx.progress)
+    print(summarize_ablation(rows))
 
 
 @cli.command(
@@ -59,15 +56,9 @@ def ablate(cfg: ExperimentConfig, ctx: Context) -> None:
     args=[arg("--csv", type=Path, required=True, help="results.csv written by `ibta attack`")],
 )
 def evaluate(ctx: Context) -> None:
-    from .experiment import read_rows, summarize
+    from .experiment import read_results, summarize
 
-    path = ctx.args.csv
-    if not path.is_file():
-        raise FileNotFoundError(f"results CSV not found: {path} (write one with `ibta attack --config ...`)")
-    rows = read_rows(path)
-    if not rows:
-        raise InputError(f"{path}: the table has a header but no rows; run `ibta attack` to fill it")
-    print(summarize(rows))
+    print(summarize(read_results(ctx.args.csv)))
 
 
 @cli.command(

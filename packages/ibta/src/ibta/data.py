@@ -11,12 +11,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
 from papers_shared.data import (
     DatasetNotFoundError,
@@ -29,7 +29,7 @@ from papers_shared.data import (
 
 from .config import DigitsConfig, ExperimentConfig
 
-__all__ = ["build_data", "digits_data"]
+__all__ = ["batch_blocks", "build_data", "digits_data", "load_batches"]
 
 
 def digits_data(cfg: DigitsConfig | None = None) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
@@ -54,16 +54,17 @@ class _Pairs(torch.utils.data.Dataset):
         return item[0], item[1]
 
 
-def build_data(cfg: ExperimentConfig, targeted: bool) -> tuple[Iterable[Any], str, list[int] | None]:
-    """``(batches, protocol, targets)`` for one mode; raises DatasetNotFoundError when the data is absent."""
+def build_data(cfg: ExperimentConfig, targeted: bool) -> tuple[Dataset, str, list[int] | None]:
+    """``(dataset, protocol, targets)`` for one mode; raises DatasetNotFoundError when the data is absent.
+
+    Items are ``(image, label)`` (NIPS'17 targeted: ``(image, label, target)``); :func:`batch_blocks` and
+    :func:`load_batches` cut the dataset into the run's batches.
+    """
     if cfg.dataset == "digits":
         x, y = digits_data(cfg.digits)["test"]
         if cfg.max_images is not None:
             x, y = x[: cfg.max_images], y[: cfg.max_images]
-        batches = [
-            (x[i : i + cfg.batch_size], y[i : i + cfg.batch_size]) for i in range(0, len(x), cfg.batch_size)
-        ]
-        return batches, "all-source", (list(cfg.targets) if targeted else None)
+        return TensorDataset(x, y), "all-source", (list(cfg.targets) if targeted else None)
     if cfg.dataset == "nips17":
         ds = nips17_dataset(cfg.data_root, transform=standard_transform(256, 224))
         if not targeted:
@@ -83,4 +84,21 @@ def build_data(cfg: ExperimentConfig, targeted: bool) -> tuple[Iterable[Any], st
         protocol, targets = "ibta-sub-source", (list(cfg.targets) if targeted else None)
     if cfg.max_images is not None:
         ds = Subset(ds, list(range(min(cfg.max_images, len(ds)))))
-    return DataLoader(ds, batch_size=cfg.batch_size, shuffle=False, num_workers=0), protocol, targets
+    return ds, protocol, targets
+
+
+def batch_blocks(n: int, batch_size: int) -> list[list[int]]:
+    """The run's batches as index lists: ``[0, B), [B, 2B), ...`` (fixed by the global batch size)."""
+    return [list(range(i, min(i + batch_size, n))) for i in range(0, n, batch_size)]
+
+
+def load_batches(ds: Dataset, blocks: list[list[int]]) -> Iterator[tuple[torch.Tensor, ...]]:
+    """The batches ``blocks`` of ``ds``, in order (a process of a sharded run loads only its own)."""
+    if not blocks:
+        return
+    loader = DataLoader(Subset(ds, [i for b in blocks for i in b]), batch_size=len(blocks[0]), shuffle=False)
+    sizes = iter(len(b) for b in blocks)
+    for batch in loader:
+        if len(batch[0]) != next(sizes):
+            raise RuntimeError("a batch block other than the last is shorter than the batch size")
+        yield tuple(batch)

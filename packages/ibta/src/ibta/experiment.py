@@ -7,10 +7,10 @@ Targeted runs follow the sub-source protocol (per target, the images of the othe
 ``target="mean"`` rows average over targets), as ``transfer.py:advtest`` of the official code (commit
 6866b7a), which however scores only the source model (``legacy_eval_white_box_only``).
 
-Under ``torchrun --nproc-per-node N`` the cells are split across the processes
-(:func:`papers_shared.distributed.shard`) and their rows gathered back in order
-(:func:`~papers_shared.distributed.gather_rows`); rank 0 writes the CSV. One process computes the same
-table: every cell is seeded by ``attack.seed`` alone.
+Under ``torchrun --nproc-per-node N`` the batches of every cell are split across the processes
+(:func:`papers_shared.distributed.shard`), their per-batch counts gathered back in order
+(:func:`~papers_shared.distributed.gather_rows`) and summed; rank 0 writes the CSV. One process computes
+the same table: every batch is attacked with the cell's seed (``attack.seed``) alone.
 """
 
 from __future__ import annotations
@@ -19,11 +19,12 @@ import copy
 import csv
 import io
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from torch import nn
+from torch.utils.data import Dataset
 
 from papers_shared import distributed as dist
 from papers_shared.attacks import (
@@ -40,17 +41,19 @@ from papers_shared.errors import InputError
 from .attacks import IBTAAttack, base_attack
 from .baselines import BASES
 from .config import ATTACK_NAMES, MODES, AttackConfig, ExperimentConfig
-from .data import build_data, digits_data
+from .data import batch_blocks, build_data, digits_data, load_batches
 from .models import build_model, read_weights
 
 __all__ = [
     "CSV_FIELDS",
     "attack_kwargs",
     "build_attack",
+    "read_results",
     "read_rows",
     "run_ablation",
     "run_experiment",
     "summarize",
+    "summarize_ablation",
 ]
 
 CSV_FIELDS = [
@@ -203,6 +206,17 @@ def read_rows(path: str | Path) -> list[dict[str, str]]:
     return rows
 
 
+def read_results(path: str | Path) -> list[dict[str, str]]:
+    """:func:`read_rows` of a table that must exist and hold rows (``ibta eval``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"results CSV not found: {path} (write one with `ibta attack --config ...`)")
+    rows = read_rows(path)
+    if not rows:
+        raise InputError(f"{path}: the table has a header but no rows; run `ibta attack` to fill it")
+    return rows
+
+
 def _write_rows(path: Path, rows: list[dict[str, Any]]) -> None:
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=CSV_FIELDS, extrasaction="ignore")
@@ -230,27 +244,62 @@ def summarize(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def summarize_ablation(rows: list[dict]) -> str:
+    """One line per swept value and black-box cell: ``lam=0.1 untargeted src->victim attack: 0.734``."""
+    lines = []
+    for r in rows:
+        if str(r.get("target")) in ("None", "", "mean") and str(r["white_box"]) != "True":
+            where = f"{r['mode']} {r['source']}->{r['victim']} {r['attack']}"
+            lines.append(f"{r['param']}={r['value']:g} {where}: {float(r['success']):.3f}")
+    return "\n".join(lines)
+
+
 # ------------------------------------------------------------------------------------------- runs
+def _combine(per_batch: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """Rows of a whole cell from its per-batch rows: ``n`` and ``successes`` summed per (victim, target)."""
+    rows = [dict(r) for r in per_batch[0]]
+    for r in rows:
+        r["n"], r["successes"] = 0, 0
+    for batch_rows in per_batch:
+        for r, b in zip(rows, batch_rows):
+            r["n"] += int(b["n"])
+            r["successes"] += int(b["successes"])
+    for r in rows:
+        r["success"] = r["successes"] / r["n"] if r["n"] else float("nan")
+    return rows
+
+
 def _run_cell(
     cfg: ExperimentConfig,
     cell: tuple[str, str, str],
     models: Callable[[str], nn.Module],
     victims: dict[str, nn.Module],
-    data: dict[str, tuple[Iterable[Any], str, list[int] | None]],
+    data: dict[str, tuple[Dataset, str, list[int] | None]],
 ) -> list[dict[str, Any]]:
+    """One (source, attack, mode) cell. Its batches are split across the processes (one process: all of
+    them); every batch is attacked with the cell's seed, so the counts do not depend on who ran it."""
     src, att, mode = cell
     source = models(src)
     targeted = mode == "targeted"
-    loader, protocol, targets = data[mode]
-    new = transfer_matrix(
-        {src: source},
-        {src: source} if cfg.legacy_eval_white_box_only else victims,
-        lambda model: build_attack(att, model, cfg.attack, targeted),
-        loader,
-        protocol=protocol,
-        targets=targets,
-        attack_name=att,
-    )
+    ds, protocol, targets = data[mode]
+    blocks = batch_blocks(len(ds), cfg.batch_size)
+    if not blocks:
+        raise InputError(
+            f"the {mode} data of {cfg.name!r} holds no images (dataset {cfg.dataset}, {cfg.data_root})"
+        )
+    mine = [
+        transfer_matrix(
+            {src: source},
+            {src: source} if cfg.legacy_eval_white_box_only else victims,
+            lambda model: build_attack(att, model, cfg.attack, targeted),
+            batch,
+            protocol=protocol,
+            targets=targets,
+            attack_name=att,
+        )
+        for batch in load_batches(ds, dist.shard(blocks))
+    ]
+    new = _combine(dist.gather_rows(mine, blocks))
     if targets is not None:
         new = new + mean_over_targets(new)
     ib = att.startswith("ibta_")
@@ -270,7 +319,8 @@ def run_experiment(
 ) -> list[dict[str, Any]]:
     """Run (or resume) the configured transfer matrix and return all rows of the results CSV.
 
-    Under ``torchrun`` each process runs a share of the cells; every process returns the full table.
+    Under ``torchrun`` the processes split the batches of every cell and rank 0 writes the CSV; every
+    process returns the full table.
     """
     from tqdm.auto import tqdm
 
@@ -288,27 +338,20 @@ def run_experiment(
         return build_model(name, cfg, info.device, cache, weights, digits)
 
     victims = {v: models(v) for v in cfg.victims}
-    todo = [
-        c for c in ((s, a, m) for s in cfg.sources for a in cfg.attacks for m in cfg.modes) if c not in done
-    ]
-    ws = dist.world_size()
-    bar = tqdm(total=len(todo), desc=cfg.name, disable=not dist.on_main_process(progress))
-    for start in range(0, len(todo), ws):
-        chunk = todo[start : start + ws]
-        mine = [_run_cell(cfg, c, models, victims, data) for c in dist.shard(chunk)]
-        new = [r for cell_rows in dist.gather_rows(mine, chunk) for r in cell_rows]
+    cells = [(s, a, m) for s in cfg.sources for a in cfg.attacks for m in cfg.modes]
+    for cell in tqdm(cells, desc=cfg.name, disable=not dist.on_main_process(progress)):
+        if cell in done:
+            continue
+        new = _run_cell(cfg, cell, models, victims, data)
         rows.extend(new)
         if dist.is_main_process():
             out.mkdir(parents=True, exist_ok=True)
             _write_rows(csv_path, rows)
-        bar.update(len(chunk))
-        if log is not None and dist.is_main_process():
             for r in new:
-                if r["target"] in (None, "mean"):
+                if log is not None and r["target"] in (None, "mean"):
                     log(
                         f"{r['source']} -> {r['victim']} {r['attack']} {r['mode']}: {float(r['success']):.3f}"
                     )
-    bar.close()
     dist.barrier()
     return rows
 

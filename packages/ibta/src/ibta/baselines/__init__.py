@@ -78,6 +78,13 @@ def base_attack_spec(
     settings (ours). ``ssa_sigma=None`` means 0.1/255 for ``ssa_mode="ibta_code"`` (the value
     ``transfer.py`` passes: its ``--sigma`` 0.1 lands in the class's spectrum slot, which divides by 255)
     and 16/255 for ``"ssa_paper"``.
+
+    Args: ``eps``, ``alpha``, ``steps`` (``None``: 20/20/20/20/300/400), ``targeted``, ``decay`` (momentum
+    mu), DI ``diversity_prob`` / ``resize_rate``, TI ``ti_kernel`` / ``ti_nsig``, S2I ``ssa_n`` /
+    ``ssa_rho`` / ``ssa_sigma`` (the actual spectrum-noise std) / ``ssa_mode``, RAP-LS ``rap_late_start``
+    / ``rap_inner_steps`` / ``rap_alpha_n`` (``None``: alpha) / ``rap_eps_n``, ``clip_delta`` (keep
+    ``x + delta`` in [0, 1] after each step; off in the official code), ``seed`` / ``generator`` (every
+    random draw; ``seed`` makes calls repeatable); ``extra`` goes to the attack class unchanged.
     """
     if base not in BASES:
         raise ValueError(f"unknown IBTA base attack {base!r}; choose one of {list(BASES)}")
