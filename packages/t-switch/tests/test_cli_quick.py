@@ -160,6 +160,8 @@ def test_digits_config_cross_checks():
         DigitsConfig(routing_threshold=120.0)
     with pytest.raises(ConfigError, match="tasks"):
         ExperimentConfig(kind="digits", tasks=["SUN397"])
+    with pytest.raises(ConfigError, match="kind=glue"):
+        ExperimentConfig(kind="glue", tasks=["cola", "imdb"])
 
 
 def test_shipped_configs_load_and_show(capsys):

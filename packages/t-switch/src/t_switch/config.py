@@ -17,6 +17,7 @@ from papers_shared.config import Config, ConfigError, field
 __all__ = [
     "DIGIT_DOMAINS",
     "DIGIT_FEATURES",
+    "GLUE_TASKS",
     "AutoSwitchConfig",
     "BaselineConfig",
     "DigitsConfig",
@@ -45,6 +46,8 @@ STAGES = ("pretrained", "baselines", "t_switch", "auto_switch", "storage", "puls
 #: output (the analogue of the CLIP image embedding the official ViT code uses), its second / first hidden
 #: layer, or the input itself
 DIGIT_FEATURES = ("body", "hidden2", "hidden1", "input")
+#: the GLUE tasks of the RoBERTa table
+GLUE_TASKS = ("cola", "sst2", "mrpc", "stsb", "qqp", "mnli", "qnli", "rte")
 #: the four input domains of the digits table (one label space)
 DIGIT_DOMAINS = ("hflip", "invert", "permute", "rot90")
 
@@ -311,5 +314,7 @@ class ExperimentConfig(Config):
                 )
         if self.kind == "digits":
             _check_members("tasks (kind=digits)", self.tasks, DIGIT_DOMAINS)
+        if self.kind == "glue":
+            _check_members("tasks (kind=glue)", self.tasks, GLUE_TASKS)
         if self.kind == "vit_lora" and not self.lora.target_modules:
             raise ConfigError("lora.target_modules must name at least one module (kind=vit_lora)")

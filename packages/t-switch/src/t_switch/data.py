@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader
 from papers_shared.checkpoints import load_checkpoint, load_safetensors
 from papers_shared.data.hf import load_hf_dataset, require_hub_model
 from papers_shared.errors import InputError
-from t_switch.config import DIGIT_DOMAINS
+from t_switch.config import DIGIT_DOMAINS, GLUE_TASKS
 
 __all__ = [
     "DEFAULT_VISION_DATASETS",
@@ -56,7 +56,6 @@ DEFAULT_VISION_DATASETS = {
     "MNIST": "ylecun/mnist",
     "DTD": "tanganke/dtd",
 }
-GLUE_TASKS = ("cola", "sst2", "mrpc", "stsb", "qqp", "mnli", "qnli", "rte")
 GLUE_KEYS = {
     "cola": ("sentence", None), "sst2": ("sentence", None), "mrpc": ("sentence1", "sentence2"),
     "stsb": ("sentence1", "sentence2"), "qqp": ("question1", "question2"), "mnli": ("premise", "hypothesis"),

@@ -349,13 +349,14 @@ def _prefixed(ft_state: Mapping[str, Tensor], module: nn.Module, prefix: str) ->
 
 
 def _run_vit(cfg: ExperimentConfig, device: torch.device, progress: bool) -> dict:
+    from t_switch.data import DEFAULT_VISION_DATASETS, load_dataset, resolve_model, subset, vision_loader
+
+    path = resolve_model(cfg.pretrained)  # before the slow imports: a missing path fails at once
     from transformers import AutoProcessor, CLIPModel, CLIPVisionModel
 
-    from t_switch.data import DEFAULT_VISION_DATASETS, load_dataset, resolve_model, subset, vision_loader
     from t_switch.heads import CLIP_TEMPLATES, ClipEncoder, zeroshot_head
     from t_switch.task_vector import task_vector
 
-    path = resolve_model(cfg.pretrained)
     clip = CLIPModel.from_pretrained(path).eval().to(device)
     processor = AutoProcessor.from_pretrained(path)
     vision = CLIPVisionModel(clip.config.vision_config)
@@ -438,16 +439,14 @@ def _lora_task_vectors(cfg, enc, heads, trains, processor, device, progress):
 
 
 def _run_glue(cfg: ExperimentConfig, device: torch.device, progress: bool) -> dict:
+    from t_switch.data import load_dataset, resolve_model, subset, text_loader
+
+    path = resolve_model(cfg.pretrained)  # before the slow imports: a missing path fails at once
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from t_switch.data import GLUE_TASKS, load_dataset, resolve_model, subset, text_loader
     from t_switch.evaluate import glue_metric
     from t_switch.task_vector import task_vector
 
-    unknown = [t for t in cfg.tasks if t not in GLUE_TASKS]
-    if unknown:
-        raise FileNotFoundError(f"unknown GLUE task(s) {unknown}; known: {list(GLUE_TASKS)}")
-    path = resolve_model(cfg.pretrained)
     tok = AutoTokenizer.from_pretrained(path)
     pre = AutoModelForSequenceClassification.from_pretrained(path).eval().to(device)
     tvs, heads, evals, queries, vals, metrics = {}, {}, {}, {}, {}, {}
