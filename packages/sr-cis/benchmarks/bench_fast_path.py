@@ -1,8 +1,8 @@
-"""Fast-path inference throughput, storage per task and slow-path routing fraction (issue: benchmark).
+"""Fast-path inference throughput, storage per task and slow-path routing fraction.
 
 Side by side in one process: SR-CIS with periodic restructuring (R = 2, peft ``cat`` and ``svd`` merges)
-against keeping one LoRA per task forever (``per_task_lora``), on the digits tasks with the tiny ViT.
-Throughput is the median over repeats after a warm-up. Writes JSON (default
+against keeping one LoRA per task forever (``per_task_lora``), on the digits tasks with the tiny ViT. After
+each task the three memories are timed in interleaved repeats after a warm-up; throughput is the median. Writes JSON (default
 ``docs/benchmarks/sr-cis-fast_path.json``).
 
     uv run --frozen --no-sync python packages/sr-cis/benchmarks/bench_fast_path.py
@@ -15,20 +15,15 @@ import copy
 import json
 import statistics
 import time
-from pathlib import Path
 
 import torch
 
 
 def main(argv=None) -> int:
-    from papers_shared.data import stratified_split
     from papers_shared.device import seed_everything
-    from papers_shared.results import to_jsonable
-    from sr_cis.config import QuickConfig
-    from sr_cis.data import load_benchmark
-    from sr_cis.experiment import build_method, pretrain_backbone
-    from sr_cis.quick import quick_config
-    from sr_cis.small_model import build_small_model
+    from papers_shared.results import write_json
+    from sr_cis.experiment import build_method, prepare
+    from sr_cis.quick import quick_experiment
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="docs/benchmarks/sr-cis-fast_path.json")
@@ -39,15 +34,14 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    q = QuickConfig(num_tasks=args.tasks, stm_epochs=args.epochs, restructure_epochs=2)
-    cfg = quick_config(q)
+    cfg = quick_experiment()
+    cfg.data.num_tasks = args.tasks
+    cfg.system.stm.epochs = args.epochs
+    cfg.system.restructure.epochs = 2
+    cfg.pretrain_epochs = 10
     seed_everything(0)
-    bench = load_benchmark(cfg.data, image_size=q.image_size)
-    rest, pre = stratified_split(bench.train_labels, test_frac=q.pretrain_frac, seed=0)
-    from torch.utils.data import Subset
-
-    base = build_small_model(cfg.system.small)
-    pretrain_backbone(base, Subset(bench.train, pre.tolist()), 10, 1e-3, 32)
+    bench, base, corpus = prepare(cfg, torch.device("cpu"))
+    q = cfg.system.small
     x_te = bench.test.tensors[0][: args.batch]
     variants = {
         "per_task_lora": ("per_task_lora", None),
@@ -55,48 +49,53 @@ def main(argv=None) -> int:
         "sr_cis_svd": ("sr_cis_fast_only", "svd"),
     }
     out: dict = {
-        "setup": vars(args) | {"image_size": q.image_size, "lora_r": q.lora_r, "restructure_period": 2}
+        "setup": vars(args) | {"image_size": q.tiny.image_size, "lora_r": q.lora.r, "restructure_period": 2}
     }
-    rows = {}
+    methods = {}
     for label, (method, merge) in variants.items():
         seed_everything(0)
         c = copy.deepcopy(cfg.system)
         if merge:
             c.restructure.merge = merge
-        m = build_method(method, c, copy.deepcopy(base), None, bench.class_names)
-        per_task = []
-        keep = set(rest.tolist())
-        for t in range(len(bench.split)):
-            idx = [i for i in bench.split[t].train_idx.tolist() if i in keep]
-            m.train_task(Subset(bench.train, idx), t)
+        methods[label] = build_method(
+            method, c, copy.deepcopy(base), None, bench.class_names, corpus_generator=corpus
+        )
+    per_task: dict[str, list] = {k: [] for k in variants}
+    for t in range(len(bench.split)):
+        for m in methods.values():  # the same task for every variant, then timing interleaved
+            m.train_task(bench.task_train(t), t)
             m.after_task(t, len(bench.split))
-            st = m.memory.storage_report(m.model)
-            fast = m.fast()
-            for _ in range(2):
-                fast(x_te)
-            times = []
-            for _ in range(args.repeats):
+        fast = {k: m.fast() for k, m in methods.items()}
+        for f in fast.values():
+            for _ in range(2):  # warm-up
+                f(x_te)
+        times: dict[str, list[float]] = {k: [] for k in variants}
+        for _ in range(args.repeats):
+            for k, f in fast.items():
                 t0 = time.perf_counter()
-                fast(x_te)
-                times.append(time.perf_counter() - t0)
-            med = statistics.median(times)
-            per_task.append(
+                f(x_te)
+                times[k].append(time.perf_counter() - t0)
+        for k, m in methods.items():
+            st = m.storage_report()
+            per_task[k].append(
                 {
                     "task": t,
                     "regions": st["regions"],
-                    "passes": fast(x_te[:1]).passes,
+                    "passes": fast[k](x_te[:1]).passes,
                     "lora_bytes": st["lora_bytes"],
                     "head_bytes": st["head_bytes"],
                     "text_bytes": st["text_bytes"],
                     "total_bytes": st["total_bytes"],
-                    "throughput_img_s": args.batch / med,
+                    "throughput_img_s": args.batch / statistics.median(times[k]),
                 }
             )
+    rows = {}
+    for k, m in methods.items():
         # routing fraction of CA-OAD on the final test stream (no large model attached: fast predictions kept)
         m.cfg.caoad.enabled = True
         res = m.evaluate(bench.test)
-        rows[label] = {
-            "per_task": per_task,
+        rows[k] = {
+            "per_task": per_task[k],
             "route_frac": res["route_frac"],
             "final_acc_fast": res["acc_fast"],
         }
@@ -110,9 +109,8 @@ def main(argv=None) -> int:
         }
         for k, v in rows.items()
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(to_jsonable(out), indent=2) + "\n")
-    print(json.dumps(to_jsonable(out["ratios_vs_per_task_lora_last_task"]), indent=2))
+    write_json(out, args.out)
+    print(json.dumps(out["ratios_vs_per_task_lora_last_task"], indent=2))
     return 0
 
 

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# CA-OAD ablation (spec §7): z_tau in {0.5, 0.842, 1.28} x scope in {online, batch}.
+# CA-OAD ablation: rule {quantile, zscore} x score {distance_margin, max_prob} on a table config.
 set -euo pipefail
-CFG=${1:-configs/cifar100_10t.yaml}
-for Z in 0.5 0.842 1.28; do for S in online batch; do
-  sr-cis train --config "$CFG" name="ablate_caoad_${Z}_${S}" methods=[sr_cis] \
-    system.caoad.z_threshold="$Z" system.caoad.scope="$S"
+CFG=${1:-cifar100_10t}
+for RULE in quantile zscore; do for SCORE in distance_margin max_prob; do
+  sr-cis train --config "$CFG" name="ablate_caoad_${RULE}_${SCORE}" methods=[sr_cis] \
+    system.caoad.rule="$RULE" system.caoad.score="$SCORE"
 done; done

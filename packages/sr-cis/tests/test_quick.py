@@ -6,13 +6,13 @@ from sr_cis.quick import build_claims, quick_experiment
 def test_quick_reads_its_shipped_config():
     cfg = quick_experiment()
     assert cfg.name == "quick" and cfg.data.name == "digits" and len(cfg.quick.seeds) >= 3
-    assert cfg.system.fast.routing == "nearest_prototype" and cfg.system.generator.gaussian_source == "corpus"
+    assert cfg.system.fast.routing == "frozen_prototype" and cfg.system.generator.gaussian_source == "corpus"
 
 
 def _metrics(**over):
     base = {
         "final.sr_cis": [92.0, 93.0, 94.0], "final.simple_cil": [88.0, 90.0, 89.0],
-        "final.sr_cis_fast": [87.0, 89.0, 88.0], "region_acc.nearest_prototype": [97.0, 96.0, 98.0],
+        "final.sr_cis_fast": [87.0, 89.0, 88.0], "region_acc.default": [97.0, 96.0, 98.0],
         "region_acc.max_conf": [70.0, 72.0, 66.0], "lora_rel_delta.sr_cis": [0.2, 0.3, 0.25],
         "final.sr_cis_no_lora_fast": [88.0, 90.0, 89.0], "route_frac": [19.0, 21.0, 20.0],
         "acc_final_flagged": [85.0, 80.0, 82.0], "acc_fast_flagged": [50.0, 55.0, 60.0],
@@ -59,6 +59,12 @@ def test_quick_reproduction_tiny_budget(tmp_path):
     res = quick_reproduction(tmp_path, cfg=cfg)
     assert len(res.claims) == 16 and all(isinstance(c.holds, bool) for c in res.claims)
     assert res.claims[0].paired["n"] == 2
-    for k in ("region_acc.nearest_prototype", "region_acc.max_conf", "route_frac", "lora_rel_delta.sr_cis"):
+    for k in (
+        "region_acc.default",
+        "region_acc.nearest_prototype",
+        "region_acc.max_conf",
+        "route_frac",
+        "lora_rel_delta.sr_cis",
+    ):
         assert k in res.metrics
     assert (tmp_path / "sr-cis_routing.png").is_file()

@@ -84,3 +84,20 @@ def test_cosine_heads_are_compared_as_they_are():
     )
     z = head(h)
     assert torch.equal(comparable_scores(head, h, z), z) and torch.allclose(z, torch.tensor([[0.0, 2.0]]))
+
+
+def test_frozen_prototype_routing_chooses_in_the_shared_space_then_the_region_answers():
+    # frozen space: h0 is nearest to class 3's frozen mean (region B); region B's own head then answers 2
+    a = PrototypeHead.from_prototypes(torch.tensor([[1.0, 0.0], [0.0, 1.0]]), [0, 1])
+    b = PrototypeHead.from_prototypes(torch.tensor([[5.0, 5.0], [-5.0, -5.0]]), [2, 3])
+    mem = ComplementaryMemory()
+    mem.add_stm(0, Region("stm_0", "stm", a, [0], torch.tensor([[4.0, 0.0], [0.0, 4.0]])))
+    mem.add_stm(1, Region("stm_1", "stm", b, [1], torch.tensor([[-3.0, 0.0], [1.0, 1.0]])))
+    m = FakeModel()  # every feature is (1, 1)
+    out = FastInference(m, mem, routing="frozen_prototype", top_k=3)(torch.zeros(1, 3, 2, 2))
+    assert m.calls == ["stm_0", "stm_1", None] and out.passes == 3
+    assert out.region.tolist() == [1] and out.pred.tolist() == [2]  # head of B: (1,1) is nearer (5,5)
+    # candidates: the answer, then the other classes by frozen distance (3 at 0, 0 and 1 at 10, 2 at 17)
+    assert out.topk[0].tolist()[0] == 2 and out.topk[0].tolist()[1] == 3
+    with pytest.raises(RuntimeError, match="frozen prototypes"):
+        FastInference(m, _mem(), routing="frozen_prototype")(torch.zeros(1, 3, 2, 2))

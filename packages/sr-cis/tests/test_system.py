@@ -97,6 +97,21 @@ def test_text_memory_holds_only_text_with_a_corpus_generator(small, tiny_cfg, ma
     assert "image_stats" not in s.state_dict()
 
 
+def test_regions_keep_frozen_prototypes_through_restructuring(small, tiny_cfg, make_task, names):
+    s = _trained(small, tiny_cfg, make_task, names)
+    ltm = s.memory.ltm
+    x, y = make_task([0, 1, 2, 3], 80).tensors
+    ref = {}
+    for cs in ([0, 1], [2, 3]):  # each task's own training images (80 per task, as in _trained)
+        xt, yt = make_task(cs, 80).tensors
+        with torch.no_grad():
+            h = small.features(xt, None)
+        ref |= {c: h[yt == c].mean(0) for c in cs}
+    assert ltm.classes == [0, 1, 2, 3]
+    assert torch.allclose(ltm.frozen_prototypes, torch.stack([ref[c] for c in ltm.classes]), atol=1e-4)
+    assert torch.equal(s.state_dict()["ltm"]["frozen"], ltm.frozen_prototypes)  # saved with the memory
+
+
 def test_stm_report_and_lora_switch(small, tiny_cfg, make_task, names):
     tiny_cfg.stm.epochs = 2
     tiny_cfg.stm.lr = 5e-3
@@ -141,4 +156,4 @@ def test_override_restores_config(small, tiny_cfg, make_task, names):
     base = s.evaluate(test)
     with s.override(fast=dataclasses.replace(s.cfg.fast, routing="max_conf")) as o:
         assert o.cfg.fast.routing == "max_conf" and "region_acc" in o.evaluate(test)
-    assert s.cfg.fast.routing == "nearest_prototype" and s.evaluate(test)["acc"] == base["acc"]
+    assert s.cfg.fast.routing == "frozen_prototype" and s.evaluate(test)["acc"] == base["acc"]

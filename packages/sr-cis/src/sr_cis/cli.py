@@ -16,16 +16,12 @@ from sr_cis.config import ExperimentConfig
 
 __all__ = ["cli", "main"]
 
-cli = CLI(
-    "sr-cis",
-    ExperimentConfig,
-    description=__doc__,
-    keys={"seed": "seed", "out": "out_dir", "device": "system.device"},
-)
+KEYS = {"seed": "seed", "out": "out_dir", "device": "system.device"}  # common flags -> config keys
+cli = CLI("sr-cis", ExperimentConfig, description=__doc__, keys=KEYS)
 
 
 @cli.command("train", help="run a paper table from a config; writes <out>/<name>/results.json")
-def train(cfg: ExperimentConfig, ctx: Context) -> dict:
+def train(cfg: ExperimentConfig, ctx: Context) -> dict | None:
     from papers_shared.config import save_config
     from papers_shared.distributed import is_main_process
     from sr_cis.experiment import run_experiment
@@ -35,6 +31,8 @@ def train(cfg: ExperimentConfig, ctx: Context) -> dict:
     if is_main_process():
         save_config(cfg, out / "config.yaml")
     res = run_experiment(cfg, out_dir=out, resume=ctx.resume)
+    if not is_main_process():
+        return None  # rank 0 prints the summary
     keys = ("final_acc", "avg_acc", "final_acc_fast", "forgetting_acc", "route_frac")
     return {"results": str(out / "results.json")} | {k: {x: v[x] for x in keys} for k, v in res.items()}
 
@@ -53,36 +51,9 @@ def train(cfg: ExperimentConfig, ctx: Context) -> dict:
     flags=("seed", "device", "no-progress"),
 )
 def evaluate(cfg: ExperimentConfig, ctx: Context) -> dict:
-    from torch.utils.data import ConcatDataset
+    from sr_cis.experiment import evaluate_memory
 
-    from sr_cis.data import eval_subset, load_benchmark
-    from sr_cis.experiment import build_method
-    from sr_cis.small_model import build_small_model
-
-    if not ctx.args.state.is_file():
-        raise FileNotFoundError(f"SR-CIS memory file not found: {ctx.args.state}")
-    small_cfg = cfg.system.small
-    bench = load_benchmark(
-        cfg.data, image_size=small_cfg.tiny.image_size if small_cfg.model_id is None else None
-    )
-    cfg.system.text.describe_mode = "class_name_only"  # evaluation writes no text
-    cfg.system.restructure.period = None  # and replays nothing
-    large = None
-    if cfg.system.slow.model_id:
-        from sr_cis.slow_path import build_large_model
-
-        large = build_large_model(cfg.system.slow.model_id)
-    system = build_method(
-        "sr_cis", cfg.system, build_small_model(small_cfg), large, bench.class_names, seed=cfg.seed
-    )
-    system.load(ctx.args.state)
-    test = ConcatDataset([bench.task_test(s) for s in range(system.tasks_seen)])
-    res = system.evaluate(
-        eval_subset(test, cfg.max_eval_samples, cfg.seed),
-        {c: s.index for s in bench.split for c in s.classes},
-    )
-    res.pop("storage", None)
-    return res
+    return evaluate_memory(cfg, ctx.args.state)
 
 
 @cli.command("import-table", help="read an external baselines results table (CSV/JSON)", config=False, flags=(),

@@ -203,10 +203,12 @@ class RestructureConfig(Config):
 class FastPathConfig(Config):
     """Fast inference over the memory regions (ours)."""
 
-    routing: Literal["nearest_prototype", "max_conf", "ltm_only"] = field(
-        "nearest_prototype",
-        help="nearest_prototype: the class with the smallest ||h_r - p_c|| over all regions (Euclidean heads); "
-        "max_conf: the region with the largest max-softmax (earlier rule); ltm_only: the LTM alone",
+    routing: Literal["frozen_prototype", "nearest_prototype", "max_conf", "ltm_only"] = field(
+        "frozen_prototype",
+        help="frozen_prototype: the region of the nearest class mean in the frozen backbone's features, then "
+        "that region's head answers; nearest_prototype: the class with the smallest ||h_r - p_c|| over all "
+        "regions, each in its own adapted features; max_conf: the region with the largest max-softmax "
+        "(earlier rule); ltm_only: the LTM alone",
     )
     top_k: int = field(3, help="candidate classes handed to the large model", ge=1)
     batch_size: int = field(256, help="inference batch size", ge=1)

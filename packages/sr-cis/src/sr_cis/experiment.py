@@ -28,7 +28,7 @@ from sr_cis.data import CILBenchmark, eval_subset, hold_out_pretrain, stack_data
 from sr_cis.scenario import GaussianPixelGenerator, build_generator
 from sr_cis.system import SRCIS
 
-__all__ = ["build_method", "prepare", "run_experiment", "run_method", "summarize_rows"]
+__all__ = ["build_method", "evaluate_memory", "prepare", "run_experiment", "run_method", "summarize_rows"]
 
 
 def build_method(
@@ -221,3 +221,43 @@ def run_experiment(
         write_json(results, Path(out_dir) / "results.json")
     barrier()
     return results
+
+
+def evaluate_memory(cfg: ExperimentConfig, state: str | Path) -> dict[str, Any]:
+    """Evaluate a saved SR-CIS memory (``SRCIS.save`` safetensors or a run checkpoint) on the test split
+    of ``cfg``'s benchmark, over the tasks the memory has seen (no text is written, nothing replayed)."""
+    from sr_cis.data import load_benchmark
+    from sr_cis.small_model import build_small_model
+
+    state = Path(state)
+    if not state.is_file():
+        raise FileNotFoundError(f"SR-CIS memory file not found: {state}")
+    info = init_distributed(cfg.system.device)
+    cfg = copy.deepcopy(cfg)
+    cfg.system.text.describe_mode = "class_name_only"
+    cfg.system.restructure.period = None
+    small_cfg = cfg.system.small
+    bench = load_benchmark(
+        cfg.data, image_size=small_cfg.tiny.image_size if small_cfg.model_id is None else None
+    )
+    large = None
+    if cfg.system.slow.model_id:
+        from sr_cis.slow_path import build_large_model
+
+        large = build_large_model(cfg.system.slow.model_id, device=info.device)
+    system = build_method(
+        "sr_cis",
+        cfg.system,
+        build_small_model(small_cfg),
+        large,
+        bench.class_names,
+        info.device,
+        seed=cfg.seed,
+    )
+    system.load(state)
+    test = eval_subset(
+        ConcatDataset([bench.task_test(s) for s in range(system.tasks_seen)]), cfg.max_eval_samples, cfg.seed
+    )
+    res = system.evaluate(test, {c: s.index for s in bench.split for c in s.classes})
+    res.pop("storage", None)
+    return res

@@ -12,6 +12,10 @@ Every region ``r`` reads the image with its own adapter (``h_r = f_{theta + dW_r
 * ``max_conf`` (the earlier rule): the region with the largest max-softmax answers from its own logits.
   A 2-class STM head is structurally more confident than a 10-class LTM head, so this rule favours
   small regions (measured in the quick run's ``routing.*`` metrics).
+* ``frozen_prototype``: choose the region in one shared feature space, the frozen backbone's
+  (``-||h_0 - p0_c||^2 / 2`` over all classes, ``p0_c`` the class means of the frozen features kept with
+  each region), then let that region's adapted head answer among its own classes. One more pass (the
+  frozen backbone); region choice no longer depends on how far each LoRA moved its features.
 * ``ltm_only``: the LTM alone (valid right after a restructuring).
 """
 
@@ -25,7 +29,7 @@ from sr_cis.ca_oad import confidence_score
 
 __all__ = ["ROUTING_RULES", "FastInference", "FastOutput", "RegionReadout", "route"]
 
-ROUTING_RULES = ("nearest_prototype", "max_conf", "ltm_only")
+ROUTING_RULES = ("nearest_prototype", "frozen_prototype", "max_conf", "ltm_only")
 
 
 @dataclass
@@ -40,11 +44,13 @@ class FastOutput:
 
 @dataclass
 class RegionReadout:
-    """Per-region logits ``[B, C_r]``, comparable scores ``[B, C_r]`` and class ids of one batch."""
+    """Per-region logits ``[B, C_r]``, comparable scores ``[B, C_r]`` and class ids of one batch; with
+    frozen prototypes also the frozen-feature scores ``-||h_0 - p0_c||^2 / 2`` ``[B, C_r]``."""
 
     logits: list[torch.Tensor]
     comparable: list[torch.Tensor]
     classes: list[torch.Tensor]
+    frozen: list[torch.Tensor] | None = None
 
 
 def comparable_scores(head, h: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
@@ -62,6 +68,27 @@ def route(ro: RegionReadout, rule: str, top_k: int = 3, score: str = "max_prob")
     n_regions = len(ro.logits)
     B = ro.logits[0].shape[0]
     topk = torch.full((B, top_k), -1, dtype=torch.long)
+    if rule == "frozen_prototype":
+        if ro.frozen is None:
+            raise ValueError("frozen_prototype routing needs the regions' frozen prototypes")
+        s = torch.cat(ro.frozen, 1)
+        cls = torch.cat(ro.classes)
+        owner = torch.cat([torch.full((len(c),), i, dtype=torch.long) for i, c in enumerate(ro.classes)])
+        region = owner[s.argmax(1)]
+        pred = torch.empty(B, dtype=torch.long)
+        for ri in range(n_regions):  # the chosen region answers with its own (adapted) head
+            m = region == ri
+            if m.any():
+                pred[m] = ro.classes[ri][ro.logits[ri][m].argmax(1)]
+        # candidates: the answer first, then the nearest other classes in the frozen space
+        order = s.argsort(1, descending=True)
+        ranked = cls[order]
+        for b in range(B):
+            rest = ranked[b][ranked[b] != pred[b]]
+            cand = torch.cat([pred[b : b + 1], rest])[:top_k]
+            topk[b, : len(cand)] = cand
+        conf = s.softmax(1).max(1).values
+        return FastOutput(pred, conf, confidence_score(s, score).float(), region, topk, n_regions + 1)
     if rule in ("nearest_prototype", "ltm_only"):
         s = torch.cat(ro.comparable, 1)
         cls = torch.cat(ro.classes)
@@ -102,7 +129,7 @@ class FastInference:
         self,
         small_model,
         memory,
-        routing: str = "nearest_prototype",
+        routing: str = "frozen_prototype",
         top_k: int = 3,
         score: str = "max_prob",
     ):
@@ -128,15 +155,22 @@ class FastInference:
 
     @torch.no_grad()
     def readout(self, x: torch.Tensor) -> RegionReadout:
-        """One forward pass per region: logits and comparable scores of every region."""
+        """One forward pass per region (plus one of the frozen backbone for ``frozen_prototype``)."""
         logits, comp, classes = [], [], []
-        for r in self.regions():
+        regs = self.regions()
+        for r in regs:
             h = self.model.features(x, r.adapter).float()
             z = r.head(h).float()
             logits.append(z.cpu())
             comp.append(comparable_scores(r.head, h, z).cpu())
             classes.append(torch.tensor(r.classes, dtype=torch.long))
-        return RegionReadout(logits, comp, classes)
+        frozen = None
+        if self.routing == "frozen_prototype":
+            if any(r.frozen_prototypes is None for r in regs):
+                raise RuntimeError("frozen_prototype routing needs every region's frozen prototypes")
+            h0 = self.model.features(x, None).float().cpu()
+            frozen = [-0.5 * torch.cdist(h0, r.frozen_prototypes.float().cpu()) ** 2 for r in regs]
+        return RegionReadout(logits, comp, classes, frozen)
 
     @torch.no_grad()
     def __call__(self, x: torch.Tensor) -> FastOutput:

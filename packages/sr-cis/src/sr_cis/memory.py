@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import torch
+
 from sr_cis.prototypes import PrototypeHead
 from sr_cis.text_memory import TextMemory
 
@@ -25,13 +27,19 @@ class Region:
     kind: str
     head: PrototypeHead
     tasks: list[int] = field(default_factory=list)
+    #: class means of the frozen backbone's features, rows in ``head.classes`` order (``frozen_prototype``
+    #: routing compares regions in this one shared feature space)
+    frozen_prototypes: torch.Tensor | None = None
 
     @property
     def classes(self) -> list[int]:
         return list(self.head.classes)
 
     def head_bytes(self) -> int:
-        return sum(p.numel() * p.element_size() for p in self.head.parameters())
+        n = sum(p.numel() * p.element_size() for p in self.head.parameters())
+        if self.frozen_prototypes is not None:
+            n += self.frozen_prototypes.numel() * self.frozen_prototypes.element_size()
+        return n
 
 
 class ComplementaryMemory:

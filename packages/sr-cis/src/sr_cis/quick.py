@@ -34,10 +34,19 @@ from papers_shared.mllm import ScriptedModel
 from papers_shared.results import Claim, QuickResult, bar_plot, line_plot
 from sr_cis.config import ExperimentConfig
 
-__all__ = ["CAOAD_ABLATIONS", "OracleModel", "build_claims", "quick_reproduction", "run_seed"]
+__all__ = [
+    "CAOAD_ABLATIONS",
+    "ROUTING_ABLATIONS",
+    "OracleModel",
+    "build_claims",
+    "quick_reproduction",
+    "run_seed",
+]
 
 _FILL = re.compile(r"belong to: (.*)\? Please")
 
+#: region rules compared on the trained memory (the default is the config's, frozen_prototype)
+ROUTING_ABLATIONS = ("nearest_prototype", "max_conf")
 #: CA-OAD settings compared on the trained memory (name -> (score, rule)); the default is the config's
 CAOAD_ABLATIONS = {
     "max_prob_zscore": ("max_prob", "zscore"),  # the earlier rule
@@ -87,10 +96,11 @@ def _inference_ablations(system, t: int, test, last: int) -> dict:
     out: dict = {}
     if t != last:
         return out
-    fast = dataclasses.replace(system.cfg.fast, routing="max_conf")
-    with system.override(fast=fast, caoad=dataclasses.replace(system.cfg.caoad, enabled=False)):
-        r = system.evaluate(test)
-    out["routing.max_conf"] = {k: r[k] for k in ("region_acc", "acc_fast", "acc_in_true_region")}
+    for rule in ROUTING_ABLATIONS:
+        fast = dataclasses.replace(system.cfg.fast, routing=rule)
+        with system.override(fast=fast, caoad=dataclasses.replace(system.cfg.caoad, enabled=False)):
+            r = system.evaluate(test)
+        out[f"routing.{rule}"] = {k: r[k] for k in ("region_acc", "acc_fast", "acc_in_true_region")}
     for name, (score, rule) in CAOAD_ABLATIONS.items():
         with system.override(caoad=dataclasses.replace(system.cfg.caoad, score=score, rule=rule)):
             r = system.evaluate(test)
@@ -184,13 +194,14 @@ def collect(runs: list[dict], num_tasks: int) -> dict:
         float(np.mean([100 * r["sr_cis"]["steps"][t]["acc_fast"] for r in runs])) for t in range(num_tasks)
     ]
     last = [r["sr_cis"]["steps"][-1] for r in runs]
-    ps["region_acc.nearest_prototype"] = [100 * s["region_acc"] for s in last]
+    ps["region_acc.default"] = [100 * s["region_acc"] for s in last]
+    for rule in ROUTING_ABLATIONS:
+        ps[f"region_acc.{rule}"] = [100 * s[f"routing.{rule}"]["region_acc"] for s in last]
+        ps[f"final.sr_cis_fast_{rule}"] = [100 * s[f"routing.{rule}"]["acc_fast"] for s in last]
     for k in ("sr_cis", "sr_cis_no_lora", "sr_cis_pixel_replay"):
         if k in runs[0]:
             ps[f"region_acc.{k}"] = [100 * r[k]["steps"][-1]["region_acc"] for r in runs]
             ps[f"acc_in_true_region.{k}"] = [100 * r[k]["steps"][-1]["acc_in_true_region"] for r in runs]
-    ps["region_acc.max_conf"] = [100 * s["routing.max_conf"]["region_acc"] for s in last]
-    ps["final.sr_cis_fast_max_conf"] = [100 * s["routing.max_conf"]["acc_fast"] for s in last]
     for key in (
         "route_frac",
         "acc_fast_flagged",
@@ -257,8 +268,8 @@ def build_claims(m: dict, seeds: list[int]) -> list[Claim]:
                "sr_cis", "final.sr_cis", "simple_cil", "final.simple_cil", ">", wins=most),
         paired("SR-CIS fast path (small models only) >= SimpleCIL (final acc)",
                "sr_cis_fast", "final.sr_cis_fast", "simple_cil", "final.simple_cil", ">=", wins=most),
-        paired("nearest-prototype region choice finds the true class's region more often than max-softmax (last step)",
-               "nearest_prototype", "region_acc.nearest_prototype", "max_conf", "region_acc.max_conf", ">", wins=n),
+        paired("frozen-prototype region choice finds the true class's region more often than max-softmax (last step)",
+               "frozen_prototype", "region_acc.default", "max_conf", "region_acc.max_conf", ">", wins=n),
         paired("the STM LoRA adapts: ||dW||/||W|| >= 0.10 (mean over tasks)",
                "sr_cis", "lora_rel_delta.sr_cis", "floor", "const.lora_floor", ">=", wins=n),
         paired("LoRA ablation: SR-CIS fast path with LoRA >= without LoRA (final acc)",
@@ -270,7 +281,7 @@ def build_claims(m: dict, seeds: list[int]) -> list[Claim]:
         paired("routed samples gain from the slow path (accuracy on routed samples, last step)",
                "final", "acc_final_flagged", "fast", "acc_fast_flagged", ">", wins=n),
         paired("the calibrated CA-OAD adds more accuracy than the earlier max-prob z-score rule (last step)",
-               "distance_margin_quantile", "slow_gain.default", "max_prob_zscore", "slow_gain.max_prob_zscore", ">", wins=most),
+               "default", "slow_gain.default", "max_prob_zscore", "slow_gain.max_prob_zscore", ">", wins=most),
         paired("fast-path accuracy on routed samples is >= 10 points below unrouted (last step)",
                "routed", "acc_fast_flagged", "unrouted", "acc_fast_unflagged", "<", -10.0, wins=n),
         paired("(d) > (c): the slow path improves on the fast path (final acc)",
@@ -318,7 +329,7 @@ def _plots(m: dict, out_dir: Path, num_tasks: int) -> list[str]:
         ylabel="%",
         title="region choice and CA-OAD (last step)",
         groups={
-            "region acc.": {"new": m["region_acc.nearest_prototype"], "earlier": m["region_acc.max_conf"]},
+            "region acc.": {"new": m["region_acc.default"], "earlier": m["region_acc.max_conf"]},
             "routed share": {"new": m["route_frac"], "earlier": m["route_frac.max_prob_zscore"]},
             "gain on routed": {"new": m["gain_flagged"], "earlier": m["gain_flagged.max_prob_zscore"]},
         },

@@ -242,7 +242,7 @@ class SRCIS:
             head.set_prototypes(after.to(self.device))
         self.model.freeze_all()
         head.requires_grad_(False)
-        region = Region(name, "stm", head, [task_id])
+        region = Region(name, "stm", head, [task_id], frozen_prototypes=before.detach().cpu())
         self.memory.add_stm(task_id, region)
         self.tasks_seen = max(self.tasks_seen, task_id + 1)
         shift = ((after - before).norm(dim=1) / before.norm(dim=1).clamp_min(1e-12)).mean()
@@ -382,7 +382,11 @@ class SRCIS:
         tasks = sorted(t for r in regions for t in r.tasks)
         for n in names:
             self.model.delete_adapter(n)
-        mem.ltm = Region(new, "ltm", head, tasks)
+        frozen = None
+        if all(r.frozen_prototypes is not None for r in regions):
+            rows = {c: r.frozen_prototypes[i] for r in regions for i, c in enumerate(r.classes)}
+            frozen = torch.stack([rows[c] for c in head.classes])
+        mem.ltm = Region(new, "ltm", head, tasks, frozen_prototypes=frozen)
         mem.stm = {}
         return RestructureReport(names, new, len(labels), list(head.classes), per_class, losses)
 
@@ -408,6 +412,7 @@ class SRCIS:
                 "tau": h.tau,
                 "weight": h.weight.detach().cpu().clone(),
                 "bias": h.bias.detach().cpu().clone(),
+                **({"frozen": r.frozen_prototypes.clone()} if r.frozen_prototypes is not None else {}),
             }
 
         mem = self.memory
@@ -465,7 +470,7 @@ class SRCIS:
                 head.weight.copy_(d["weight"])
                 head.bias.copy_(d["bias"])
             head.requires_grad_(False)
-            return Region(d["adapter"], d["kind"], head.to(self.device), list(d["tasks"]))
+            return Region(d["adapter"], d["kind"], head.to(self.device), list(d["tasks"]), d.get("frozen"))
 
         mem = ComplementaryMemory()
         mem.ltm = region(state["ltm"]) if state["ltm"] is not None else None
@@ -600,6 +605,7 @@ class SRCIS:
         regions = fast.regions()
         region_of_class = {c: i for i, r in enumerate(regions) for c in r.classes}
         rows = []
+        passes = len(regions) + (fast.routing == "frozen_prototype")
         for xb, yb in _loader(test, bs, self.cfg.num_workers, idx):
             ro = fast.readout(xb.to(self.device))
             out = route(ro, fast.routing, fast.top_k, fast.score)
@@ -628,7 +634,7 @@ class SRCIS:
         return summarize(y, fast_pred, final, flags, task_of_class) | {
             "region_acc": float(region_ok.float().mean()),
             "acc_in_true_region": float((in_region == y).float().mean()),
-            "passes": len(regions),
+            "passes": passes,
             "storage": self.storage_report(),
         }
 
