@@ -9,7 +9,7 @@ from t_switch.data import classify_source, digits_domains, resolve_model
 @pytest.mark.parametrize(
     "arg, local",
     [
-        ("/tmp/x/missing.pt", True),
+        ("/data/x/missing.pt", True),
         ("./ckpt", True),
         ("~/weights", True),
         ("missing.pt", True),
