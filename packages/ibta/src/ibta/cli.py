@@ -1,6 +1,6 @@
 """ibta: information-bottleneck transferable attacks (IBTA, Qi et al., IEEE SPL 2024) and MINE.
 
-attack (= run)  a transfer table from a config: results.csv, resumable (torchrun shards the cells)
+attack (= run)  a transfer table from a config: results.csv, resumable (torchrun splits every cell's batches)
 ablate          one-at-a-time lambda / gamma / sigma sweep, one results.csv per value
 eval            summarise a results CSV: X vs IBTA-X success per source -> victim
 mine            MINE estimate of I(delta; X) for one attack

@@ -190,13 +190,17 @@ def build_claims(raw: dict, mine: dict, q: QuickConfig) -> list[Claim]:
 
 
 def _undecided(claims: list[Claim]) -> list[str]:
+    """Claims whose paired difference, measured from the claim's threshold (the margin), is smaller than
+    its spread over seeds: more seeds would be needed to decide them."""
     out = []
     for c in claims:
         p = c.paired or {}
-        if p.get("n", 0) > 1 and abs(p["diff_mean"]) < p["diff_std"]:
+        gap = p.get("diff_mean", 0.0) - c.margin
+        if p.get("n", 0) > 1 and abs(gap) < p["diff_std"]:
             out.append(
-                f"{c.claim.split(':')[0]} {c.method}: paired difference {p['diff_mean']:+.3f} is smaller than "
-                f"its spread {p['diff_std']:.3f} (per seed {min(p['diff']):+.3f} to {max(p['diff']):+.3f})"
+                f"{c.claim.split(':')[0]} {c.method}: paired difference {p['diff_mean']:+.3f} (threshold "
+                f"{c.margin:+g}) is within its spread {p['diff_std']:.3f} (per seed {min(p['diff']):+.3f} to "
+                f"{max(p['diff']):+.3f})"
             )
     return out
 
