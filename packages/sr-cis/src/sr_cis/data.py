@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch.utils.data import Dataset, Subset, TensorDataset
+from torch.utils.data import ConcatDataset, Dataset, Subset, TensorDataset
 
 from papers_shared.data import DatasetNotFoundError
 from papers_shared.sessions import IncrementalSplit, task_sessions
@@ -25,6 +25,7 @@ __all__ = [
     "eval_subset",
     "few_shot_indices",
     "hold_out_pretrain",
+    "in_memory",
     "load_benchmark",
     "stack_dataset",
 ]
@@ -227,6 +228,23 @@ def hold_out_pretrain(bench: CILBenchmark, frac: float, seed: int) -> tuple[CILB
         rest_ds, bench.test, split, bench.class_names, dataset_labels(rest_ds), bench.test_labels
     )
     return restricted, Subset(bench.train, pre.tolist())
+
+
+def in_memory(ds: Dataset) -> Dataset:
+    """``ds`` as one :class:`TensorDataset` when it is a (chain of) subset(s) or concatenation of tensor
+    datasets (cheap batches by indexing), else ``ds`` unchanged (image files are read by a DataLoader)."""
+    if isinstance(ds, TensorDataset):
+        return ds
+    if isinstance(ds, Subset):
+        inner = in_memory(ds.dataset)
+        if isinstance(inner, TensorDataset):
+            idx = torch.as_tensor(ds.indices, dtype=torch.long)
+            return TensorDataset(*(t[idx] for t in inner.tensors))
+    if isinstance(ds, ConcatDataset):
+        parts = [in_memory(d) for d in ds.datasets]
+        if all(isinstance(p, TensorDataset) for p in parts):
+            return TensorDataset(*(torch.cat(ts) for ts in zip(*(p.tensors for p in parts))))
+    return ds
 
 
 def stack_dataset(ds: Dataset) -> tuple[torch.Tensor, torch.Tensor]:

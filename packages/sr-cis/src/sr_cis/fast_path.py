@@ -81,12 +81,11 @@ def route(ro: RegionReadout, rule: str, top_k: int = 3, score: str = "max_prob")
             if m.any():
                 pred[m] = ro.classes[ri][ro.logits[ri][m].argmax(1)]
         # candidates: the answer first, then the nearest other classes in the frozen space
-        order = s.argsort(1, descending=True)
-        ranked = cls[order]
-        for b in range(B):
-            rest = ranked[b][ranked[b] != pred[b]]
-            cand = torch.cat([pred[b : b + 1], rest])[:top_k]
-            topk[b, : len(cand)] = cand
+        s_rest = s.masked_fill(cls[None, :] == pred[:, None], float("-inf"))
+        kk = min(top_k - 1, s.shape[1] - 1)
+        topk[:, 0] = pred
+        if kk > 0:
+            topk[:, 1 : 1 + kk] = cls[s_rest.topk(kk, 1).indices]
         conf = s.softmax(1).max(1).values
         return FastOutput(pred, conf, confidence_score(s, score).float(), region, topk, n_regions + 1)
     if rule in ("nearest_prototype", "ltm_only"):

@@ -353,12 +353,22 @@ def quick_reproduction(out_dir: Path, quick: bool = True, cfg: ExperimentConfig 
     claims = build_claims(m, seeds)
     plots = _plots(m, out_dir, cfg.data.num_tasks)
     failed = [c.claim for c in claims if not c.holds]
+    weak = [
+        c.claim for c in claims if c.paired and abs(c.paired["diff_mean"] - c.margin) < c.paired["diff_std"]
+    ]
+    m["underpowered_claims"] = weak  # paired difference (to the claim's threshold) below its spread
     notes = (
         "Tiny random ViT warmed up on 30% of the digits training pool; replay from stored text through a frozen "
         "class-name-to-pixel model fitted on that same held-out split (stand-in for SDXL); scripted large model "
         f"(right w.p. {cfg.quick.oracle_accuracy} when the true class is a candidate). Per-seed values and paired "
         "differences are in metrics.seeds and each claim's 'paired'. "
-        + (f"Claims that do not hold: {failed}." if failed else "All claims hold.")
+        + (f"Claims that do not hold: {failed}. " if failed else "All claims hold. ")
+        + (
+            f"Paired difference smaller than its spread over {len(seeds)} seeds (see the 5-seed run, "
+            f"`sr-cis quick --full`): {weak}."
+            if weak
+            else ""
+        )
     )
     return QuickResult(
         package="sr-cis",

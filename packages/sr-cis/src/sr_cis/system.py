@@ -23,20 +23,20 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
+from torch.utils.data import Dataset, Subset, TensorDataset
 
 from papers_shared.distributed import gather_objects, gather_rows, shard, world_size
 from papers_shared.errors import CheckpointError
 from sr_cis.ca_oad import OnlineConfidenceAnomalyDetector, RandomRouter
 from sr_cis.config import SRCISConfig
-from sr_cis.data import class_images, dataset_labels
+from sr_cis.data import class_images, dataset_labels, in_memory
 from sr_cis.fast_path import FastInference, FastOutput, route
 from sr_cis.memory import ComplementaryMemory, Region
 from sr_cis.prototypes import PrototypeHead, concat_heads
 from sr_cis.scenario import GaussianPixelGenerator, replay_seed
 from sr_cis.slow_path import SlowPath
 from sr_cis.text_memory import CLASS_NAME_TEMPLATE, TextMemory
-from sr_cis.trainer import HeadOnFeatures, fit, train_stm
+from sr_cis.trainer import HeadOnFeatures, batches, fit, train_stm
 
 __all__ = ["SRCIS", "STATE_FORMAT", "RestructureReport", "restructure_due", "summarize"]
 
@@ -67,11 +67,11 @@ class RestructureReport:
     skipped: bool = False
 
 
-def _loader(ds: Dataset, batch_size: int, workers: int = 0, indices: list[int] | None = None) -> DataLoader:
-    """In-order batches of ``ds`` (or of ``indices`` of it)."""
+def _loader(ds: Dataset, batch_size: int, workers: int = 0, indices: list[int] | None = None):
+    """In-order batches of ``ds`` (or of ``indices`` of it); in-memory tensors are indexed directly."""
     if indices is not None:
         ds = Subset(ds, indices)
-    return DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=workers)
+    return batches(in_memory(ds), batch_size, None, workers)
 
 
 class SRCIS:

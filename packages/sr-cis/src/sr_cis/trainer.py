@@ -17,7 +17,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, TensorDataset
 from tqdm.auto import tqdm
 
 from papers_shared.distributed import (
@@ -27,8 +27,9 @@ from papers_shared.distributed import (
     reduce_mean,
     wrap_ddp,
 )
+from sr_cis.data import in_memory
 
-__all__ = ["HeadOnFeatures", "fit", "pretrain_backbone", "train_stm"]
+__all__ = ["HeadOnFeatures", "batches", "fit", "pretrain_backbone", "train_stm"]
 
 
 class HeadOnFeatures(nn.Module):
@@ -75,10 +76,9 @@ def fit(
         if milestones
         else None
     )
+    dataset = in_memory(dataset)
     sampler = make_sampler(dataset, shuffle=True, seed=seed)
-    loader = DataLoader(
-        dataset, batch_size=per_rank_batch_size(batch_size), sampler=sampler, num_workers=num_workers
-    )
+    loader = batches(dataset, per_rank_batch_size(batch_size), sampler, num_workers)
     losses: list[float] = []
     module.train()
     bar = tqdm(range(epochs), desc=desc, disable=not on_main_process(progress), leave=False)
@@ -103,6 +103,22 @@ def fit(
     return losses
 
 
+def batches(dataset: Dataset, batch_size: int, sampler=None, num_workers: int = 0):
+    """Batches of ``dataset`` in ``sampler`` order (in order without one): tensors are indexed directly,
+    other datasets go through a DataLoader."""
+    if not isinstance(dataset, TensorDataset):
+        return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers)
+
+    class _Batches:
+        def __iter__(self):
+            order = list(sampler) if sampler is not None else range(len(dataset))
+            idx = torch.as_tensor(order, dtype=torch.long)
+            for s in range(0, len(idx), batch_size):
+                yield [t[idx[s : s + batch_size]] for t in dataset.tensors]
+
+    return _Batches()
+
+
 def train_stm(
     small_model,
     head: nn.Module,
@@ -125,7 +141,16 @@ def train_stm(
     for p in head.parameters():
         p.requires_grad_(cfg.train_head)
     miles = [max(1, int(round(m * cfg.epochs))) for m in cfg.milestones]
-    module = HeadOnFeatures(small_model, head, adapter)
+    module: nn.Module = HeadOnFeatures(small_model, head, adapter)
+    if not cfg.train_lora and cfg.train_head and cfg.epochs > 0:
+        # the features do not change: compute them once and train the head on them (same sample order)
+        data = in_memory(train)
+        with torch.no_grad():
+            parts = [
+                (small_model.features(xb.to(device), adapter).cpu(), yb) for xb, yb in batches(data, 256)
+            ]
+        train = TensorDataset(torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]))
+        module = head
 
     def loss_fn(model, batch):
         xb, yb = batch
