@@ -162,8 +162,9 @@ def test_replay_matrix_official_vs_mixed(stream, tiny_config, mix):
 
 
 def test_icl_variant_names_and_losses(stream, tiny_config):
-    cfg = tiny_config(methods=["icl", "v"])
-    cfg = type(cfg)(**{**cfg.__dict__, "icl_variants": {"v": {"kappa": 0.1, "mix_replay": True}}})
+    cfg = tiny_config()
+    variants = {"v": {"kappa": 0.1, "mix_replay": True}}
+    cfg = type(cfg)(**{**cfg.__dict__, "methods": ["icl", "v"], "icl_variants": variants})
     enc = prepare_encoder(cfg, stream, 0, torch.device("cpu"))
     v = build_learner("v", cfg, stream, enc, "cpu", 0)
     icl = build_learner("icl", cfg, stream, enc, "cpu", 0)
