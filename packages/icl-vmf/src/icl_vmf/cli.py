@@ -22,11 +22,8 @@ cli = CLI("icl-vmf", ExperimentConfig, description=__doc__, keys={"seed": "seeds
 def train(cfg: ExperimentConfig, ctx: Context) -> None:
     from icl_vmf.experiment import format_summary, run_experiment
     from papers_shared import distributed as dist
-    from papers_shared.config import save_config
 
     out = check_output_dir(ctx.out or Path(cfg.out_dir) / cfg.name)
-    if dist.is_main_process():
-        save_config(cfg, out / "config.yaml")
     try:
         report = run_experiment(cfg, out, resume=ctx.resume, progress=ctx.progress)
     finally:

@@ -132,7 +132,7 @@ def run_experiment(
     encoders: dict | None = None,
 ) -> dict[str, Any]:
     """Run ``cfg.methods`` x ``cfg.seeds``; System2 (``cfg.system2.enabled`` or given) joins the final
-    evaluation of ICL and its variants. Writes ``results.json``, ``runs/<method>-seed<seed>.json``,
+    evaluation of ICL and its variants. Writes ``config.yaml``, ``results.json``, ``runs/<method>-seed<seed>.json``,
     ``weights/<method>-seed<seed>.safetensors`` and (``cfg.checkpoint``) per-task checkpoints under
     ``out_dir`` when given. Joins the process group when launched by ``torchrun``/``accelerate``.
 
@@ -142,7 +142,7 @@ def run_experiment(
     from concurrent.futures import ProcessPoolExecutor
     from multiprocessing import get_context
 
-    from papers_shared.config import config_to_dict
+    from papers_shared.config import config_to_dict, save_config
 
     info = dist.init_distributed(cfg.device)
     device = info.device
@@ -164,6 +164,8 @@ def run_experiment(
 
     with num_threads(cfg.train.num_threads):
         data = data if data is not None else build_stream(cfg.data)
+        if write:
+            save_config(cfg, out / "config.yaml")
         for seed in cfg.seeds:
             key = _encoder_key(cfg, seed)
             if key not in encoders:
