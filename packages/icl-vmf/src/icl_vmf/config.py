@@ -89,7 +89,8 @@ class LossConfig(Config):
     mix_replay: bool = field(
         False,
         help="(ours) current and replay samples in ONE similarity matrix, so current samples also contrast with "
-        "old classes; false = the official code's two separate matrices (Onlinevt.get_loss)",
+        "old classes; false = the official code's two separate matrices (models/onlinevt.py:Onlinevt.get_loss "
+        "at 8c8ad10)",
     )
 
 
