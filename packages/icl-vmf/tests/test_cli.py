@@ -78,7 +78,8 @@ def test_eval_refuses_crafted_pickles_and_damaged_files(tmp_path, capsys):
     folder = tmp_path / "ckpts"
     folder.mkdir()
     _evil(folder / "ckpt-000000004.pt", target)
-    assert main(["eval", "--config", "smoke_digits", "--checkpoint", str(folder)]) == 2
+    with pytest.warns(RuntimeWarning, match="skipping damaged checkpoint"):
+        assert main(["eval", "--config", "smoke_digits", "--checkpoint", str(folder)]) == 2
     _one_line_error(capsys, "could be loaded")
     fake = tmp_path / "w.safetensors"
     fake.write_bytes(evil.read_bytes())  # a pickle renamed: not safetensors
@@ -100,7 +101,10 @@ def test_resume_refuses_a_crafted_checkpoint(tmp_path, tiny_config):
     (tmp_path / "c").mkdir()
     _evil(tmp_path / "c" / "ckpt-000000001.pt", target)
     learner = build_learner("icl", cfg, data, enc, "cpu", 0)
-    with pytest.raises(CheckpointError, match="could be loaded"):
+    with (
+        pytest.raises(CheckpointError, match="could be loaded"),
+        pytest.warns(RuntimeWarning, match="refused"),
+    ):
         run_stream(learner, data, cfg, 0, checkpoint_dir=tmp_path / "c", resume=True)
     assert not target.exists()
 
