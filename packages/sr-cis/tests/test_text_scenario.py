@@ -85,3 +85,15 @@ def test_build_generator_kinds():
     cfg.kind = "vae"
     with pytest.raises(ValueError, match="unknown generator"):
         build_generator(cfg)
+
+
+def test_malformed_text_memory_is_an_input_error(tmp_path):
+    from papers_shared.errors import InputError
+
+    p = tmp_path / "t.json"
+    p.write_text("{not json")
+    with pytest.raises(InputError, match="t.json"):
+        TextMemory.load(p)
+    p.write_text('{"texts": {"3": ["ok", 5]}}')
+    with pytest.raises(InputError, match=r"texts\['3'\]"):
+        TextMemory.load(p)
