@@ -160,9 +160,14 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
 
 def per_rank_batch_size(global_batch: int) -> int:
     """``global_batch / world_size``; raises if it does not divide (the global batch is kept constant)."""
+    from papers_shared.errors import ConfigError
+
     ws = world_size()
     if global_batch % ws:
-        raise ValueError(f"global batch size {global_batch} is not divisible by the {ws} processes")
+        raise ConfigError(
+            f"global batch size {global_batch} is not divisible by the {ws} processes; "
+            "choose a batch size (or a process count) that divides"
+        )
     return global_batch // ws
 
 

@@ -126,7 +126,7 @@ def load_pyg_dataset(name: str, root: str | Path, download: bool = False):
             f"PyG dataset {cls_name}{'/' + kwargs['name'] if 'name' in kwargs else ''}",
             root,
             f"Run once with internet: torch_geometric.datasets.{cls_name}(root={str(root)!r}"
-            f"{', name=' + repr(kwargs['name']) if 'name' in kwargs else ''}) or pass download=True.",
+            f"{', name=' + repr(kwargs['name']) if 'name' in kwargs else ''}), or allow the download (download=True).",
         )
     return getattr(pyg_datasets, cls_name)(str(root), **kwargs)[0]
 

@@ -71,7 +71,7 @@ def cifar(
                 name.upper(),
                 root / folder,
                 f"Download it once on a machine with internet (torchvision.datasets.{cls.__name__}"
-                f"(root={str(root)!r}, download=True)) or pass download=True.",
+                f"(root={str(root)!r}, download=True)), or allow the download (the config key data.download=true).",
             ) from exc
         raise
 
