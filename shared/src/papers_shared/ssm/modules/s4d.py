@@ -206,7 +206,9 @@ class S4D(LTISSM):
         A, dt, _, B = self._system(v.dtype)
         if ts is None:
             dA = torch.exp(A * dt[:, None])  # (H, modes)
-            return linear_scan(dA[None, None], self._input_gain(A, dA, B) * v.unsqueeze(-1), mode=self.scan_mode)
+            return linear_scan(
+                dA[None, None], self._input_gain(A, dA, B) * v.unsqueeze(-1), mode=self.scan_mode
+            )
         # time-varying: one (B, L, H, modes) transition per position. exp(dt tau A) is taken in polar form
         # (real exp, cos, sin: vectorised, unlike the complex exp) and the division by A is folded into a
         # small (H, modes) factor (ours; equal up to rounding)
