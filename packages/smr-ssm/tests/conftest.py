@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -17,3 +19,26 @@ def f64():
     torch.set_default_dtype(torch.float64)
     yield torch.float64
     torch.set_default_dtype(old)
+
+
+class Evil:
+    """A pickle that, when fully unpickled, creates a file (stands for arbitrary code)."""
+
+    def __init__(self, target: Path) -> None:
+        self.target = target
+
+    def __reduce__(self):
+        return (Path.touch, (self.target,))
+
+
+@pytest.fixture
+def evil_file(tmp_path):
+    """``make(path)`` writes a crafted pickle to ``path``; returns the file it would create."""
+    target = tmp_path / "pwned"
+
+    def make(path: Path) -> Path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save({"x": torch.zeros(1), "evil": Evil(target)}, path)
+        return target
+
+    return make

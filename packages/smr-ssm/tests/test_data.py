@@ -9,13 +9,16 @@ from smr_ssm.data import (
     LRA_TASKS,
     ByteTokenizer,
     LMWindows,
+    grid_task,
     load_lm_tokens,
     load_lra,
+    observed_steps_task,
     regression_batch,
     sample_signals,
     sampling_steps,
 )
 from smr_ssm.data.lra import LISTOPS_VOCAB, listops_tokens
+from smr_ssm.data.nonuniform import next_step_floor, regime_steps
 
 
 def test_sampling_grids():
@@ -46,6 +49,41 @@ def test_sample_signals_is_a_sum_of_sines_and_deterministic():
     assert torch.allclose(batch["timesteps"][:, 1:].double(), steps[:, :-1], atol=1e-6)
 
 
+def test_regime_steps_are_piecewise_constant():
+    tau = regime_steps(50, 40, (0.5, 1.5), regimes=3, generator=torch.Generator().manual_seed(0))
+    changes = (torch.diff(tau, dim=1) != 0).sum(1)
+    assert tau.min() >= 0.5 and tau.max() <= 1.5 and (changes <= 2).all() and changes.float().mean() > 1.5
+    one = regime_steps(4, 10, (1.0, 2.0), regimes=1)
+    assert (one == one[:, :1]).all()
+
+
+def test_observed_steps_task_inputs_targets_and_floor():
+    task = observed_steps_task(64, 30, (0.5, 1.5), base_step=0.02, regimes=2, horizon=1.0, noise=0.03, seed=3)
+    assert (
+        task.inputs.shape == (64, 30, 2) and task.labels.shape == (64, 30, 1) and task.steps.shape == (64, 30)
+    )
+    assert torch.equal(task.inputs[..., 1], task.steps)  # the observed gap is the true relative step
+    assert 0.03**2 * 0.7 < task.floor < 0.03**2 * 1.3  # the oracle's error is the target noise
+    assert task.hold > 10 * task.floor
+    clean = observed_steps_task(8, 30, (1.0, 1.0), base_step=0.02, horizon=1.0, noise=0.0, seed=4)
+    # with a constant unit step and horizon 1, the target is the next input (no noise, floor 0)
+    assert clean.floor == 0.0 and torch.allclose(clean.labels[:, :-1, 0], clean.inputs[:, 1:, 0], atol=1e-6)
+    again = observed_steps_task(
+        64, 30, (0.5, 1.5), base_step=0.02, regimes=2, horizon=1.0, noise=0.03, seed=3
+    )
+    assert torch.equal(again.inputs, task.inputs) and torch.equal(again.labels, task.labels)
+
+
+def test_next_step_floor_is_the_variance_over_the_unknown_step():
+    _, times, bank = sample_signals(4, 21, "jitter", jitter=0.5, seed=1, return_bank=True)
+    floor = next_step_floor(bank, times, 0.01, 0.03)
+    assert floor.shape == (4, 20) and (floor >= 0).all() and floor.mean() > 1e-5
+    assert next_step_floor(bank, times, 0.02, 0.02).abs().max() == 0
+    uniform = grid_task(4, 20, "uniform", 0.02, seed=1)
+    jitter = grid_task(4, 20, "jitter", 0.02, jitter=0.5, seed=1)
+    assert uniform.floor == 0.0 and jitter.floor > 0 and uniform.inputs.shape == (4, 20, 1)
+
+
 def test_byte_tokenizer_and_lm_windows():
     tok = ByteTokenizer()
     assert tok.decode(tok.encode("héllo")) == "héllo"
@@ -59,6 +97,9 @@ def test_byte_tokenizer_and_lm_windows():
     assert (first != -100).all() and (second[:8] == -100).all() and (second[8:] != -100).all()
     with pytest.raises(ValueError, match="context"):
         LMWindows(torch.arange(10), context=16)
+    # two processes take the interleaved rows of the same global batch
+    halves = [w.batch(7, 4, rank=r, world=2)["input_ids"] for r in (0, 1)]
+    assert torch.equal(halves[0], b1["input_ids"][0::2]) and torch.equal(halves[1], b1["input_ids"][1::2])
 
 
 def test_lm_tokens_from_raw_files(tmp_path):
@@ -74,6 +115,30 @@ def test_lm_tokens_from_raw_files(tmp_path):
     assert any((tmp_path / "cache").iterdir())
     with pytest.raises(DatasetNotFoundError, match="wiki.train.raw"):
         load_lm_tokens(tokenizer="byte", data_dir=str(tmp_path / "missing"))
+
+
+def test_damaged_or_crafted_caches_are_rebuilt_with_a_warning(tmp_path, evil_file):
+    for split, name in (
+        ("train", "wiki.train.raw"),
+        ("validation", "wiki.valid.raw"),
+        ("test", "wiki.test.raw"),
+    ):
+        (tmp_path / name).write_text(f" = {split} = \n some text for {split} .\n" * 20)
+    kw = dict(tokenizer="byte", data_dir=str(tmp_path), cache_dir=str(tmp_path / "cache"))
+    toks, _ = load_lm_tokens(**kw)
+    caches = sorted((tmp_path / "cache").iterdir())
+    target = evil_file(caches[0])
+    caches[1].write_bytes(b"not a torch file")
+    with pytest.warns(RuntimeWarning, match="rebuilding the cache"):
+        again, _ = load_lm_tokens(**kw)
+    assert not target.exists() and all(torch.equal(toks[k], again[k]) for k in toks)
+    _fake_lra(tmp_path / "lra")
+    first = load_lra("retrieval", tmp_path / "lra", "val")
+    (cache,) = (tmp_path / "lra" / "cache").iterdir()
+    evil_file(cache)
+    with pytest.warns(RuntimeWarning, match="rebuilding the cache"):
+        assert torch.equal(load_lra("retrieval", tmp_path / "lra", "val").inputs, first.inputs)
+    assert not target.exists()
 
 
 def _fake_lra(root):

@@ -12,8 +12,7 @@ from pathlib import Path
 
 from papers_shared import distributed as dist
 from papers_shared.cli import CLI, Context, arg
-from papers_shared.config import config_to_dict
-from papers_shared.results import Claim, format_claims, write_json
+from papers_shared.results import format_claims
 from smr_ssm.config import ExperimentConfig
 
 __all__ = ["cli", "main"]
@@ -31,48 +30,51 @@ def _table(res: dict) -> dict | None:
     return {k: v for k, v in res.items() if k != "history"} if dist.is_main_process() else None
 
 
-@cli.command("lm", help="train and evaluate a language model on WikiText-103 (perplexity table)")
+def _set(cfg: ExperimentConfig, section: str, **given) -> ExperimentConfig:
+    """``cfg`` with the given (non-empty) fields of one section replaced (validated again)."""
+    new = dataclasses.replace(getattr(cfg, section), **{k: v for k, v in given.items() if v})
+    return dataclasses.replace(cfg, **{section: new})
+
+
+INIT = arg(
+    "--init", type=Path, help="start weights (safetensors, save_pretrained folder, smr-ssm checkpoint)"
+)
+
+
+@cli.command("lm", help="train and evaluate a language model on WikiText-103 (perplexity table)", args=[INIT])
 def lm(cfg: ExperimentConfig, ctx: Context) -> dict | None:
     from smr_ssm.experiment import run_lm
 
     cfg.require("lm")
-    return _table(run_lm(cfg, resume=ctx.resume, progress=ctx.progress))
+    return _table(run_lm(cfg, resume=ctx.resume, progress=ctx.progress, init=ctx.args.init))
 
 
 @cli.command(
     "lra",
     help="train and evaluate one Long Range Arena task (accuracy table)",
-    args=[arg("--task", choices=TASKS, help="sets lra.task"), arg("--data-dir", help="sets lra.data_dir")],
+    args=[
+        arg("--task", choices=TASKS, help="sets lra.task"),
+        arg("--data-dir", help="sets lra.data_dir"),
+        INIT,
+    ],
 )
 def lra(cfg: ExperimentConfig, ctx: Context) -> dict | None:
     from smr_ssm.experiment import run_lra
 
     cfg.require("lra")
-    given = {"task": ctx.args.task, "data_dir": ctx.args.data_dir}
-    cfg = dataclasses.replace(cfg, lra=dataclasses.replace(cfg.lra, **{k: v for k, v in given.items() if v}))
-    return _table(run_lra(cfg, resume=ctx.resume, progress=ctx.progress))
+    cfg = _set(cfg, "lra", task=ctx.args.task, data_dir=ctx.args.data_dir)
+    return _table(run_lra(cfg, resume=ctx.resume, progress=ctx.progress, init=ctx.args.init))
 
 
 @cli.command("nss", help="sampling-shift experiment (--seed N runs that one seed); writes <out>/nss.json")
 def nss(cfg: ExperimentConfig, ctx: Context) -> int:
     from smr_ssm.experiment import run_nss
-    from smr_ssm.quick import build_claims, build_variant_claims
 
     cfg.require("nss")
-    if ctx.seed is not None:
-        cfg = dataclasses.replace(cfg, nss=dataclasses.replace(cfg.nss, seeds=[ctx.seed]))
-    res = run_nss(cfg, progress=ctx.progress)
-    models, host = set(cfg.nss.models), cfg.model.layer_type
-    pair = next((p for p in (("baseline", "smr"), ("baseline_steps", "smr_steps")) if set(p) <= models), None)
-    claims: list[Claim] = []
-    if cfg.nss.task == "uniform_grid" and pair:
-        claims = build_variant_claims(res, host, pair)
-    elif {"baseline", "smr"} <= models:
-        claims = build_claims(res, host, cfg.nss.steps_host)
-    record = {**res, "claims": [dataclasses.asdict(c) for c in claims], "config": config_to_dict(cfg)}
-    path = write_json(record, Path(ctx.out) / "nss.json")
-    print(format_claims({"claims": [dataclasses.asdict(c) for c in claims]}))
-    print(f"wrote {path}")
+    res = run_nss(
+        _set(cfg, "nss", seeds=ctx.seed is not None and [ctx.seed]), progress=ctx.progress, out=ctx.out
+    )
+    print(format_claims(res))
     return 0
 
 
@@ -80,31 +82,14 @@ def nss(cfg: ExperimentConfig, ctx: Context) -> int:
     "bench",
     help="forward + backward time of layers with and without SMR; writes <out>/bench.json",
     args=[
-        arg(
-            "--layers",
-            type=lambda s: s.split(","),
-            help="comma-separated specs, e.g. s4d,s4d+smr (sets bench.layers)",
-        ),
-        arg(
-            "--L",
-            type=lambda s: [int(x) for x in s.split(",")],
-            help="comma-separated lengths (sets bench.lengths)",
-        ),
+        arg("--layers", type=lambda s: s.split(","), help="comma-separated specs, e.g. s4d,s4d+smr"),
+        arg("--L", type=lambda s: [int(x) for x in s.split(",")], help="comma-separated lengths"),
     ],
 )
-def bench(cfg: ExperimentConfig, ctx: Context) -> int:
+def bench(cfg: ExperimentConfig, ctx: Context) -> None:
     from smr_ssm.experiment import run_bench
 
-    given = {"layers": ctx.args.layers, "lengths": ctx.args.L}
-    cfg = dataclasses.replace(
-        cfg, bench=dataclasses.replace(cfg.bench, **{k: v for k, v in given.items() if v})
-    )
-    for r in run_bench(cfg, out=ctx.out)["rows"]:
-        ratio = f"{r['ratio_to_baseline']:.3f}x" if r["ratio_to_baseline"] else "-"
-        print(
-            f"{r['layer']:>16}  L={r['L']:>6}  {r['ms']:9.2f} ms  {ratio:>8}  {r['tokens_per_s']:.0f} tok/s"
-        )
-    return 0
+    run_bench(_set(cfg, "bench", layers=ctx.args.layers, lengths=ctx.args.L), out=ctx.out, log=print)
 
 
 main = cli.main

@@ -13,6 +13,7 @@ evaluation batches are sharded over the processes and their sums gathered, and r
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from collections.abc import Callable
@@ -23,6 +24,7 @@ from typing import Any
 import torch
 
 from papers_shared import distributed as dist
+from papers_shared.checkpoints import CheckpointError, load_checkpoint, load_safetensors
 from papers_shared.config import config_to_dict, save_config
 from papers_shared.device import seed_everything
 from papers_shared.results import write_json
@@ -39,6 +41,7 @@ __all__ = [
     "build_training_pool",
     "classification_accuracy",
     "parse_layer_spec",
+    "read_init_weights",
     "run_bench",
     "run_lm",
     "run_lra",
@@ -51,6 +54,51 @@ def _prefix(d: dict[str, Any], p: str) -> dict[str, Any]:
     return {f"{p}{k}": v for k, v in d.items()}
 
 
+def read_init_weights(path: str | Path) -> dict[str, torch.Tensor]:
+    """Start weights for :func:`run_lm` / :func:`run_lra`, read without running code: a safetensors file,
+    a ``save_pretrained`` folder (its ``model.safetensors``) or a checkpoint of this package's trainer
+    (its ``model`` state). Anything else is a :class:`~papers_shared.errors.CheckpointError`."""
+    path = Path(path)
+    if path.is_dir() and (path / "model.safetensors").is_file():
+        path = path / "model.safetensors"
+    if path.suffix == ".safetensors":
+        return load_safetensors(path)[0]
+    state = load_checkpoint(path)
+    if isinstance(state, dict) and isinstance(state.get("model"), dict):
+        state = state["model"]
+    if (
+        not isinstance(state, dict)
+        or not state
+        or not all(isinstance(v, torch.Tensor) for v in state.values())
+    ):
+        raise CheckpointError(
+            f"{path} holds no model weights (a {type(state).__name__}); give a safetensors file, a "
+            "save_pretrained folder or a checkpoint written by smr-ssm"
+        )
+    return state
+
+
+def _load_init(model: torch.nn.Module, state: dict[str, torch.Tensor] | None, path) -> None:
+    """Load start weights; a tied parameter (e.g. the LM head) may be absent from the file."""
+    if state is None:
+        return
+    params = dict(model.named_parameters(remove_duplicate=False))
+    given = {id(params[k]) for k in state if k in params}
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # shapes that do not match
+        detail = " ".join(str(exc).split("\n")[1:2]).strip()
+        raise CheckpointError(
+            f"{path} does not fit this model ({detail}); check model.* in the config"
+        ) from None
+    missing = [k for k in missing if not (k in params and id(params[k]) in given)]
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{path} does not fit this model (missing {missing[:3]}, unexpected {unexpected[:3]}); "
+            "check model.* in the config"
+        )
+
+
 def _write_results(out: Path, result: dict[str, Any]) -> None:
     if dist.is_main_process():
         write_json({k: v for k, v in result.items() if k != "history"}, out / "results.json")
@@ -58,11 +106,15 @@ def _write_results(out: Path, result: dict[str, Any]) -> None:
 
 
 # --------------------------------------------------------------------------------------------- LM table
-def run_lm(cfg: ExperimentConfig, resume: bool = False, progress: bool = True) -> dict[str, Any]:
-    """Train a causal LM on WikiText-103 (or any HF text dataset); validation and test perplexity."""
+def run_lm(
+    cfg: ExperimentConfig, resume: bool = False, progress: bool = True, init: str | Path | None = None
+) -> dict[str, Any]:
+    """Train a causal LM on WikiText-103 (or any HF text dataset); validation and test perplexity.
+    ``init``: start weights (:func:`read_init_weights`; read first, before any data)."""
     from smr_ssm.models import SSMForCausalLM, smr_scale_stats
 
     lm, t = cfg.lm, cfg.train
+    start = read_init_weights(init) if init is not None else None
     out = Path(cfg.out_dir)
     info = dist.init_distributed(t.device)
     splits = tuple(dict.fromkeys(("train", "validation", lm.eval_split)))
@@ -72,6 +124,7 @@ def run_lm(cfg: ExperimentConfig, resume: bool = False, progress: bool = True) -
         )
     seed_everything(t.seed)
     model = SSMForCausalLM(cfg.model.to_hf(vocab_size=vocab))
+    _load_init(model, start, init)
     if dist.is_main_process():
         out.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out / "config.yaml")
@@ -194,11 +247,15 @@ def classification_accuracy(
     return {"accuracy": correct / max(total, 1), "loss": loss / max(total, 1), "n": total}
 
 
-def run_lra(cfg: ExperimentConfig, resume: bool = False, progress: bool = True) -> dict[str, Any]:
-    """Train and evaluate one LRA task (validation accuracy during training, test accuracy at the end)."""
+def run_lra(
+    cfg: ExperimentConfig, resume: bool = False, progress: bool = True, init: str | Path | None = None
+) -> dict[str, Any]:
+    """Train and evaluate one LRA task (validation accuracy during training, test accuracy at the end);
+    ``init`` as in :func:`run_lm`."""
     from smr_ssm.models import SSMForSequenceClassification, smr_scale_stats
 
     lra, t = cfg.lra, cfg.train
+    start = read_init_weights(init) if init is not None else None
     info = LRA_TASKS[lra.task]
     device = dist.init_distributed(t.device).device
     kw = dict(max_length=lra.max_length, val_fraction=lra.val_fraction, split_seed=lra.split_seed)
@@ -214,6 +271,7 @@ def run_lra(cfg: ExperimentConfig, resume: bool = False, progress: bool = True) 
         pooling=lra.pooling,
     )
     model = SSMForSequenceClassification(hf)
+    _load_init(model, start, init)
     out = Path(cfg.out_dir)
     if dist.is_main_process():
         out.mkdir(parents=True, exist_ok=True)
@@ -292,7 +350,10 @@ def build_conditions(nss: NSSConfig, seed: int) -> dict[str, SamplingTask]:
 
 
 def run_nss(
-    cfg: ExperimentConfig, progress: bool = False, log: Callable[[str], None] = print
+    cfg: ExperimentConfig,
+    progress: bool = False,
+    log: Callable[[str], None] = print,
+    out: str | Path | None = None,
 ) -> dict[str, Any]:
     """The sampling-shift experiment: per seed, every model of ``nss.models`` trained on the seed's pool
     and evaluated on every test condition, with the oracle floor, the hold-last-value predictor, SMR's
@@ -302,7 +363,8 @@ def run_nss(
     ``nss.workers > 1`` the trainings then run in that many threads with one intra-op thread each, which
     uses small CPUs far better than one training with several intra-op threads (training consumes no
     random numbers, so results equal a sequential run's up to the reduction order of the intra-op thread
-    count). Ctrl-C cancels the pending trainings and stops the running ones at their next batch.
+    count). Ctrl-C cancels the pending trainings and stops the running ones at their next batch. With
+    ``out`` the record, its claims (:func:`smr_ssm.quick.nss_claims`) and the config go to ``<out>/nss.json``.
     """
     nss = cfg.nss
     input_dim = 2 if nss.task == "observed_steps" else 1
@@ -342,6 +404,8 @@ def run_nss(
                 histories = [work(job) for job in jobs]
         finally:
             torch.set_num_threads(threads)
+    all_steps = torch.cat([t.steps.flatten() for _, conds in seeds for t in conds.values()])
+    edges = torch.linspace(float(all_steps.min()), float(all_steps.max()), 13)  # common bins for every seed
     per_seed = []
     for seed, conditions in seeds:
         record: dict[str, Any] = {
@@ -360,10 +424,16 @@ def run_nss(
                 "degradation": {c: v["mse"] / ev[first]["mse"] for c, v in ev.items() if c != first},
             }
             if name in ("smr", "smr_steps") and cfg.model.smr is not None:
-                record[name]["scale_step"] = scale_step_correlation(model, conditions)
+                record[name]["scale_step"] = scale_step_correlation(model, conditions, edges)
             log(f"[nss] seed {seed} {name}: " + ", ".join(f"{c}={v['mse']:.4g}" for c, v in ev.items()))
         per_seed.append(record)
-    return {"per_seed": per_seed, "summary": summarise(per_seed, list(nss.models))}
+    res = {"per_seed": per_seed, "summary": summarise(per_seed, list(nss.models))}
+    if out is not None:
+        from smr_ssm.quick import nss_claims
+
+        res["claims"] = [dataclasses.asdict(c) for c in nss_claims(cfg, res)]
+        log(f"[nss] wrote {write_json({**res, 'config': config_to_dict(cfg)}, Path(out) / 'nss.json')}")
+    return res
 
 
 # ----------------------------------------------------------------------------------------- benchmark
@@ -410,9 +480,12 @@ def time_layers(layers: dict[str, Any], u: torch.Tensor, repeats: int, warmup: i
     return {k: sorted(v)[len(v) // 2] for k, v in times.items()}
 
 
-def run_bench(cfg: ExperimentConfig, out: Path | None = None) -> dict[str, Any]:
+def run_bench(
+    cfg: ExperimentConfig, out: str | Path | None = None, log: Callable[[str], None] | None = None
+) -> dict[str, Any]:
     """Forward + backward time of each layer spec at each length; ratios to the spec of the same host
-    without ``+smr`` (timed interleaved, repeat by repeat). Writes ``<out>/bench.json`` when ``out`` is given."""
+    without ``+smr`` (timed interleaved, repeat by repeat). Writes ``<out>/bench.json`` when ``out`` is
+    given; ``log`` gets one line per row."""
     from smr_ssm.layers import build_layer
 
     b = cfg.bench
@@ -438,6 +511,9 @@ def run_bench(cfg: ExperimentConfig, out: Path | None = None) -> dict[str, Any]:
                     "tokens_per_s": b.batch_size * L / t,
                 }
             )
+    for r in rows if log else []:
+        ratio = f"{r['ratio_to_baseline']:.3f}x" if r["ratio_to_baseline"] else "-"
+        log(f"{r['layer']:>16}  L={r['L']:>6}  {r['ms']:9.2f} ms  {ratio:>8}  {r['tokens_per_s']:.0f} tok/s")
     result = {"config": config_to_dict(b), "rows": rows, "torch_threads": torch.get_num_threads()}
     if out is not None:
         write_json(result, Path(out) / "bench.json")

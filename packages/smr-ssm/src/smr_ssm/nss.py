@@ -181,7 +181,7 @@ def _pearson(x: torch.Tensor, y: torch.Tensor) -> float:
 
 @torch.no_grad()
 def scale_step_correlation(
-    model: SSMRegressor, tasks: Mapping[str, SamplingTask], bins: int = 12
+    model: SSMRegressor, tasks: Mapping[str, SamplingTask], edges: torch.Tensor | None = None
 ) -> dict[str, Any]:
     """How the first block's SMR scale ``s_k`` (``(B, L, H)``) follows the true relative step ``tau_k``.
 
@@ -189,7 +189,8 @@ def scale_step_correlation(
     shifted ranges): ``r_mean`` - Pearson r between the channel-mean scale and ``tau``; ``r_abs_channel``
     - mean over channels of ``|r|`` between each channel's scale and ``tau``; ``slope`` - least-squares
     slope of the channel-mean scale on ``tau``; the mean scale per task; and the channel-mean scale
-    averaged in ``bins`` bins of ``tau`` (for a plot).
+    averaged in the bins of ``tau`` between ``edges`` (default: 12 bins over the observed range; an empty
+    bin gives NaN), for a plot.
     """
     block = model.layers[0]
     smr = block.smr
@@ -209,10 +210,14 @@ def scale_step_correlation(
     yv = s_mean.flatten().double()
     slope = float(((x - x.mean()) * (yv - yv.mean())).sum() / (x - x.mean()).pow(2).sum())
     per_channel = [abs(_pearson(s[..., h].flatten(), tau.flatten())) for h in range(s.shape[-1])]
-    edges = torch.linspace(float(x.min()), float(x.max()), bins + 1, dtype=torch.float64)
+    if edges is None:
+        edges = torch.linspace(float(x.min()), float(x.max()), 13, dtype=torch.float64)
+    edges = edges.double()
     which = torch.bucketize(x, edges[1:-1])
+    centres = ((edges[1:] + edges[:-1]) / 2).tolist()
     binned = [
-        (float(x[which == i].mean()), float(yv[which == i].mean())) for i in range(bins) if (which == i).any()
+        (c, float(yv[which == i].mean()) if (which == i).any() else float("nan"))
+        for i, c in enumerate(centres)
     ]
     return {
         "r_mean": _pearson(s_mean.flatten(), tau.flatten()),

@@ -26,7 +26,7 @@ from papers_shared.results import Claim, QuickResult, bar_plot, line_plot
 from smr_ssm.config import ExperimentConfig
 from smr_ssm.nss import model_label
 
-__all__ = ["build_claims", "build_variant_claims", "quick_config", "quick_reproduction"]
+__all__ = ["build_claims", "build_variant_claims", "nss_claims", "quick_config", "quick_reproduction"]
 
 PACKAGE = "smr-ssm"
 
@@ -140,6 +140,16 @@ def build_variant_claims(
     ]  # fmt: skip
 
 
+def nss_claims(cfg: ExperimentConfig, res: dict[str, Any]) -> list[Claim]:
+    """The claims a run of ``smr-ssm nss`` supports: the observed-steps claims when it trained the host
+    with and without SMR, the uniform-grid claims for that task (also for the pair given the true steps)."""
+    models, host = set(cfg.nss.models), cfg.model.layer_type
+    if cfg.nss.task == "observed_steps":
+        return build_claims(res, host, cfg.nss.steps_host) if {"baseline", "smr"} <= models else []
+    pair = next((p for p in (("baseline", "smr"), ("baseline_steps", "smr_steps")) if set(p) <= models), None)
+    return build_variant_claims(res, host, pair) if pair else []
+
+
 def nss_plots(res: dict[str, Any], labels: dict[str, str], out_dir: Path, tag: str = "") -> list[str]:
     """MSE per condition with the oracle floor, excess over the floor, and SMR's scale against the step."""
     summary = res["summary"]
@@ -162,9 +172,18 @@ def nss_plots(res: dict[str, Any], labels: dict[str, str], out_dir: Path, tag: s
                   title="Excess over the oracle that knows the signal (lower is better)", groups=excess)  # fmt: skip
     plots = [p1.name, p2.name]
     smr = [r["smr"]["scale_step"] for r in res["per_seed"] if "scale_step" in r.get("smr", {})]
-    if smr:
-        series = {f"seed {r['seed']}": r["smr"]["scale_step"]["binned"]["scale"] for r in res["per_seed"]}
-        p3 = line_plot(series, out_dir / f"{PACKAGE}_{tag}scale_vs_step.png", x=smr[0]["binned"]["step"],
+    if smr:  # bins common to all seeds; a bin empty in some seed is left out
+        keep = [
+            i
+            for i in range(len(smr[0]["binned"]["step"]))
+            if all(math.isfinite(s["binned"]["scale"][i]) for s in smr)
+        ]
+        series = {
+            f"seed {r['seed']}": [r["smr"]["scale_step"]["binned"]["scale"][i] for i in keep]
+            for r in res["per_seed"]
+        }
+        x = [smr[0]["binned"]["step"][i] for i in keep]
+        p3 = line_plot(series, out_dir / f"{PACKAGE}_{tag}scale_vs_step.png", x=x,
                        xlabel="true relative step tau_k", ylabel="SMR scale (layer 1, channel mean)",
                        title="Does SMR's scale follow the sampling step?")  # fmt: skip
         plots.append(p3.name)
