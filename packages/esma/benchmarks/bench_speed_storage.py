@@ -7,7 +7,9 @@ interleaved (one call of every variant per round) after a warm-up, medians over 
 * ``mifgsm``: MI-FGSM, 10 steps, fp32 (the baseline of every ratio); ``mifgsm_bf16``: the same under
   bf16 autocast (a same-precision reference, not the issue's baseline);
 * ``esma_fp32`` / ``esma_bf16``: ``EsmaAttack`` (generator + smoothing + projection), fp32 or bf16
-  (CPU autocast; CUDA bf16 weights); ``*_compile``: the generator through ``torch.compile``;
+  (CPU autocast; CUDA bf16 weights); ``*_compile``: the generator through ``torch.compile`` (inductor;
+  timed by default on CUDA only: on a 2-core CPU inductor compiled for 11.6 minutes and ran at 0.6x
+  eager, README; ``--compile on`` times it anyway);
 * ``resnet50_fwd`` / ``resnet50_fwd_bwd``: one forward (no grad) and one forward + input-gradient
   backward of the source model, the cost unit of the "physical cap" (how many source forwards each
   attack costs).
@@ -116,11 +118,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--targets", type=int, default=10)
     p.add_argument("--threads", type=int, default=2, help="torch intra-op threads (CPU)")
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
-    p.add_argument("--no-compile", action="store_true", help="skip the torch.compile variants")
+    p.add_argument(
+        "--compile",
+        choices=["auto", "on", "off"],
+        default="auto",
+        help="time the torch.compile variants (auto: on CUDA only; inductor on CPU compiles for minutes)",
+    )
     p.add_argument("--force-bf16", action="store_true", help="time bf16 even on a CPU without native bf16")
     p.add_argument("--out", default="docs/benchmarks/esma-speed-storage.json")
     args = p.parse_args(argv)
-    if args.no_compile:
+    if args.compile == "off" or (args.compile == "auto" and args.device == "cpu"):
         args.variants = [v for v in args.variants if not v.endswith("_compile")]
     torch.set_num_threads(args.threads)
     dev = torch.device(args.device)

@@ -29,7 +29,39 @@ from .matching import esma_matching_loss
 from .pretrain import stage1_loss
 from .screening import EasySampleBank
 
-__all__ = ["EsmaTrainer", "pretrain_target_embeddings"]
+__all__ = ["EsmaTrainer", "optimizer_step", "pretrain_target_embeddings", "sharded_loader"]
+
+
+def sharded_loader(
+    data: Dataset | Iterable, batch_size: int | None, seed: int, num_workers: int = 0, drop_last: bool = True
+) -> tuple[Iterable, Any]:
+    """``(loader, sampler)``: a Dataset gets this process's DataLoader over a ``DistributedSampler``
+    (global batch ``batch_size``, reshuffled by ``sampler.set_epoch``); any other iterable of batches is
+    used as is (one process only)."""
+    if not isinstance(data, Dataset):
+        if dist.world_size() > 1:
+            raise ValueError("under torchrun pass a Dataset (and batch_size), so that it can be sharded")
+        return data, None
+    if batch_size is None:
+        raise ValueError("batch_size (the global batch) is needed when fit() gets a Dataset")
+    sampler = dist.make_sampler(data, shuffle=True, seed=seed, drop_last=drop_last)
+    workers = torch.Generator().manual_seed(seed * 1_000_003 + dist.rank())
+    loader = DataLoader(
+        data, batch_size=dist.per_rank_batch_size(batch_size), sampler=sampler, drop_last=drop_last,
+        num_workers=num_workers, generator=workers, pin_memory=torch.cuda.is_available(),
+    )  # fmt: skip
+    return loader, sampler
+
+
+def optimizer_step(trainer: Any, loss: Tensor, what: str) -> float:
+    """Backward, optimizer step, step count; appends the loss averaged over processes to the history."""
+    if not torch.isfinite(loss):
+        raise FloatingPointError(f"{what} loss is not finite at step {trainer.step}: {float(loss)}")
+    loss.backward()
+    trainer.optimizer.step()
+    trainer.step += 1
+    trainer.history.append(dist.reduce_mean(loss.detach()))
+    return trainer.history[-1]
 
 
 def pretrain_target_embeddings(
@@ -184,14 +216,7 @@ class EsmaTrainer:
         target_idx = target_idx.to(self.device).long()
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
-        loss = self.loss(x, source_idx, target_idx)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"stage-2 loss is not finite at step {self.step}: {float(loss)}")
-        loss.backward()
-        self.optimizer.step()
-        self.step += 1
-        self.history.append(dist.reduce_mean(loss.detach()))
-        return self.history[-1]
+        return optimizer_step(self, self.loss(x, source_idx, target_idx), "stage-2")
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict[str, Any]:
@@ -211,28 +236,6 @@ class EsmaTrainer:
         self.step = int(state["step"])
         self.epoch = int(state["epoch"])
         self.history = [float(v) for v in state.get("history", [])]
-
-    def _batches(self, data: Dataset | Iterable, batch_size: int | None, num_workers: int):
-        """``(loader, sampler)``: a Dataset gets a per-rank DataLoader over a ``DistributedSampler``
-        (global batch ``batch_size``, incomplete last batch dropped); any other iterable is used as is."""
-        if not isinstance(data, Dataset):
-            if dist.world_size() > 1:
-                raise ValueError("under torchrun pass a Dataset (and batch_size), so that it can be sharded")
-            return data, None
-        if batch_size is None:
-            raise ValueError("batch_size (the global batch) is needed when fit() gets a Dataset")
-        sampler = dist.make_sampler(data, shuffle=True, seed=self.seed, drop_last=True)
-        workers = torch.Generator().manual_seed(self.seed * 1_000_003 + dist.rank())
-        loader = DataLoader(
-            data,
-            batch_size=dist.per_rank_batch_size(batch_size),
-            sampler=sampler,
-            drop_last=True,
-            num_workers=num_workers,
-            generator=workers,
-            pin_memory=self.device.type == "cuda",
-        )
-        return loader, sampler
 
     def fit(
         self,
@@ -265,7 +268,7 @@ class EsmaTrainer:
             state = mgr.load_latest(map_location=self.device)
             if state is not None:
                 self.load_state_dict(state)
-        loader, sampler = self._batches(data, batch_size, num_workers)
+        loader, sampler = sharded_loader(data, batch_size, self.seed, num_workers)
         from tqdm.auto import tqdm
 
         bar = tqdm(

@@ -31,12 +31,14 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from papers_shared import distributed as dist
 from papers_shared.attacks import GenerativeAttack
 from papers_shared.checkpoints import CheckpointManager
 from papers_shared.errors import CheckpointError
+
+from ..trainer import optimizer_step, sharded_loader
 
 __all__ = [
     "TTPAttack",
@@ -282,20 +284,8 @@ class TTPTrainer:
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
         f = self.source_model
-        loss = ttp_loss(
-            f(self.attack.perturb(x)),
-            f(self.attack.perturb(x_rot)),
-            f(self.attack.perturb(x_aug)),
-            f(x_match),
-            self.legacy,
-        )
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"TTP loss is not finite at step {self.step}")
-        loss.backward()
-        self.optimizer.step()
-        self.step += 1
-        self.history.append(dist.reduce_mean(loss.detach()))
-        return self.history[-1]
+        views = (self.attack.perturb(x), self.attack.perturb(x_rot), self.attack.perturb(x_aug))
+        return optimizer_step(self, ttp_loss(*(f(v) for v in views), f(x_match), self.legacy), "TTP")
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -306,19 +296,6 @@ class TTPTrainer:
             "epoch": self.epoch,
             "history": list(self.history),
         }
-
-    def _loader(self, data, batch_size: int | None, seed: int, num_workers: int):
-        if not isinstance(data, Dataset):
-            if dist.world_size() > 1:
-                raise ValueError("under torchrun pass Datasets (and batch_size), so that they can be sharded")
-            return data, None
-        if batch_size is None:
-            raise ValueError("batch_size (the global batch) is needed when fit() gets a Dataset")
-        sampler = dist.make_sampler(data, shuffle=True, seed=seed, drop_last=len(data) >= dist.world_size())
-        loader = DataLoader(
-            data, batch_size=dist.per_rank_batch_size(batch_size), sampler=sampler, num_workers=num_workers
-        )
-        return loader, sampler
 
     def fit(
         self,
@@ -346,8 +323,11 @@ class TTPTrainer:
                 self.rng.set_state(state["rng_gen"])
                 self.step, self.epoch = int(state["step"]), int(state["epoch"])
                 self.history = [float(v) for v in state.get("history", [])]
-        loader, sampler = self._loader(loader, batch_size, self.seed, num_workers)
-        match_loader, match_sampler = self._loader(match_loader, batch_size, self.seed + 1, num_workers)
+        loader, sampler = sharded_loader(loader, batch_size, self.seed, num_workers)
+        drop = isinstance(match_loader, Dataset) and len(match_loader) >= (batch_size or 1)
+        match_loader, match_sampler = sharded_loader(
+            match_loader, batch_size, self.seed + 1, num_workers, drop
+        )
         match_epoch = 0
         match_iter = iter(match_loader)
         stop = max_steps is not None and self.step >= max_steps
