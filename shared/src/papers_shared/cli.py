@@ -64,6 +64,12 @@ __all__ = [
     "resolve_config",
 ]
 
+
+def _literal(text: str) -> str:
+    """``text`` shown verbatim by argparse, which %-formats help strings (``%`` -> ``%%``)."""
+    return text.replace("%", "%%")
+
+
 COMMON_FLAGS = ("out", "resume", "no-progress", "seed", "device")
 
 EXIT_USER_ERROR = 2
@@ -338,11 +344,14 @@ class CLI:
         )
         sub = p.add_subparsers(dest="command", required=True, metavar="command")
         for c in self.commands.values():
-            sp = sub.add_parser(c.name, help=c.help, description=c.help)
+            # argparse %-formats help strings: a literal "%" in a package's text must not break --help
+            sp = sub.add_parser(c.name, help=_literal(c.help), description=c.help)
             if c.config:
                 self._add_config_args(sp)
             self._add_flags(sp, c.flags)
             for flags, kwargs in c.args:
+                if isinstance(kwargs.get("help"), str):
+                    kwargs = {**kwargs, "help": _literal(kwargs["help"])}
                 sp.add_argument(*flags, **kwargs)
         from papers_shared.reproduce import DEFAULT_OUT, DEFAULT_THREADS
 
