@@ -11,6 +11,7 @@ from peft import get_peft_model
 from ofs_dpo.adapters import lora_scaling
 from ofs_dpo.cofs import COFSDPO, ContinualRunner, dpo_config_from
 from ofs_dpo.data import tiny_gpt2
+from papers_shared.errors import CheckpointError
 
 
 @pytest.fixture
@@ -147,7 +148,7 @@ def test_save_and_load_round_trip(make_runner, domains, tmp_path):
         and other.deployed_weights == r.deployed_weights
     )
     assert all(torch.equal(other.deployed[k], r.deployed[k]) for k in r.deployed)
-    with pytest.raises(ValueError, match="method"):
+    with pytest.raises(CheckpointError, match="method"):
         make_runner("seq_dpo").load(path)
     with pytest.raises(FileNotFoundError):
         other.load(tmp_path / "missing.pt")

@@ -14,9 +14,11 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -222,6 +224,45 @@ def load_adapter_state_dict(model: nn.Module, adapter_name: str, state_dict: dic
         if v.shape != expected[k].shape:
             raise ValueError(f"{k}: shape {tuple(v.shape)} does not fit {tuple(expected[k].shape)}")
     set_peft_model_state_dict(model, state_dict, adapter_name=adapter_name)
+
+
+def read_adapter_folder(path: str | Path) -> tuple[Any, dict[str, torch.Tensor]]:
+    """``(LoraConfig, state dict)`` of a PEFT adapter folder, read without unpickling anything.
+
+    The folder holds ``adapter_config.json`` and ``adapter_model.safetensors`` (what
+    :meth:`~ofs_dpo.OFSDPOTrainer.export_leader` and PEFT's ``save_pretrained`` write). A pickled
+    ``adapter_model.bin`` is read with ``weights_only=True``; a damaged or refused file raises
+    :class:`~papers_shared.errors.CheckpointError` naming it (ours).
+    """
+    import json
+
+    from peft import LoraConfig
+
+    from papers_shared.checkpoints import load_checkpoint, load_safetensors
+    from papers_shared.errors import CheckpointError
+
+    folder = Path(path)
+    cfg_path = folder / "adapter_config.json"
+    if not cfg_path.is_file():
+        raise FileNotFoundError(f"no PEFT adapter at {folder}: expected {cfg_path.name} in it")
+    try:
+        raw = json.loads(cfg_path.read_text())
+        if not isinstance(raw, dict):
+            raise ValueError("not a JSON object")
+        known = {f.name for f in dataclasses.fields(LoraConfig)}
+        config = LoraConfig(**{k: v for k, v in raw.items() if k in known})
+    except (ValueError, TypeError) as exc:
+        raise CheckpointError(f"could not read adapter config {cfg_path}: {exc}") from None
+    weights = folder / "adapter_model.safetensors"
+    if weights.is_file():
+        state, _ = load_safetensors(weights)
+    elif (folder / "adapter_model.bin").is_file():
+        state = load_checkpoint(folder / "adapter_model.bin")
+        if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+            raise CheckpointError(f"{folder / 'adapter_model.bin'} does not hold a tensor state dict")
+    else:
+        raise FileNotFoundError(f"no adapter weights in {folder}: expected {weights.name}")
+    return config, state
 
 
 def lora_scaling(config: Any) -> float:

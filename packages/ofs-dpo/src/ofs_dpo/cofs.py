@@ -542,10 +542,15 @@ class ContinualRunner:
         from peft import LoraConfig
 
         from papers_shared.checkpoints import load_checkpoint
+        from papers_shared.errors import CheckpointError
 
         state = load_checkpoint(path)
+        if not isinstance(state, dict) or "matrix" not in state:
+            raise CheckpointError(f"{path} is not a runner state written by ContinualRunner.save")
         if state.get("method") != self.method:
-            raise ValueError(f"checkpoint is for method {state.get('method')!r}, runner is {self.method!r}")
+            raise CheckpointError(
+                f"{path} is a runner state for method {state.get('method')!r}, this runner is {self.method!r}"
+            )
         self.domains = list(state["domains"])
         self.memory = list(state["memory"])
         self.deployed = state["deployed"]

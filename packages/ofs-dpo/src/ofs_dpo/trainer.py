@@ -49,6 +49,7 @@ from ofs_dpo.losses import (
     preference_loss,
     token_logps_to_sequence,
 )
+from papers_shared.errors import CheckpointError
 
 __all__ = ["OFS_STATE_NAME", "ChasingCallback", "ChasingState", "OFSDPOTrainer"]
 
@@ -491,7 +492,8 @@ class OFSDPOTrainer(DPOTrainer):
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
         from peft import set_peft_model_state_dict
-        from safetensors.torch import load_file
+
+        from papers_shared.checkpoints import load_safetensors
 
         pm = self.accelerator.unwrap_model(model if model is not None else self.model)
         ckpt = Path(resume_from_checkpoint)
@@ -505,10 +507,10 @@ class OFSDPOTrainer(DPOTrainer):
                     f"OFS-DPO checkpoint {ckpt} lacks the {name!r} adapter weights ({path}); both adapters are "
                     "needed to resume"
                 )
-            result = set_peft_model_state_dict(pm, load_file(str(path)), adapter_name=name)
+            result = set_peft_model_state_dict(pm, load_safetensors(path)[0], adapter_name=name)
             missing = [k for k in result.missing_keys if f".{name}." in k]
             if missing:
-                raise ValueError(f"checkpoint adapter {name!r} is missing {missing[:3]}")
+                raise CheckpointError(f"checkpoint adapter {name!r} in {path} is missing {missing[:3]}")
         self.load_ofs_state(ckpt)
         restore_trainable(pm, self._trainable)
 
@@ -517,7 +519,13 @@ class OFSDPOTrainer(DPOTrainer):
         path = Path(directory) / OFS_STATE_NAME
         if not path.is_file():
             raise FileNotFoundError(f"no {OFS_STATE_NAME} in {directory}; was it written by OFSDPOTrainer?")
-        self.chasing = ChasingState.from_dict(json.loads(path.read_text()))
+        try:
+            state = json.loads(path.read_text())
+            if not isinstance(state, dict):
+                raise ValueError("not a JSON object")
+            self.chasing = ChasingState.from_dict(state)
+        except (ValueError, TypeError) as exc:
+            raise CheckpointError(f"could not read {path}: damaged OFS state ({exc})") from None
 
     def export_leader(self, path: str | Path) -> Path:
         """Save the leader adapter alone as a standard PEFT adapter folder (loadable as ``"default"``)."""
