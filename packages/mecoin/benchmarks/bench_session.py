@@ -1,6 +1,6 @@
 """Per-session update time and memory footprint: Mecoin vs Finetune on a 10k-node synthetic graph (issue #5).
 
-    uv run --frozen --no-sync python packages/mecoin/benchmarks/bench_session.py [--out PATH] [--epochs 100]
+    uv run --no-sync python packages/mecoin/benchmarks/bench_session.py [--out PATH] [--epochs 100]
 
 Graph: ``make_csbm_graph`` with 20 classes x 500 nodes (10,000 nodes), 128 features; 10 base classes and
 5 sessions of 2-way 5-shot. Both methods start from the same pre-trained GCN (h=128), run on the same
@@ -34,8 +34,9 @@ from mecoin.config import (
     ProtocolConfig,
 )
 from mecoin.data import build_task
-from mecoin.runner import pretrain_task, run_method
-from papers_shared.checkpoints import atomic_write_text
+from mecoin.experiment import build_method
+from mecoin.trainer import pretrain_task, run_method
+from papers_shared.results import write_json
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -73,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     pretrain_s = time.perf_counter() - t0
     rows = {}
     for name in ("mecoin", "finetune"):
-        rep = run_method(task, pretrained, cfg, name, 0, device)
+        rep = run_method(task, pretrained, cfg, build_method(name, cfg, 0), 0, device)
         fit = [log["fit_seconds"] for log in rep.extra["session_logs"]]
         rows[name] = {
             "session_fit_seconds": fit,
@@ -100,10 +101,9 @@ def main(argv: list[str] | None = None) -> int:
         "memory_ratio_mecoin_over_finetune": m["memory_bytes"]["total"] / f["memory_bytes"]["total"],
         "hardware": f"{platform.processor() or platform.machine()}, {args.threads} thread(s), torch {torch.__version__}",
         "note": "shared 2-core CPU under load from other jobs: absolute times are inflated, the ratio less so",
-        "command": "uv run --frozen --no-sync python packages/mecoin/benchmarks/bench_session.py",
+        "command": "uv run --no-sync python packages/mecoin/benchmarks/bench_session.py",
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(args.out, json.dumps(result, indent=2) + "\n")
+    write_json(result, args.out)
     print(json.dumps({k: v for k, v in result.items() if k != "methods"}, indent=2))
     for name, r in rows.items():
         print(f"{name}: median session {r['median_incremental_session_s']:.3f}s, memory {r['memory_bytes']}")

@@ -90,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         "config": "quick (shipped), Mecoin only",
         "command": "uv run --no-sync python packages/mecoin/benchmarks/quick_budget.py",
         "threads": 1,
+        "note": "seconds are wall time on a shared 2-core machine under load; their ratios are what to read",
     }
     write_json(record, args.out)
     print(f"-> {args.out}")

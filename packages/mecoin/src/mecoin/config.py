@@ -24,7 +24,7 @@ the shots it gives.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import ClassVar, Literal
 
 from papers_shared.config import Config, ConfigError, field
 
@@ -78,7 +78,25 @@ ABLATIONS = {
 
 
 @dataclass
-class MecoinConfig(Config):
+class _LegacySection(Config):
+    """A config section whose ``legacy=True`` switches on the official-code quirks listed in ``LEGACY``."""
+
+    LEGACY: ClassVar[dict[str, object]] = {}
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.legacy:
+            self.apply_legacy()
+
+    def apply_legacy(self) -> None:
+        """Switch on every official quirk of this section."""
+        self.legacy = True
+        for key, value in self.LEGACY.items():
+            setattr(self, key, value)
+
+
+@dataclass
+class MecoinConfig(_LegacySection):
     """Mecoin hyper-parameters (official ``train.py`` defaults; ``num_classes=0`` takes K_tot from the data)."""
 
     num_classes: int = field(0, ge=0, help="MRaM width K_tot; 0 = the number of classes of the graph")
@@ -150,19 +168,13 @@ class MecoinConfig(Config):
     legacy: bool = field(False, help="switch on every official-code quirk of the method")
     seed: int = field(42, help="seed of the random projection and the keys (set per run by the runner)")
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.legacy:
-            self.apply_legacy()
-
-    def apply_legacy(self) -> None:
-        """Switch on every official quirk that lives in the method."""
-        self.legacy = True
-        self.legacy_mode_schedule = True
-        self.legacy_shuffle_bug = True
-        self.construct_train_mode = True
-        self.restore_head = False
-        self.vote_scale = 3.0
+    LEGACY: ClassVar[dict[str, object]] = {
+        "legacy_mode_schedule": True,
+        "legacy_shuffle_bug": True,
+        "construct_train_mode": True,
+        "restore_head": False,
+        "vote_scale": 3.0,
+    }
 
     @property
     def key_dim(self) -> int:
@@ -171,7 +183,7 @@ class MecoinConfig(Config):
 
 
 @dataclass
-class ProtocolConfig(Config):
+class ProtocolConfig(_LegacySection):
     """Session protocol shared by every method."""
 
     base_classes: int = field(50, ge=1, help="base classes (the largest ones by node count)")
@@ -196,21 +208,16 @@ class ProtocolConfig(Config):
     legacy_group_eval: bool = field(False, help="official per-group batches for the accuracy matrix")
     legacy: bool = field(False, help="switch on every official-code quirk of the protocol")
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.legacy:
-            self.apply_legacy()
-
-    def apply_legacy(self) -> None:
-        self.legacy = True
-        self.legacy_split = True
-        self.legacy_group_eval = True
-        self.mask_unseen = False
-        self.renormalize_masked = False
+    LEGACY: ClassVar[dict[str, object]] = {
+        "legacy_split": True,
+        "legacy_group_eval": True,
+        "mask_unseen": False,
+        "renormalize_masked": False,
+    }
 
 
 @dataclass
-class EncoderConfig(Config):
+class EncoderConfig(_LegacySection):
     """GNN backbone (official ``backbone/model.py``)."""
 
     backbone: str = field(
@@ -224,20 +231,16 @@ class EncoderConfig(Config):
     legacy_gat_logsoftmax: bool = field(False, help="official GAT: log_softmax over the feature dims")
     legacy: bool = field(False, help="switch on every official-code quirk of the encoder")
 
+    LEGACY: ClassVar[dict[str, object]] = {"legacy_gat_logsoftmax": True}
+
     def __post_init__(self) -> None:
         super().__post_init__()
         if not self.backbone.strip():
             raise ConfigError("encoder.backbone is empty: give gcn, gat or a torch_geometric conv class name")
-        if self.legacy:
-            self.apply_legacy()
-
-    def apply_legacy(self) -> None:
-        self.legacy = True
-        self.legacy_gat_logsoftmax = True
 
 
 @dataclass
-class PretrainConfig(Config):
+class PretrainConfig(_LegacySection):
     """Base-session pre-training (official ``pretrain.py``): Adam, NLL, early stopping on base validation."""
 
     lr: float = field(5e-3, gt=0.0, help="Adam learning rate")
@@ -248,14 +251,7 @@ class PretrainConfig(Config):
     legacy_no_zero_grad: bool = field(False, help="official: the classifier's gradients accumulate")
     legacy: bool = field(False, help="switch on every official-code quirk of pre-training")
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.legacy:
-            self.apply_legacy()
-
-    def apply_legacy(self) -> None:
-        self.legacy = True
-        self.legacy_no_zero_grad = True
+    LEGACY: ClassVar[dict[str, object]] = {"legacy_no_zero_grad": True}
 
 
 @dataclass
