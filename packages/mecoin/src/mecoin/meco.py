@@ -6,7 +6,7 @@
   sequence, no positions), then ``Linear(h, C)``: one scalar per codebook, ``s ∈ R^{n×C}``.
 * :class:`MemoryInteraction` (official ``utils/kvb_core.py:Attention``): ``interaction="legacy_codebook"`` reproduces the code, where the
   attention runs across the C codebooks of each query separately (the key rows of the concatenated
-  ``[K; Q]`` never influence a query row, so they are not computed); ``"cross"`` [ours] lets each query
+  ``[K; Q]`` never influence a query row, so they are not computed); ``"cross"`` (ours) lets each query
   attend over the P keys of its own codebook, the paper's wording.
 
 The blocks use :func:`torch.nn.functional.scaled_dot_product_attention`, so large node sets run with
@@ -107,7 +107,7 @@ class GraphInfo(nn.Module):
     """Local graph-structure scalar, GraphInfo (official ``utils/kvb_core.py:synapse``): nodes of the current set attend to each other.
 
     ``batch="set"`` (default, the code) scores the whole set as one sequence, so a node's scalar depends
-    on the other nodes of the set; ``batch="chunk"`` [ours] splits the set into chunks of ``chunk`` nodes.
+    on the other nodes of the set; ``batch="chunk"`` (ours) splits the set into chunks of ``chunk`` nodes.
     The block is permutation-equivariant (no positional encoding).
     """
 

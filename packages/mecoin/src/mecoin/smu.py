@@ -10,7 +10,7 @@ construction pass over the base pre-training nodes runs an EMA k-means step per 
 4. Laplace smoothing ``Ñ_{c,j} = (N_{c,j}+ε)/(Σ_j N_{c,j} + Pε) · Σ_j N_{c,j}``; ``K = S / Ñ``;
 5. dead-code reset: keys with ``N_{c,j} < τ`` become queries of the batch drawn with replacement.
 
-The keys are then frozen for every session. Class layout [ours]: key ``K_{c,k}`` is the mean of the
+The keys are then frozen for every session. Class layout (ours): key ``K_{c,k}`` is the mean of the
 support queries of class ``k``, written when the class first appears; only written keys are matched.
 """
 
