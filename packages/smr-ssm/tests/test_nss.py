@@ -136,11 +136,24 @@ def test_quick_reproduction_end_to_end_with_a_tiny_budget(tmp_path, monkeypatch)
     from papers_shared.results import QuickResult, write_result
 
     monkeypatch.setattr(quick, "quick_config", lambda quick=True: tiny("quick", "nss.seeds=[0,1]"))
+    monkeypatch.setattr(
+        quick, "variant_config", lambda quick=True: tiny("nss_uniform_grid", "nss.seeds=[0,1,2]")
+    )
     res = quick.quick_reproduction(tmp_path, quick=True)
     assert isinstance(res, QuickResult) and res.package == "smr-ssm" and res.seeds == [0, 1]
-    assert len(res.claims) == 9 and all(c.method_value is not None for c in res.claims)
-    summary = res.metrics["summary"]
+    assert len(res.claims) == 9 + 5 and all(c.method_value is not None for c in res.claims)
+    assert all(c.claim.startswith("[uniform-grid variant]") for c in res.claims[9:])
+    summary, m = res.metrics["summary"], res.metrics
     assert summary["floor"]["slower"]["mean"] > 0 and "scale_step" in summary["smr"]
+    # the floor, every model's excess over it and the scale-step correlation, for both tasks
+    assert m["excess"]["smr"]["slower"]["mean"] == pytest.approx(
+        summary["smr"]["mse"]["slower"]["mean"] - summary["floor"]["slower"]["mean"]
+    )
+    assert set(m["excess"]) == {"baseline", "smr", "baseline_steps"} and "smr" in m["scale_step"]
+    assert len(m["diagnostics"]["excess_removed_slower"]) == 2
+    assert m["uniform_grid_variant"]["floor"]["jitter"]["mean"] > 0
+    assert "jitter" in m["uniform_grid_variant"]["diagnostics"]["mse_ratio_smr_over_baseline"]
+    assert "Why:" in res.notes and "Uniform-grid variant" in res.notes
     assert res.claims[2].paired["n"] == 2 and res.claims[2].paired["seeds"] == [0, 1]
     assert all((tmp_path / p).is_file() and p.startswith("smr-ssm_") for p in res.plots)
     assert write_result(res, tmp_path).is_file()
