@@ -1,4 +1,5 @@
-"""SMR training-speed overhead (issue #10 benchmark 2; spec §5 R3, §8 second quick check).
+"""SMR training-speed overhead (issue #10 benchmark 2; the paper's abstract: SMR keeps
+convolution-mode training speed).
 
 Forward + backward time of S4D + SMR over S4D (same parameters otherwise) at L = 4096, H = 64
 (N = 64, batch 4): target <= 1.15x. Also reported: the ``literal`` preset, L = 1024, and the same

@@ -1,4 +1,4 @@
-"""Spec §8 test 12 (transformers integration) and the model heads."""
+"""transformers integration (save/load, Trainer) and the model heads."""
 
 import pytest
 import torch
@@ -69,7 +69,7 @@ def test_baseline_config_has_no_smr_and_smr_adds_h_times_m_plus_1_params():
     baseline = SSMForCausalLM(tiny(smr=None))
     n = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
     assert not any("smr" in k for k in baseline.state_dict())
-    assert n(with_smr) - n(baseline) == 2 * 32 * (4 + 1)  # n_layer * H * (m + 1), spec §3.4
+    assert n(with_smr) - n(baseline) == 2 * 32 * (4 + 1)  # n_layer * H * (m + 1)
 
 
 def test_classification_heads_and_pooling():

@@ -1,4 +1,5 @@
-"""Spec §8 unit tests 1-4, 9, 10 for the SMR module, its streaming form and bad inputs."""
+"""The SMR module: identity at init, causality, receptive field, the reference loop, gradients, the
+memory-1 ablation, its streaming form and bad inputs."""
 
 import math
 
@@ -11,7 +12,7 @@ from smr_ssm.smr import ACTIVATIONS
 
 
 def explicit_smr(u, W, b, phi):
-    """Spec §3.4 as a double loop over k and j (independent of the module's vectorised code)."""
+    """The SMR equations as a double loop over k and j (independent of the module's vectorised code)."""
     B, L, H = u.shape
     m = W.shape[1]
     out = torch.empty_like(u)

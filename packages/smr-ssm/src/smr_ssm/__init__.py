@@ -1,6 +1,6 @@
 """smr_ssm: State Memory Replay (SMR) for S4/S5/Mamba state-space models under non-uniform sampling.
 
-Public API (spec §7): :class:`StateMemoryReplay`, :data:`SMR_PRESETS`, :class:`SMRWrapper`; the hosts
+Public API (layout ours): :class:`StateMemoryReplay`, :data:`SMR_PRESETS`, :class:`SMRWrapper`; the hosts
 :class:`S4D`, :class:`S4`, :class:`S5`, :class:`MambaMixer`, :class:`MegaEMA`, :class:`MegaLayer`,
 :class:`SPADELite`; :class:`SSMBlock`; the transformers models :class:`SSMConfig`,
 :class:`SSMForCausalLM`, :class:`SSMForSequenceClassification`, :class:`SSMForSequenceRegression`

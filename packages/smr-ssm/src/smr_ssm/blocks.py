@@ -1,4 +1,5 @@
-"""Residual block around an SSM mixer (spec §3.7): ``x = x + Dropout(Out(Mixer(Norm(x))))`` plus an
+"""Residual block around an SSM mixer (layout of state-spaces/s4 @2ed46fc ``models/s4/s4d.py:S4D``):
+``x = x + Dropout(Out(Mixer(Norm(x))))`` plus an
 optional feed-forward sub-block. ``Out`` is S4's output layer (``GELU -> Linear(d, 2d) -> GLU``) for the
 hosts that have no output projection of their own (S4D, S4, S5, Mega-EMA)."""
 
@@ -36,7 +37,8 @@ MIXER_OUTPUT_DEFAULTS = {
 }
 
 
-#: ``d_state=None`` per layer type (spec §3.8: 64 for S4/S4D/S5, 16 for Mamba; Mega's EMA dimension 16).
+#: ``d_state=None`` per layer type (64 for S4/S4D/S5 as state-spaces/s4 @2ed46fc ``models/s4/s4d.py:S4D``;
+#: 16 for Mamba as state-spaces/mamba @52f57d6 ``mamba_ssm/modules/mamba_simple.py:Mamba``; Mega's EMA 16, ours).
 DEFAULT_STATE = {"s4d": 64, "s4": 64, "s5": 64, "mamba": 16, "mega": 16, "mega_ema": 16, "spade": 64}
 
 

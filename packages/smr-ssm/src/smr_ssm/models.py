@@ -1,8 +1,8 @@
-"""transformers-compatible models (spec §7): ``SSMConfig`` / ``SSMModel`` / ``SSMForCausalLM`` (spec §3.7
-language modelling), ``SSMForSequenceClassification`` (LRA heads, spec §3.7) and
-``SSMForSequenceRegression`` (per-position regression, the NSS experiment of spec §8).
+"""transformers-compatible models (ours): ``SSMConfig`` / ``SSMModel`` / ``SSMForCausalLM`` (the paper's
+WikiText-103 language modelling), ``SSMForSequenceClassification`` (its Long Range Arena heads) and
+``SSMForSequenceRegression`` (per-position regression, our sampling-shift experiment).
 
-Every block's host gets SMR from ``config.smr`` (``None`` = the baseline of spec §4, identical otherwise).
+Every block's host gets SMR from ``config.smr`` (``None`` = the baseline without SMR, identical otherwise).
 The classes are registered with ``AutoConfig``/``AutoModel``/``AutoModelForCausalLM``/
 ``AutoModelForSequenceClassification`` (``model_type="smr_ssm"``), save with ``save_pretrained`` and
 train with ``transformers.Trainer``.
@@ -44,7 +44,7 @@ __all__ = [
 
 
 class SSMConfig(PretrainedConfig):
-    """Configuration of the SSM models (spec §7).
+    """Configuration of the SSM models (ours).
 
     Core fields: ``vocab_size, d_model, n_layer, layer_type`` (``"s4d"``, ``"s4"``, ``"s5"``, ``"mamba"``,
     ``"mega"``, ``"mega_ema"``, ``"spade"``), ``smr`` (preset name, dict or ``None`` for the baseline),
@@ -281,7 +281,7 @@ class SSMModel(SSMPreTrainedModel):
 
 
 class SSMForCausalLM(SSMPreTrainedModel, GenerationMixin):
-    """Causal LM (spec §3.7): blocks -> final norm -> (tied) LM head; next-token cross-entropy."""
+    """Causal LM (ours, S4-style): blocks -> final norm -> (tied) LM head; next-token cross-entropy."""
 
     _tied_weights_keys = {"lm_head.weight": "model.embeddings.weight"}
 
@@ -376,7 +376,7 @@ class SSMForCausalLM(SSMPreTrainedModel, GenerationMixin):
 
 
 class SSMForSequenceClassification(SSMPreTrainedModel):
-    """LRA head (spec §3.7): blocks -> pooling over valid positions -> linear classifier; with
+    """LRA head (ours, as the S4 repository's LRA models): blocks -> pooling over valid positions -> linear classifier; with
     ``config.dual`` (AAN retrieval) two documents ``(B, 2, L)`` share the encoder and the classifier
     reads ``[a, b, a * b, a - b]``."""
 
@@ -438,7 +438,7 @@ class SSMForSequenceClassification(SSMPreTrainedModel):
 
 
 class SSMForSequenceRegression(SSMPreTrainedModel):
-    """Per-position regression (the NSS experiment, spec §8): linear encoder -> blocks -> linear head;
+    """Per-position regression (our sampling-shift experiment): linear encoder -> blocks -> linear head;
     MSE loss against ``labels`` ``(B, L, output_dim)``."""
 
     main_input_name = "input_values"
@@ -474,7 +474,7 @@ def smr_modules(model: nn.Module) -> dict[str, StateMemoryReplay]:
 
 @torch.no_grad()
 def smr_scale_stats(model: nn.Module, **inputs) -> dict[str, float]:
-    """Learned-scale statistics per SMR module (spec §6, reviewers' question (iii)): ``smr/<name>/scale_mean``,
+    """Learned-scale statistics per SMR module (ours; answers the precursor reviewers' question whether SMR acts as intended): ``smr/<name>/scale_mean``,
     ``scale_std`` and ``scale_neg_frac`` (fraction of negative scales) on one forward pass of ``inputs``."""
     mods = smr_modules(model)
     for m in mods.values():

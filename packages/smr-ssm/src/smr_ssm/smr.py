@@ -1,5 +1,12 @@
-"""State Memory Replay (SMR), spec §3.4: a learnable causal memory over the last ``m`` inputs that
-rescales the input of an SSM's state update.
+"""State Memory Replay (SMR): a learnable causal memory over the last ``m`` inputs that rescales the input
+of an SSM's state update.
+
+Sources. The paper (Qi et al., Findings of ACL 2024, arXiv 2405.17534; only its abstract could be read)
+states that adjusting the input sequence with early memories achieves Sampling Step Adaptation and that
+SMR uses learnable memories over multi-step information; no official code exists. The equations below
+are our reconstruction (ours), consistent with the public reviews of the paper's precursor (S4++,
+OpenReview ``bdnw4qjfH9``), which describe SMR as a local convolution of the input multiplied with the
+input.
 
 For an input ``u`` of shape ``(B, L, H)`` (the sequence that enters the state update), memories
 ``W`` of shape ``(H, m)`` and a bias ``b`` of shape ``(H,)``::
@@ -11,10 +18,10 @@ For an input ``u`` of shape ``(B, L, H)`` (the sequence that enters the state up
 The SSM then consumes ``u~`` in its state update (``x_k = A x_{k-1} + B u~_k``) and, by default, its
 skip term ``D * u_k`` stays on the raw input (``skip_uses="raw"``). SMR depends only on a finite
 window of inputs, never on states, so it is computed for all positions at once and keeps a
-convolution-mode SSM in convolution mode (spec §3.6).
+convolution-mode SSM in convolution mode (the paper's abstract: non-recursive, convolution compatible).
 
-The ``"conv_only"`` mode is the ablation of spec §4 (``u~ = u + W * u + b``, no multiplicative gate,
-H3/Hyena-style short convolution).
+The ``"conv_only"`` mode is our ablation (``u~ = u + W * u + b``, no multiplicative gate, the H3/Hyena-style
+short convolution the precursor's reviewers compared SMR with).
 """
 
 from __future__ import annotations
@@ -41,10 +48,10 @@ __all__ = [
     "resolve_smr",
 ]
 
-#: Gate nonlinearities phi of spec §3.4 (``"identity"`` is the default).
+#: Gate nonlinearities phi (ours; ``"identity"``, the default, matches the reviews' plain product).
 ACTIVATIONS = ("identity", "sigmoid2", "silu", "softplus1")
 
-#: Keyword arguments of :class:`StateMemoryReplay` and their defaults (spec §3.4 table).
+#: Keyword arguments of :class:`StateMemoryReplay` and their defaults (ours).
 SMR_DEFAULTS: dict[str, Any] = {
     "memory_len": 4,
     "activation": "identity",
@@ -55,9 +62,9 @@ SMR_DEFAULTS: dict[str, Any] = {
 }
 
 #: Named SMR settings: every layer's ``smr=`` argument accepts one of these names or a dict.
-#: ``"default"`` is the reconstruction of spec §3.4; ``"literal"`` the most literal reading of the
-#: precursor's reviews (``u~ = u * (W * u)``, no offset, random init); the others are the ablations
-#: of spec §4.
+#: ``"default"`` is our reconstruction (identity at init); ``"literal"`` the most literal reading of the
+#: precursor's reviews (``u~ = u * (W * u)``, no offset, random init); the others are our
+#: ablations.
 SMR_PRESETS: dict[str, dict[str, Any]] = {
     "default": dict(SMR_DEFAULTS),
     "literal": {**SMR_DEFAULTS, "activation": "identity", "init": "random", "bias": False},
@@ -113,7 +120,7 @@ class SMRCache:
     """Streaming state of one SMR module: a ring buffer of the last ``m - 1`` raw inputs.
 
     ``buf`` is ``(batch, m - 1, H)``; ``pos`` is the slot the next input is written to (slot
-    ``(pos - j) mod (m - 1)`` holds ``u_{t-j}``). Zeros at the start of a sequence (spec §3.4).
+    ``(pos - j) mod (m - 1)`` holds ``u_{t-j}``). Zeros at the start of a sequence (ours).
     """
 
     buf: torch.Tensor
@@ -121,7 +128,7 @@ class SMRCache:
 
 
 class _CausalReplay(torch.autograd.Function):
-    """``g = b + sum_j W[:, j] * shift_j(u)`` along the time axis (spec §3.4, Replay) for ``u`` of shape
+    """``g = b + sum_j W[:, j] * shift_j(u)`` along the time axis (the replay equation, ours) for ``u`` of shape
     ``(B, L, H)`` (``dim=1``) or ``(B, H, L)`` (``dim=2``), with a hand-written backward: ``du`` is the
     anti-causal (transposed) replay of ``dg``, ``dW[:, j]`` the lag-``j`` correlation of ``dg`` and ``u``,
     ``db`` the sum of ``dg``. ``m`` fused multiply-adds each way and no padded copies (a depthwise
@@ -163,7 +170,7 @@ class _CausalReplay(torch.autograd.Function):
 
 
 class StateMemoryReplay(nn.Module):
-    """SMR module of spec §3.4 (equations Replay, Gate, Adjusted input).
+    """SMR module (our reconstruction of the paper's mechanism: replay, gate, adjusted input).
 
     Args:
         d_model: channels ``H``.
@@ -247,7 +254,7 @@ class StateMemoryReplay(nn.Module):
             f"init={self.init!r}, bias={self.bias is not None}, skip_uses={self.skip_uses!r}, mode={self.mode!r}"
         )
 
-    # -- the three equations of spec §3.4 ---------------------------------------------------------
+    # -- the three equations (replay, gate, adjusted input; ours) --------------------------------
     def replay(self, u: torch.Tensor) -> torch.Tensor:
         """``g_k = sum_j W[:, j] u_{k-j} + b`` (causal depthwise convolution, zero left padding);
         ``u``: ``(B, L, H)``."""
@@ -273,7 +280,7 @@ class StateMemoryReplay(nn.Module):
         return (F.softplus(g + c) - F.softplus(g0 + c)) + 1.0
 
     def scale(self, u: torch.Tensor) -> torch.Tensor:
-        """The per-position, per-channel factor ``s = phi(g)`` (spec §3.3: the emulated step ratio)."""
+        """The per-position, per-channel factor ``s = phi(g)`` (ours: for ZOH, ``B_bar(s Delta) u ~ B_bar(Delta) (s u)``, so ``s`` emulates a step ratio)."""
         check_sequence(u, self.d_model)
         return self._phi(self.replay(u))
 
@@ -304,7 +311,7 @@ class StateMemoryReplay(nn.Module):
                 "scale_neg_frac": (sf < 0).float().mean().item(),
             }
 
-    # -- streaming (spec §3.4, "Streaming step") ---------------------------------------------------
+    # -- streaming (ring buffer of the last m - 1 inputs; ours) --------------------------------------
     def allocate_cache(self, batch_size: int, device=None, dtype=None) -> SMRCache:
         """An empty ring buffer (zeros) for ``batch_size`` sequences."""
         device = device if device is not None else self.weight.device
@@ -339,7 +346,7 @@ class StateMemoryReplay(nn.Module):
 
 
 class SMRWrapper(nn.Module):
-    """Apply SMR to the input of any ``(B, L, H) -> (B, L, H)`` layer (spec §3.5, generic wrapper).
+    """Apply SMR to the input of any ``(B, L, H) -> (B, L, H)`` layer (ours, generic wrapper).
 
     ``forward(u, *args, **kwargs) = layer(SMR(u), *args, **kwargs)``. Unlike the built-in hosts, the
     wrapped layer's own skip term then sees ``u~`` (the documented difference).

@@ -47,7 +47,7 @@ def param_groups(
 
     * ``ssm``: parameters tagged ``"ssm"`` by the hosts (``log_dt``, ``A``-parameters, S5's ``B``, Mega's
       damping): lr ``ssm_lr`` (default ``min(lr, 1e-3)``), weight decay 0 (the S4 ``_optim`` convention);
-    * ``smr``: SMR memories: main lr, ``smr_weight_decay`` ([ours], 0);
+    * ``smr``: SMR memories: main lr, ``smr_weight_decay`` (ours, 0);
     * ``no_decay``: tagged ``"no_decay"`` (Mamba's ``A_log``, ``D``), biases, norm and embedding weights;
     * ``decay``: everything else, ``weight_decay``.
     """

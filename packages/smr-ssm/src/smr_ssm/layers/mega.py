@@ -1,5 +1,6 @@
-"""Mega hosts (spec §3.1 row "Mega EMA", §3.5 "Mega"): the multi-dimensional damped EMA with SMR on
-its input, and a single-head moving-average gated attention layer built on it.
+"""Mega hosts (Mega is one of the SSMs the paper applies SMR to; SMR on the EMA input is our placement):
+the multi-dimensional damped EMA (Ma et al., Mega, ICLR 2023, Sec. 3.1) with SMR on its input, and a
+single-head moving-average gated attention layer built on it.
 
 Damped EMA, per channel ``h`` and EMA dimension ``e`` (``E = ndim``)::
 
@@ -159,7 +160,7 @@ class MegaLayer(nn.Module):
     """Single-head moving-average gated attention (Mega, Ma et al. 2023), simplified: softmax attention
     (optionally inside chunks, Mega-chunk), per-dimension affine ``q, k`` from the shared ``z``, reset gate
     ``r``, update gate ``u``. Returns ``u * (h - x)`` so that the block's residual gives Mega's
-    ``x + u * (h - x)``. SMR sits inside :class:`MegaEMA` (spec §3.5). ``attention=False`` gives the
+    ``x + u * (h - x)``. SMR sits inside :class:`MegaEMA` (ours). ``attention=False`` gives the
     EMA-only sub-layer ``SiLU(EMA(x))``.
     """
 

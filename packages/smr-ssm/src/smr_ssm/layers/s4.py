@@ -1,5 +1,5 @@
 """S4 with a diagonal-plus-low-rank (DPLR) state matrix, HiPPO-LegS initialisation, bilinear
-discretisation and SMR on the input (spec §3.1 row "S4 (DPLR)", §3.5).
+discretisation (Gu et al., S4, ICLR 2022, Sec. 3) and SMR on the input (ours: before the kernel convolution).
 
 In the eigenbasis of HiPPO-LegS's normal part, ``A = Lambda - P P^H`` (``N/2`` kept modes, their
 conjugates implied), ``B`` and ``C`` complex. Bilinear discretisation with step ``dt``::

@@ -1,4 +1,5 @@
-"""SPADE-lite (spec §3.1, example host): an S4D global branch (with SMR on its input, spec §3.5) plus
+"""SPADE-lite (a host the paper evaluates; this single-layer form is ours): an S4D global branch (with SMR
+on its input, ours) plus
 multi-head sliding-window attention, summed. SPADE puts such an S4 branch in the bottom layer of a
 local-attention Transformer; the package ships this single-layer form as an example config."""
 
