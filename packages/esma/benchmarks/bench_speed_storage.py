@@ -177,8 +177,11 @@ def main(argv: list[str] | None = None) -> int:
     res = {
         "command": "python packages/esma/benchmarks/bench_speed_storage.py "
         + " ".join(
-            f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k not in ("out", "variants")
-        ),
+            f"--{k.replace('_', '-')}" + ("" if isinstance(v, bool) else f" {v}")
+            for k, v in vars(args).items()
+            if k not in ("out", "variants") and v is not False
+        )
+        + f" --variants {' '.join(runs)}",
         "date": date.today().isoformat(),
         "hardware": {"device": str(dev), "cpu": env["cpu"], "threads": args.threads, "gpu": env["gpu"]},
         "torch": env["torch"],
