@@ -11,12 +11,16 @@ mecoin quick                                 the offline quick reproduction (= r
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 from mecoin.config import ABLATIONS, ExperimentConfig
 from papers_shared.cli import CLI, Context, arg
 
 __all__ = ["cli", "main"]
+
+# Importing torch_geometric calls the deprecated torch.jit.script: noise on a command line, not for the user.
+warnings.filterwarnings("ignore", message="`torch.jit.script` is deprecated", category=FutureWarning)
 
 cli = CLI(
     "mecoin",
