@@ -10,9 +10,15 @@ Signature and tensor layouts are those of ``mamba_ssm.ops.selective_scan_interfa
 ``u, delta: (b, d, l)``; ``A: (d, n)``; ``B, C: (b, n, l)``, grouped ``(b, g, n, l)`` or constant
 ``(d, n)``; ``D, delta_bias: (d,)``; ``z: (b, d, l)``.
 
-Three implementations:
+Four implementations:
 
 * :func:`selective_scan_ref`: the sequential loop (one step per position), the reference.
+* :func:`selective_scan_fused`: a compiled C++ loop (``_scan_cpu.cpp``, built at first use with the
+  system compiler and cached; see ``_native.py``) that keeps the ``n`` states of one ``(batch,
+  channel)`` pair in registers and computes ``exp(dt A)`` in the loop: one streaming pass, about the
+  cost of a single ``torch.exp`` over the ``(b, d, l, n)`` decays (``python -m
+  papers_shared.ssm.ops.benchmark``). The default for CPU tensors where it compiles; ``torch.compile``
+  of the chunked loops was measured too (about 4 minutes to compile at ``l=2048``, no faster than eager).
 * :func:`selective_scan_chunked`: a two-level scan in a custom autograd function. The sequence is
   cut into chunks of ``T``; a loop over the ``T`` positions of all chunks at once gives each chunk's
   local states, a loop over the ``l/T`` chunk boundaries carries the states, and a second pass over
@@ -21,22 +27,33 @@ Three implementations:
   two-level structure. It needs ``O(T + l/T)`` Python steps instead of ``l`` (``T ~ sqrt(l)``) and
   only multiplies decays in (0, 1]: no ``exp`` of a positive cumulative sum, so large ``delta``
   cannot overflow or give NaN gradients.
-* mamba-ssm's CUDA kernel, used by :func:`selective_scan` when it imports and every tensor is on CUDA.
+* mamba-ssm's CUDA kernel, used by :func:`selective_scan` when it imports and every tensor is on CUDA
+  (CUDA tensors without it fall back to the chunked scan with a one-time warning).
+
+Complex ``A`` (S4D-style diagonal systems) follows mamba-ssm: complex states, output ``2 Re(C h)``,
+variable ``B``/``C`` as real ``(..., 2l)`` tensors with interleaved real and imaginary parts (or, ours,
+complex ``(..., l)`` tensors). The last state (``return_last_state=True``) never carries a gradient.
 """
 
 from __future__ import annotations
 
+import ctypes
 import math
+import warnings
 
 import torch
 import torch.nn.functional as F
 
 from papers_shared.device import kernel_available
+from papers_shared.ssm.ops import _native
 
 __all__ = [
+    "BACKENDS",
+    "fused_available",
     "has_mamba_cuda",
     "selective_scan",
     "selective_scan_chunked",
+    "selective_scan_fused",
     "selective_scan_ref",
 ]
 
@@ -52,20 +69,24 @@ def _check(u, delta, A, B, C, D, z, delta_bias) -> None:
     b, d, l = u.shape
     if A.ndim != 2 or A.shape[0] != d:
         raise ValueError(f"A must be (d={d}, n); got {tuple(A.shape)}")
-    if A.is_complex():
-        raise ValueError("complex A is not supported by the PyTorch selective scan; use a real A")
     n = A.shape[1]
     for name, M in (("B", B), ("C", C)):
+        # complex A: a variable B / C is mamba-ssm's real (..., 2l) with real and imaginary parts
+        # interleaved along positions, or (ours) a complex (..., l) tensor
+        lm = 2 * l if A.is_complex() and M.ndim >= 3 and not M.is_complex() else l
         ok = (
             (M.ndim == 2 and tuple(M.shape) == (d, n))
-            or (M.ndim == 3 and tuple(M.shape) == (b, n, l))
-            or (M.ndim == 4 and M.shape[0] == b and M.shape[2:] == (n, l) and d % M.shape[1] == 0)
+            or (M.ndim == 3 and tuple(M.shape) == (b, n, lm))
+            or (M.ndim == 4 and M.shape[0] == b and M.shape[2:] == (n, lm) and d % M.shape[1] == 0)
         )
         if not ok:
             raise ValueError(
-                f"{name} must be (d, n), (b, n, l) or (b, g, n, l) with d % g == 0; got {tuple(M.shape)} "
-                f"for b={b}, d={d}, n={n}, l={l}"
+                f"{name} must be (d, n), (b, n, l) or (b, g, n, l) with d % g == 0 (length 2l, real and "
+                f"imaginary parts interleaved, for a real variable {name} with complex A); got "
+                f"{tuple(M.shape)} for b={b}, d={d}, n={n}, l={l}"
             )
+        if M.is_complex() and not A.is_complex():
+            raise ValueError(f"a complex {name} needs a complex A")
     if D is not None and tuple(D.shape) != (d,):
         raise ValueError(f"D must be (d={d},); got {tuple(D.shape)}")
     if delta_bias is not None and tuple(delta_bias.shape) != (d,):
@@ -84,49 +105,73 @@ def _expand_bc(M: torch.Tensor, b: int, d: int, l: int) -> torch.Tensor:
     return M.transpose(2, 3).repeat_interleave(d // g, dim=1)
 
 
-def _prepare(u, delta, A, B, delta_bias, delta_softplus):
-    dtype_in = u.dtype
-    cd = _compute_dtype(dtype_in)
-    u, delta, A, B = u.to(cd), delta.to(cd), A.to(cd), B.to(cd)
+def _as_complex_bc(M: torch.Tensor, A: torch.Tensor) -> torch.Tensor:
+    """With complex ``A``: a real variable ``B``/``C`` of length ``2l`` (real and imaginary parts
+    interleaved, mamba-ssm's layout) becomes a complex ``(..., l)`` tensor; a constant one becomes complex."""
+    if not A.is_complex() or M.is_complex():
+        return M
+    if M.ndim == 2:
+        return M.to(A.dtype)
+    return torch.view_as_complex(M.reshape(*M.shape[:-1], -1, 2).contiguous())
+
+
+def _cast(x: torch.Tensor, cd: torch.dtype) -> torch.Tensor:
+    """``x`` in the compute dtype ``cd``, or its complex counterpart when ``x`` is complex."""
+    return x.to(torch.complex128 if cd == torch.float64 else torch.complex64) if x.is_complex() else x.to(cd)
+
+
+def _prepare_dt(u, delta, delta_bias, delta_softplus):
+    cd = _compute_dtype(u.dtype)
+    uf, dt = u.to(cd), delta.to(cd)
     if delta_bias is not None:
-        delta = delta + delta_bias.to(cd)[None, :, None]
+        dt = dt + delta_bias.to(cd)[None, :, None]
     if delta_softplus:
-        delta = F.softplus(delta)
-    b, d, l = u.shape
-    dA = torch.exp(delta.unsqueeze(-1) * A[None, :, None, :])  # (b, d, l, n), in (0, 1] for A <= 0
-    dBu = (delta * u).unsqueeze(-1) * _expand_bc(B, b, d, l)  # (b, d, l, n)
-    return dtype_in, u, dA, dBu
+        dt = F.softplus(dt)
+    return cd, uf, dt
 
 
-def _finish(states, u, C, D, z, dtype_in):
-    b, d, l = u.shape
-    Cf = C.to(states.dtype)
-    if Cf.ndim == 3:  # (b, n, l): contract n with a batched matmul instead of a broadcast product
-        y = torch.einsum("bdln,bnl->bdl", states, Cf)
-    else:
-        y = (states * _expand_bc(Cf, b, d, l)).sum(-1)
+def _finish(y, u, D, z, dtype_in):
+    """``y`` (``sum_n C h``, complex for complex A: ``2 Re``, the conjugate pair's share) ``+ D u``, ``* silu(z)``."""
+    if y.is_complex():
+        y = 2 * y.real  # as mamba-ssm: each complex state stands for itself and its conjugate
+    # without autograd, update y in place (same arithmetic, no fresh (b, d, l) buffers to fault in)
+    inplace = not (torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (y, u, D, z)))
     if D is not None:
-        y = y + u * D.to(u.dtype)[None, :, None]
+        Du = u * D.to(u.dtype)[None, :, None]
+        y = y.add_(Du) if inplace else y + Du
     if z is not None:
-        y = y * F.silu(z.to(u.dtype))
+        g = F.silu(z.to(u.dtype))
+        y = y.mul_(g) if inplace else y * g
     return y.to(dtype_in)
 
 
 def selective_scan_ref(
     u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, return_last_state=False
 ):
-    """Sequential reference: one recurrence step per position (mamba-ssm's reference algorithm)."""
+    """Sequential reference: one recurrence step per position (mamba-ssm's reference algorithm).
+
+    The returned last state carries no gradient (as mamba-ssm's CUDA kernel; see :func:`selective_scan`).
+    """
     _check(u, delta, A, B, C, D, z, delta_bias)
-    dtype_in, uf, dA, dBu = _prepare(u, delta, A, B, delta_bias, delta_softplus)
-    b, d, l, n = dA.shape
-    h = dA.new_zeros(b, d, n)
+    dtype_in = u.dtype
+    cd, uf, dt = _prepare_dt(u, delta, delta_bias, delta_softplus)
+    B, C = _as_complex_bc(B, A), _as_complex_bc(C, A)
+    A, B, C = _cast(A, cd), _cast(B, cd), _cast(C, cd)
+    b, d, l = uf.shape
+    dA = torch.exp(dt.unsqueeze(-1) * A[None, :, None, :])  # (b, d, l, n), in (0, 1] for A <= 0
+    dBu = (dt * uf).unsqueeze(-1) * _expand_bc(B, b, d, l)  # (b, d, l, n)
+    h = dA.new_zeros(b, d, A.shape[1])
     states = []
     for s in range(l):
         h = dA[:, :, s] * h + dBu[:, :, s]
         states.append(h)
     hs = torch.stack(states, dim=2)
-    y = _finish(hs, uf, C, D, z, dtype_in)
-    return (y, h) if return_last_state else y
+    if C.ndim == 3:  # (b, n, l): contract n with a batched matmul instead of a broadcast product
+        y = torch.einsum("bdln,bnl->bdl", hs, C)
+    else:
+        y = (hs * _expand_bc(C, b, d, l)).sum(-1)
+    y = _finish(y, uf, D, z, dtype_in)
+    return (y, h.detach()) if return_last_state else y
 
 
 def _default_chunk(l: int) -> int:
@@ -192,17 +237,18 @@ class _BC:
         return g.view(lb, bb, groups, d // groups, n).sum(3).permute(1, 2, 3, 0)
 
 
-def _contract_n(h: torch.Tensor, M: _BC, t: int) -> torch.Tensor:
-    """``sum_n h[..., n] * M_t[..., n]`` -> ``(K, b, d, 1)``."""
+def _contract_n(h: torch.Tensor, M: _BC, t: int, conj: bool = False) -> torch.Tensor:
+    """``sum_n h[..., n] * M_t[..., n]`` (``M_t`` conjugated if ``conj``) -> ``(K, b, d, 1)``."""
+    m = M.at(t).conj() if conj else M.at(t)
     if M.kind == "var":
-        return torch.matmul(h, M.at(t).transpose(-1, -2))
-    return (h * M.at(t)).sum(-1, keepdim=True)
+        return torch.matmul(h, m.transpose(-1, -2))
+    return (h * m).sum(-1, keepdim=True)
 
 
 def _contract_d(h: torch.Tensor, v: torch.Tensor, M: _BC) -> torch.Tensor:
     """``sum over the broadcast dims of h * v`` to ``M``'s per-step shape (``v``: ``(K, b, d, 1)``)."""
     if M.kind == "var":
-        return torch.matmul(h.transpose(-1, -2), v).transpose(-1, -2)
+        return torch.matmul(h.transpose(-1, -2), v.to(h.dtype)).transpose(-1, -2)
     return M.grad_step(h * v)
 
 
@@ -220,6 +266,9 @@ class _ChunkedScan(torch.autograd.Function):
     ``g_s = C_s^T dy_s + exp(dt_{s+1} A) g_{s+1}`` is scanned backwards with the same two-level
     scheme, and the gradients of ``dt``, ``u``, ``A``, ``B``, ``C`` are accumulated per step.
     Every decay factor is ``exp`` of a non-positive number for ``A <= 0``: nothing overflows.
+    ``A``, ``B``, ``C`` may be complex (``dt``, ``u`` real): the backward pass then multiplies by the
+    conjugates of the forward factors (PyTorch's convention for complex gradients). The last state is
+    returned without a gradient path (as mamba-ssm's CUDA kernel).
     """
 
     @staticmethod
@@ -250,11 +299,12 @@ class _ChunkedScan(torch.autograd.Function):
         last = h[-1]
         ctx.save_for_backward(dt, u, A, B, C, h0)
         ctx.T = T
+        ctx.mark_non_differentiable(last)
         return y, last
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx, gy, glast):
+    def backward(ctx, gy, _glast):
         dt, u, A, B, C, h0 = ctx.saved_tensors
         T = ctx.T
         b, d, l = u.shape
@@ -262,7 +312,7 @@ class _ChunkedScan(torch.autograd.Function):
         dtS = _step_major(dt, K, T)
         uS = _step_major(u, K, T)
         dtuS = dtS * uS
-        gyS = _step_major(gy if gy is not None else torch.zeros_like(u), K, T)
+        gyS = _step_major(gy if gy is not None else u.new_zeros(b, d, l, dtype=h0.dtype), K, T)
         Bs, Cs = _BC(B, b, d, l, K, T), _BC(C, b, d, l, K, T)
         # recompute decays and states of every step
         decays, states, h = [], [], h0
@@ -274,32 +324,30 @@ class _ChunkedScan(torch.autograd.Function):
         # pass A: local adjoints from zero at every chunk end
         g = torch.zeros_like(h0)
         for t in range(T - 1, -1, -1):
-            g = torch.addcmul(g, gyS[:, t], Cs.at(t))
+            g = torch.addcmul(g, gyS[:, t], Cs.at(t).conj())
             if t > 0:
-                g = g * decays[t]
+                g = g * decays[t].conj()
         decay_rest = torch.exp(dtS[:, 1:].sum(1) * A)  # product of decays at steps 1..T-1 of a chunk
         # carry adjoints backwards across chunk boundaries: E[k] is the adjoint entering chunk k's end
         ends = [torch.zeros_like(h0[0])] * K
-        if glast is not None:
-            ends[K - 1] = glast  # padded tail steps have decay 1: the gradient reaches the real last step
         for k in range(K - 1, 0, -1):
-            G = torch.addcmul(g[k], decay_rest[k], ends[k])
-            ends[k - 1] = decays[0][k] * G
+            G = torch.addcmul(g[k], decay_rest[k].conj(), ends[k])
+            ends[k - 1] = decays[0][k].conj() * G
         g = torch.stack(ends)
         # pass B: the true adjoint, per-step gradients
         dA = torch.zeros_like(h0)
         ddt, gdtu, dBs, dCs = [None] * T, [None] * T, [None] * T, [None] * T
         for t in range(T - 1, -1, -1):
             gy_t = gyS[:, t]
-            g = torch.addcmul(g, gy_t, Cs.at(t))
+            g = torch.addcmul(g, gy_t, Cs.at(t).conj())
             prev = states[t - 1] if t > 0 else h0
-            ga = g * prev * decays[t]  # d loss / d(dt_s A), elementwise over (d, n)
-            ddt[t] = (ga * A).sum(-1, keepdim=True)
+            ga = g * (prev * decays[t]).conj()  # d loss / d(dt_s A), elementwise over (d, n)
+            ddt[t] = torch.real((ga * A.conj()).sum(-1, keepdim=True))
             dA.addcmul_(ga, dtS[:, t])
-            gdtu[t] = _contract_n(g, Bs, t)
+            gdtu[t] = torch.real(_contract_n(g, Bs, t, conj=True))
             dBs[t] = _contract_d(g, dtuS[:, t], Bs)
-            dCs[t] = _contract_d(states[t], gy_t, Cs)
-            g = g * decays[t]
+            dCs[t] = _contract_d(states[t].conj(), gy_t, Cs)
+            g = g * decays[t].conj()
 
         def back(xs: list[torch.Tensor]) -> torch.Tensor:
             return torch.stack(xs, dim=1).view(K * T, b, d)[:l].permute(1, 2, 0)
@@ -333,27 +381,168 @@ def selective_scan_chunked(
     The recurrence runs in a custom autograd function (:class:`_ChunkedScan`): about ``2T + l/T``
     vectorised steps forward and ``3T + l/T`` backward, memory ``O(b d n l / T)`` saved for the
     backward pass. ``chunk_size`` (``T``) defaults to about ``sqrt(l)`` (an exact divisor of ``l``
-    when one is close). Computation is in float32 (float64 for float64 inputs).
+    when one is close). Computation is in float32 (float64 for float64 inputs); complex ``A`` is
+    supported (complex states, output ``2 Re(C h)`` as mamba-ssm).
     """
     _check(u, delta, A, B, C, D, z, delta_bias)
     b, d, l = u.shape
     T = chunk_size or _default_chunk(l)
     if T < 1:
         raise ValueError(f"chunk_size must be >= 1, got {T}")
-    cd = _compute_dtype(u.dtype)
     dtype_in = u.dtype
-    uf, dt = u.to(cd), delta.to(cd)
-    if delta_bias is not None:
-        dt = dt + delta_bias.to(cd)[None, :, None]
-    if delta_softplus:
-        dt = F.softplus(dt)
-    y, last = _ChunkedScan.apply(dt, uf, A.to(cd), B.to(cd), C.to(cd), min(T, l))
-    if D is not None:
-        y = y + uf * D.to(cd)[None, :, None]
-    if z is not None:
-        y = y * F.silu(z.to(cd))
-    y = y.to(dtype_in)
+    cd, uf, dt = _prepare_dt(u, delta, delta_bias, delta_softplus)
+    B, C = _as_complex_bc(B, A), _as_complex_bc(C, A)
+    y, last = _ChunkedScan.apply(dt, uf, _cast(A, cd), _cast(B, cd), _cast(C, cd), min(T, l))
+    y = _finish(y, uf, D, z, dtype_in)
     return (y, last) if return_last_state else y
+
+
+def _bc_storage(M: torch.Tensor, d: int) -> tuple[torch.Tensor, tuple[int, int, int, int]]:
+    """``M`` as the fused kernel reads it: contiguous ``(d, n)``, ``(b, l, n)`` or ``(b, g, l, n)``
+    storage and its ``(batch stride, group stride, channels per group, position stride)``."""
+    if M.ndim == 2:
+        return M.contiguous(), (0, M.shape[1], 1, 0)
+    if M.ndim == 3:
+        _, n, l = M.shape
+        return M.transpose(1, 2).contiguous(), (l * n, 0, d, n)
+    _, g, n, l = M.shape
+    return M.transpose(2, 3).contiguous(), (g * l * n, l * n, d // g, n)
+
+
+def _ptr(t: torch.Tensor) -> int:
+    return t.data_ptr()
+
+
+def _threads(work: int) -> int:
+    """Worker threads for the fused kernel: torch's intra-op count, about >= 64k positions x states each."""
+    return max(1, min(torch.get_num_threads(), work // 65536))
+
+
+class _FusedScan(torch.autograd.Function):
+    """The recurrence for real ``A`` in the compiled loop of ``_scan_cpu.cpp`` (ours); ``y = C h``.
+
+    Forward: one pass per ``(batch, channel)`` pair: ``dt = softplus(delta + delta_bias)`` for the
+    row, then the recurrence with the ``n`` states in registers and ``exp(dt A)`` computed in the
+    loop; only ``y`` and the last state are written. Backward: ``dt`` is recomputed in PyTorch; per
+    pair the kernel recomputes the states into an ``l x n`` scratch buffer and runs the adjoint scan
+    backwards; ``dA``, ``dB``, ``dC`` are summed over per-thread buffers. Only the inputs are saved.
+    The last state carries no gradient (as mamba-ssm's CUDA kernel).
+    """
+
+    @staticmethod
+    def forward(ctx, delta, u, A, Bs, Cs, delta_bias, softplus, lb, lc):
+        lib = _native.library()
+        delta, u, A = delta.contiguous(), u.contiguous(), A.contiguous()
+        b, d, l = u.shape
+        n = A.shape[1]
+        y = torch.empty_like(u)
+        last = u.new_empty(b, d, n)
+        code = 1 if u.dtype == torch.float64 else 0
+        lbp, lcp = (ctypes.c_int64 * 4)(*lb), (ctypes.c_int64 * 4)(*lc)
+        bias_ptr = None if delta_bias is None else delta_bias.data_ptr()
+        lib.papers_scan_fwd(
+            code, *map(_ptr, (delta, u, A, Bs, Cs)), b, d, l, n, lbp, lcp,
+            bias_ptr, int(softplus), _ptr(y), _ptr(last), _threads(b * d * l * n),
+        )  # fmt: skip
+        ctx.save_for_backward(delta, u, A, Bs, Cs, delta_bias)
+        ctx.softplus, ctx.lb, ctx.lc = softplus, lb, lc
+        ctx.mark_non_differentiable(last)
+        return y, last
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, gy, _glast):
+        lib = _native.library()
+        delta, u, A, Bs, Cs, delta_bias = ctx.saved_tensors
+        b, d, l = u.shape
+        n = A.shape[1]
+        nt = _threads(b * d * l * n)
+        gy = gy.contiguous() if gy is not None else torch.zeros_like(u)
+        x = delta + delta_bias[None, :, None] if delta_bias is not None else delta
+        dt = (F.softplus(x) if ctx.softplus else x).contiguous()
+        ddt, du = torch.empty_like(u), torch.empty_like(u)
+        dA = u.new_zeros(nt, d, n)
+        dB, dC = u.new_zeros(nt, *Bs.shape), u.new_zeros(nt, *Cs.shape)
+        lbp, lcp = (ctypes.c_int64 * 4)(*ctx.lb), (ctypes.c_int64 * 4)(*ctx.lc)
+        code = 1 if u.dtype == torch.float64 else 0
+        lib.papers_scan_bwd(
+            code, *map(_ptr, (dt, u, A, Bs, Cs)), b, d, l, n, lbp, lcp,
+            *map(_ptr, (gy, ddt, du, dA, dB, dC)), Bs.numel(), Cs.numel(), nt,
+        )  # fmt: skip
+        g_delta = ddt * torch.sigmoid(x) if ctx.softplus else ddt
+        g_bias = g_delta.sum((0, 2)) if delta_bias is not None and ctx.needs_input_grad[5] else None
+        return g_delta, du, dA.sum(0), dB.sum(0), dC.sum(0), g_bias, None, None, None
+
+
+def fused_available() -> bool:
+    """True when the fused CPU loop (``_scan_cpu.cpp``, compiled at first use) can run here."""
+    return _native.available()
+
+
+def selective_scan_fused(
+    u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, return_last_state=False
+):
+    """Selective scan in the compiled CPU loop (:class:`_FusedScan`); same results as
+    :func:`selective_scan_ref` up to rounding (its ``exp`` is a polynomial within about 1 ulp).
+
+    CPU tensors and real ``A`` only: complex ``A`` runs :func:`selective_scan_chunked` (which handles
+    it); a ``RuntimeError`` where the loop could not be compiled (see :func:`fused_available`).
+    """
+    _check(u, delta, A, B, C, D, z, delta_bias)
+    if A.is_complex():
+        return selective_scan_chunked(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
+    if any(t.device.type != "cpu" for t in (u, delta, A, B, C)):
+        raise RuntimeError("the fused selective scan runs on CPU tensors only")
+    if not fused_available():
+        raise RuntimeError(
+            "the fused CPU selective scan could not be compiled here (needs a C++ compiler); "
+            "use backend='chunked'"
+        )
+    dtype_in = u.dtype
+    cd = _compute_dtype(dtype_in)
+    d = u.shape[1]
+    Bs, lb = _bc_storage(B.to(cd), d)
+    Cs, lc = _bc_storage(C.to(cd), d)
+    bias = delta_bias.to(cd).contiguous() if delta_bias is not None else None
+    uf = u.to(cd)
+    y, last = _FusedScan.apply(delta.to(cd), uf, A.to(cd), Bs, Cs, bias, bool(delta_softplus), lb, lc)
+    y = _finish(y, uf, D, z, dtype_in)
+    return (y, last) if return_last_state else y
+
+
+_fallback_warned = False
+
+
+def _warn_cuda_fallback() -> None:
+    """One warning per process: CUDA tensors, but mamba-ssm's kernel does not import."""
+    global _fallback_warned
+    if _fallback_warned:
+        return
+    _fallback_warned = True
+    warnings.warn(
+        "selective_scan: CUDA tensors but mamba-ssm's selective-scan kernel is not available; running the "
+        "chunked PyTorch scan on the GPU (much slower). Install the `cuda` extra (mamba-ssm, "
+        "causal-conv1d; see scripts/gpu_check.sh) or pass backend='chunked' to silence this.",
+        RuntimeWarning,
+        stacklevel=3,
+    )
+
+
+def _cuda_kernel(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state):
+    """mamba-ssm's ``selective_scan_fn``; complex ``B``/``C`` of length ``l`` are passed in its real
+    interleaved ``(..., 2l)`` layout. Its last state is returned detached (its backward ignores it)."""
+    from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
+
+    if A.is_complex():
+        B, C = (torch.view_as_real(M).flatten(-2) if M.ndim >= 3 and M.is_complex() else M for M in (B, C))
+    out = selective_scan_fn(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
+    if return_last_state:
+        return out[0], out[1].detach()
+    return out
+
+
+#: ``backend`` values of :func:`selective_scan`.
+BACKENDS = ("auto", "torch", "fused", "chunked", "ref", "cuda")
 
 
 def selective_scan(
@@ -373,28 +562,48 @@ def selective_scan(
 ):
     """Dispatching selective scan (drop-in for mamba-ssm's ``selective_scan_fn``).
 
-    ``backend="auto"`` uses the CUDA kernel when mamba-ssm imports and all tensors are on CUDA, and the
-    chunked PyTorch scan otherwise; ``"torch"`` forces the chunked scan, ``"ref"`` the sequential loop,
-    ``"cuda"`` the kernel (a clear ``RuntimeError`` where it cannot run).
+    Backends: ``"auto"`` uses mamba-ssm's CUDA kernel when it imports and all tensors are on CUDA (one
+    ``RuntimeWarning`` per process when CUDA tensors have to fall back to the PyTorch scan), otherwise
+    ``"torch"``; ``"torch"``: the fused CPU loop (:func:`selective_scan_fused`) for CPU tensors when it
+    compiles here, else the chunked scan; ``"fused"``, ``"chunked"``, ``"ref"`` (the sequential loop)
+    force one implementation; ``"cuda"`` the kernel (a clear ``RuntimeError`` where it cannot run).
+    ``chunk_size`` applies to the chunked scan.
+
+    Complex ``A`` (with complex constant ``B``/``C``, or variable ones in mamba-ssm's real interleaved
+    ``(..., 2l)`` layout or as complex ``(..., l)`` tensors) runs on every backend; the fused loop hands
+    it to the chunked scan. The output is ``2 Re(C h) + D u`` as in mamba-ssm.
+
+    ``return_last_state=True`` returns ``(y, last_state)`` where ``last_state`` carries **no gradient on
+    any backend**: mamba-ssm's CUDA kernel returns a slice of its saved chunk states and its backward
+    ignores that output's gradient (``mamba_ssm/ops/selective_scan_interface.py:SelectiveScanFn.backward``
+    and the ``selective_scan_fn`` docstring, state-spaces/mamba e9594ce), so the PyTorch backends detach
+    it too and training gives the same gradients on CPU and GPU.
     """
     args = (u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
-    if backend not in ("auto", "torch", "ref", "cuda"):
-        raise ValueError(f"unknown backend {backend!r}; use 'auto', 'torch', 'ref' or 'cuda'")
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; use one of {', '.join(map(repr, BACKENDS))}")
     tensors = [t for t in (u, delta, A, B, C, D, z, delta_bias) if t is not None]
     on_cuda = all(t.is_cuda for t in tensors)
-    if backend == "cuda" or (backend == "auto" and on_cuda and not A.is_complex()):
-        if backend == "cuda" and not on_cuda:
+    on_cpu = all(t.device.type == "cpu" for t in tensors)
+    if backend == "cuda":
+        if not on_cuda:
             raise RuntimeError("backend='cuda' needs every tensor on a CUDA device")
-        if has_mamba_cuda():
-            from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
-
-            _check(u, delta, A, B, C, D, z, delta_bias)
-            return selective_scan_fn(*args)
-        if backend == "cuda":
+        if not has_mamba_cuda():
             raise RuntimeError(
                 "backend='cuda' needs mamba-ssm's CUDA kernel: install the package's `cuda` extra "
                 "(mamba-ssm, causal-conv1d) on a machine with CUDA"
             )
+    if backend == "auto" and on_cuda:
+        if has_mamba_cuda():
+            backend = "cuda"
+        else:
+            _warn_cuda_fallback()
+            backend = "chunked"
+    if backend == "cuda":
+        _check(u, delta, A, B, C, D, z, delta_bias)
+        return _cuda_kernel(*args)
     if backend == "ref":
         return selective_scan_ref(*args)
+    if backend == "fused" or (backend in ("auto", "torch") and on_cpu and fused_available()):
+        return selective_scan_fused(*args)
     return selective_scan_chunked(*args, chunk_size=chunk_size)

@@ -1,0 +1,285 @@
+// Fused CPU selective scan (ours): one pass over positions per (batch, channel) pair, the n states in
+// registers, exp(dt * A) computed in the loop. Compiled at first use by papers_shared.ssm.ops._native
+// (plain C++, no torch headers) and called through ctypes on contiguous buffers.
+//
+// Recurrence (Gu & Dao 2023, Alg. 2), per pair p = (b, d) and state k:
+//     h_s[k] = exp(dt_s A[d, k]) h_{s-1}[k] + dt_s u_s B_s[k],     y_s = sum_k C_s[k] h_s[k]
+// B and C are read as base + b * sb + (d / hpg) * sg + s * sl + k, which covers the (d, n),
+// (b, l, n) and (b, g, l, n) layouts (the caller transposes mamba-ssm's (b, n, l) to (b, l, n)).
+// The backward pass recomputes the pair's states into a scratch buffer and runs the adjoint scan
+//     g_s = C_s dy_s + exp(dt_{s+1} A) g_{s+1}
+// accumulating dB, dC and dA into per-thread buffers (summed by the caller): no atomics.
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <thread>
+#include <vector>
+
+namespace {
+
+inline float fexp(float x) {
+  // Cephes-style expf: exp(x) = 2^k exp(r), |r| <= ln2/2, degree-6 polynomial (about 1 ulp);
+  // branch-free so that the state loop vectorises (needs -fno-trapping-math).
+  x = x > 88.3f ? 88.3f : x;  // with -fno-trapping-math these compares vectorise (max/min)
+  x = x < -87.3f ? -87.3f : x;
+  float k = std::floor(x * 1.44269504088896341f + 0.5f);
+  float r = x - k * 0.693359375f + k * 2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  int32_t e = (static_cast<int32_t>(k) + 127) << 23;
+  return p * __builtin_bit_cast(float, e);  // 2^k (a memcpy here stops the loop vectorising)
+}
+
+inline double fexp(double x) { return std::exp(x); }
+
+// softplus(x) = max(x, 0) + log1p(e), e = exp(-|x|) in (0, 1]; log1p(e) = 2 atanh(t), t = e / (2 + e)
+// in (0, 1/3], by its odd series to t^15 (relative error below 1e-8): vectorisable, no log call.
+inline float fsoftplus(float x) {
+  float ax = x < 0 ? -x : x;
+  float e = fexp(-ax);
+  float t = e / (2.0f + e), t2 = t * t;
+  float q = 1.0f / 15;
+  q = q * t2 + 1.0f / 13;
+  q = q * t2 + 1.0f / 11;
+  q = q * t2 + 1.0f / 9;
+  q = q * t2 + 1.0f / 7;
+  q = q * t2 + 1.0f / 5;
+  q = q * t2 + 1.0f / 3;
+  q = q * t2 + 1.0f;
+  return (x > 0 ? x : 0.0f) + 2.0f * t * q;
+}
+
+inline double fsoftplus(double x) { return (x > 0 ? x : 0.0) + std::log1p(std::exp(-std::fabs(x))); }
+
+
+struct Layout {
+  int64_t sb, sg, hpg, sl;
+};
+
+template <typename T>
+struct Args {
+  const T *dt, *u, *A, *B, *C;
+  int64_t nb, nd, nl, nn;
+  Layout lb, lc;
+};
+
+// The forward pass's element-wise prologue: dt = softplus(delta + delta_bias) (delta_bias nullable).
+template <typename T>
+struct Extras {
+  const T *delta_bias;
+  int softplus;
+};
+
+template <typename F>
+void parallel_pairs(int64_t pairs, int64_t threads, F fn) {
+  threads = std::max<int64_t>(1, std::min(threads, pairs));
+  if (threads == 1) {
+    fn(0, 0, pairs);
+    return;
+  }
+  std::vector<std::thread> pool;
+  int64_t per = (pairs + threads - 1) / threads;
+  for (int64_t t = 0; t < threads; ++t) {
+    int64_t lo = t * per, hi = std::min(pairs, lo + per);
+    if (lo >= hi) break;
+    pool.emplace_back([=] { fn(t, lo, hi); });
+  }
+  for (auto &th : pool) th.join();
+}
+
+// NS > 0: the state count is a compile-time constant (the states stay in registers); 0: runtime a.nn.
+// One position's update of the n states; __restrict on the (inlined) parameters keeps the compiler
+// from versioning the loop on pointer overlap, so the summation order (and the result, to the bit)
+// does not depend on where the buffers happen to lie.
+template <typename T, int NS>
+inline T step(int64_t n, T d, T du, const T *__restrict A, const T *__restrict Bs, const T *__restrict Cs,
+              const T *__restrict hprev, T *__restrict h, T *__restrict decay) {
+  if constexpr (NS > 0) n = NS;
+  T acc = 0;
+#pragma omp simd reduction(+ : acc)
+  for (int64_t k = 0; k < n; ++k) {
+    T ak = fexp(d * A[k]);
+    if (decay) decay[k] = ak;
+    T hk = ak * hprev[k] + du * Bs[k];
+    h[k] = hk;
+    acc += Cs[k] * hk;
+  }
+  return acc;
+}
+
+// One position of the adjoint scan; returns (sum_k dL/d(dt A_k) A_k, sum_k g_k B_k) through sdt, sdtu.
+template <typename T, int NS>
+inline void adjoint_step(int64_t n, T d, T dtu, T gys, const T *__restrict A, const T *__restrict Bs,
+                         const T *__restrict Cs, const T *__restrict hcur, const T *__restrict hprev,
+                         const T *__restrict acur, T *__restrict g, T *__restrict gA, T *__restrict gBs,
+                         T *__restrict gCs, T &sdt_out, T &sdtu_out) {
+  if constexpr (NS > 0) n = NS;
+  T sdt = 0, sdtu = 0;
+#pragma omp simd reduction(+ : sdt, sdtu)
+  for (int64_t k = 0; k < n; ++k) {
+    T gk = g[k] + gys * Cs[k];
+    gCs[k] += gys * hcur[k];
+    T ga = gk * hprev[k] * acur[k];
+    sdt += ga * A[k];
+    gA[k] += ga * d;
+    sdtu += gk * Bs[k];
+    gBs[k] += gk * dtu;
+    g[k] = gk * acur[k];
+  }
+  sdt_out = sdt;
+  sdtu_out = sdtu;
+}
+
+// a.dt holds the raw delta here: dt = softplus(delta + delta_bias) is formed per row in a scratch
+// buffer, so the pass reads delta and u and writes y = C h once. (D u and the silu(z) gate stay in
+// PyTorch, shared by every backend, so that all of them finish the output with the same arithmetic.)
+template <typename T, int NS>
+void forward(const Args<T> &a, const Extras<T> &x, T *y, T *last, int64_t threads) {
+  const int64_t n = NS > 0 ? NS : a.nn, l = a.nl;
+  parallel_pairs(a.nb * a.nd, threads, [&](int64_t, int64_t lo, int64_t hi) {
+    std::vector<T> h(n), hb(n), dtrow(l);
+    for (int64_t p = lo; p < hi; ++p) {
+      const int64_t bi = p / a.nd, di = p % a.nd;
+      const T *delta = a.dt + p * l, *u = a.u + p * l, *A = a.A + di * n;
+      T *dt = dtrow.data();
+      const T bias = x.delta_bias ? x.delta_bias[di] : T(0);
+      if (x.softplus) {
+#pragma omp simd
+        for (int64_t s = 0; s < l; ++s) dt[s] = fsoftplus(delta[s] + bias);
+      } else {
+#pragma omp simd
+        for (int64_t s = 0; s < l; ++s) dt[s] = delta[s] + bias;
+      }
+      const T *B = a.B + bi * a.lb.sb + (di / a.lb.hpg) * a.lb.sg;
+      const T *C = a.C + bi * a.lc.sb + (di / a.lc.hpg) * a.lc.sg;
+      T h0[NS > 0 ? NS : 1], h1[NS > 0 ? NS : 1];  // ping-pong state buffers (restrict-clean)
+      T *hp = NS > 0 ? h0 : h.data(), *hq = NS > 0 ? h1 : hb.data();
+      std::fill(hp, hp + n, T(0));
+      T *yp = y + p * l;
+      for (int64_t s = 0; s < l; ++s) {
+        const T d = dt[s];
+        yp[s] = step<T, NS>(n, d, d * u[s], A, B + s * a.lb.sl, C + s * a.lc.sl, hp, hq, (T *)nullptr);
+        std::swap(hp, hq);
+      }
+      std::memcpy(last + p * n, hp, n * sizeof(T));
+    }
+  });
+}
+
+// ddt, du: (b, d, l); dA: (threads, d, n); dB, dC: (threads, *storage of B / C), zero on entry.
+// a.dt: the step sizes after bias and softplus.
+template <typename T, int NS>
+void backward(const Args<T> &a, const T *dy, T *ddt, T *du, T *dA, T *dB, T *dC, int64_t szB, int64_t szC,
+              int64_t threads) {
+  const int64_t n = NS > 0 ? NS : a.nn, l = a.nl;
+  parallel_pairs(a.nb * a.nd, threads, [&](int64_t t, int64_t lo, int64_t hi) {
+    std::vector<T> hs(l * n), as(l * n), g(n), gA(n), zero(n, T(0));
+    T *dAt = dA + t * a.nd * n, *dBt = dB + t * szB, *dCt = dC + t * szC;
+    for (int64_t p = lo; p < hi; ++p) {
+      const int64_t bi = p / a.nd, di = p % a.nd;
+      const T *dt = a.dt + p * l, *u = a.u + p * l, *A = a.A + di * n, *gy = dy + p * l;
+      const int64_t ob = bi * a.lb.sb + (di / a.lb.hpg) * a.lb.sg;
+      const int64_t oc = bi * a.lc.sb + (di / a.lc.hpg) * a.lc.sg;
+      const T *B = a.B + ob, *C = a.C + oc;
+      T *gB = dBt + ob, *gC = dCt + oc;
+      // recompute decays and states
+      const T *hprev = zero.data();
+      for (int64_t s = 0; s < l; ++s) {
+        const T d = dt[s];
+        T *hcur = hs.data() + s * n;
+        step<T, NS>(n, d, d * u[s], A, B + s * a.lb.sl, C + s * a.lc.sl, hprev, hcur, as.data() + s * n);
+        hprev = hcur;
+      }
+      // adjoint scan
+      std::fill(g.begin(), g.end(), T(0));
+      std::fill(gA.begin(), gA.end(), T(0));
+      T *gp = g.data(), *gAp = gA.data();
+      for (int64_t s = l - 1; s >= 0; --s) {
+        const T d = dt[s], us = u[s];
+        const T *hp = s > 0 ? hs.data() + (s - 1) * n : zero.data();
+        T sdt, sdtu;
+        adjoint_step<T, NS>(n, d, d * us, gy[s], A, B + s * a.lb.sl, C + s * a.lc.sl, hs.data() + s * n, hp,
+                            as.data() + s * n, gp, gAp, gB + s * a.lb.sl, gC + s * a.lc.sl, sdt, sdtu);
+        ddt[p * l + s] = sdt + sdtu * us;
+        du[p * l + s] = sdtu * d;
+      }
+      for (int64_t k = 0; k < n; ++k) dAt[di * n + k] += gAp[k];
+    }
+  });
+}
+
+template <typename T>
+Args<T> make_args(const void *dt, const void *u, const void *A, const void *B, const void *C, int64_t nb,
+                  int64_t nd, int64_t nl, int64_t nn, const int64_t *lb, const int64_t *lc) {
+  return Args<T>{static_cast<const T *>(dt), static_cast<const T *>(u), static_cast<const T *>(A),
+                 static_cast<const T *>(B),  static_cast<const T *>(C), nb, nd, nl, nn,
+                 Layout{lb[0], lb[1], lb[2], lb[3]}, Layout{lc[0], lc[1], lc[2], lc[3]}};
+}
+
+template <typename T>
+void forward_any(const Args<T> &a, const Extras<T> &x, T *y, T *last, int64_t threads) {
+  switch (a.nn) {
+    case 1: return forward<T, 1>(a, x, y, last, threads);
+    case 4: return forward<T, 4>(a, x, y, last, threads);
+    case 8: return forward<T, 8>(a, x, y, last, threads);
+    case 16: return forward<T, 16>(a, x, y, last, threads);
+    case 32: return forward<T, 32>(a, x, y, last, threads);
+    default: return forward<T, 0>(a, x, y, last, threads);
+  }
+}
+
+template <typename T>
+void backward_any(const Args<T> &a, const T *dy, T *ddt, T *du, T *dA, T *dB, T *dC, int64_t szB,
+                  int64_t szC, int64_t threads) {
+  switch (a.nn) {
+    case 1: return backward<T, 1>(a, dy, ddt, du, dA, dB, dC, szB, szC, threads);
+    case 4: return backward<T, 4>(a, dy, ddt, du, dA, dB, dC, szB, szC, threads);
+    case 8: return backward<T, 8>(a, dy, ddt, du, dA, dB, dC, szB, szC, threads);
+    case 16: return backward<T, 16>(a, dy, ddt, du, dA, dB, dC, szB, szC, threads);
+    case 32: return backward<T, 32>(a, dy, ddt, du, dA, dB, dC, szB, szC, threads);
+    default: return backward<T, 0>(a, dy, ddt, du, dA, dB, dC, szB, szC, threads);
+  }
+}
+
+}  // namespace
+
+extern "C" {
+
+int papers_scan_abi_version() { return 3; }
+
+// dtype: 0 float32, 1 float64. lb / lc: {batch stride, group stride, channels per group, position stride}.
+// Forward: delta is the raw step (delta_bias, which may be null, and softplus applied inside); y = C h.
+void papers_scan_fwd(int dtype, const void *delta, const void *u, const void *A, const void *B, const void *C,
+                     int64_t nb, int64_t nd, int64_t nl, int64_t nn, const int64_t *lb, const int64_t *lc,
+                     const void *delta_bias, int softplus, void *y, void *last, int64_t threads) {
+  if (dtype == 0)
+    forward_any(make_args<float>(delta, u, A, B, C, nb, nd, nl, nn, lb, lc),
+                Extras<float>{static_cast<const float *>(delta_bias), softplus}, static_cast<float *>(y),
+                static_cast<float *>(last), threads);
+  else
+    forward_any(make_args<double>(delta, u, A, B, C, nb, nd, nl, nn, lb, lc),
+                Extras<double>{static_cast<const double *>(delta_bias), softplus}, static_cast<double *>(y),
+                static_cast<double *>(last), threads);
+}
+
+// Backward of y = C h: dt after bias and softplus; dy the gradient of y.
+void papers_scan_bwd(int dtype, const void *dt, const void *u, const void *A, const void *B, const void *C,
+                     int64_t nb, int64_t nd, int64_t nl, int64_t nn, const int64_t *lb, const int64_t *lc,
+                     const void *dy, void *ddt, void *du, void *dA, void *dB, void *dC, int64_t szB, int64_t szC,
+                     int64_t threads) {
+  if (dtype == 0)
+    backward_any(make_args<float>(dt, u, A, B, C, nb, nd, nl, nn, lb, lc), static_cast<const float *>(dy),
+                 static_cast<float *>(ddt), static_cast<float *>(du), static_cast<float *>(dA),
+                 static_cast<float *>(dB), static_cast<float *>(dC), szB, szC, threads);
+  else
+    backward_any(make_args<double>(dt, u, A, B, C, nb, nd, nl, nn, lb, lc), static_cast<const double *>(dy),
+                 static_cast<double *>(ddt), static_cast<double *>(du), static_cast<double *>(dA),
+                 static_cast<double *>(dB), static_cast<double *>(dC), szB, szC, threads);
+}
+}
