@@ -3,6 +3,7 @@ import torch
 import torch.nn.functional as F
 
 import fsg_bnn as fb
+from papers_shared.errors import CheckpointError
 
 
 def test_resnet20_official_layer_registry():
@@ -84,5 +85,24 @@ def test_load_fp_checkpoint_round_trip_and_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="pretrain"):
         fb.load_fp_checkpoint(dst, tmp_path / "missing.pt")
     torch.save({"other.weight": torch.zeros(1)}, tmp_path / "bad.pt")
-    with pytest.raises(ValueError, match="no parameter name"):
+    with pytest.raises(CheckpointError, match="no parameter name"):
         fb.load_fp_checkpoint(dst, tmp_path / "bad.pt")
+
+
+def test_linear_multifc_collapses_to_its_exact_product():
+    """Without an activation MultiFC is the scalar w3 . W2 . w1: same values and gradients as the
+    layer-by-layer evaluation (float64, so only rounding differs)."""
+    torch.manual_seed(0)
+    fast = fb.MultiFC(100, 3).double()
+    ref = fb.MultiFC(100, 3, collapse=False).double()
+    ref.load_state_dict(fast.state_dict())
+    x = torch.randn(500, 1, dtype=torch.float64)
+    g = torch.randn(500, 1, dtype=torch.float64)
+    y, y_ref = fast(x), ref(x)
+    assert fast.collapse and not ref.collapse
+    assert torch.allclose(y, y_ref, rtol=1e-12, atol=1e-14)
+    (g * y).sum().backward()
+    (g * y_ref).sum().backward()
+    for p, q in zip(fast.parameters(), ref.parameters(), strict=True):
+        assert torch.allclose(p.grad, q.grad, rtol=1e-10, atol=1e-14)
+    assert not fb.MultiFC(8, 3, "relu").collapse  # a nonlinearity keeps the layers

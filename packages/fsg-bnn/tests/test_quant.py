@@ -31,7 +31,7 @@ def test_calibration_formula_and_factor_half():
     t = torch.tanh(w.detach())
     c = fb.calibration(w, "dorefa")
     assert torch.allclose(c, (1 - t**2) / t.abs().max())
-    # autograd of A (max detached) is exactly c / 2: the code drops the 1/2 (spec §3.1)
+    # autograd of A (max detached) is exactly c / 2: the official code drops the 1/2 (meta_quantized_module.py)
     jac = torch.autograd.grad(fb.dorefa_preprocess(w).sum(), w)[0]
     assert torch.allclose(jac, c / 2)
     assert torch.equal(fb.calibration(w, "bwn"), torch.ones(50, dtype=torch.float64))

@@ -2,6 +2,7 @@ import pytest
 import torch
 
 import fsg_bnn as fb
+from papers_shared.ssm.modules import Mamba
 from papers_shared.ssm.ops import has_mamba_cuda, selective_scan
 
 
@@ -56,13 +57,18 @@ def test_sequence_models_are_causal(kind):
     assert not torch.allclose(y[:, 30:], y2[:, 30:])
 
 
-def test_mamba_chunked_scan_matches_sequential_reference():
+def test_mamba_scan_matches_sequential_reference_values_and_gradients():
     torch.manual_seed(0)
-    fast = fb.MambaBlock(1, 4, 4, 4, backend="torch", chunk_size=16)
-    ref = fb.MambaBlock(1, 4, 4, 4, backend="ref")
+    fast = Mamba(1, 4, 4, 4, backend="torch", chunk_size=16)
+    ref = Mamba(1, 4, 4, 4, backend="ref")
     ref.load_state_dict(fast.state_dict())
     x = torch.randn(2, 200, 1)
-    assert torch.allclose(fast(x), ref(x), atol=1e-5)
+    y, y_ref = fast(x), ref(x)
+    assert torch.allclose(y, y_ref, atol=1e-5)
+    y.square().sum().backward()
+    y_ref.square().sum().backward()
+    for (name, p), q in zip(fast.named_parameters(), ref.parameters(), strict=True):
+        assert torch.allclose(p.grad, q.grad, rtol=1e-4, atol=1e-5), name
 
 
 def test_shared_scan_at_fsg_shapes_and_large_delta_no_nan():
@@ -81,7 +87,7 @@ def test_shared_scan_at_fsg_shapes_and_large_delta_no_nan():
 
 def test_s5_layer_is_exact_zoh_recurrence():
     torch.manual_seed(0)
-    layer = fb.S5Layer(dim=3, state_dim=5)
+    layer = fb.S5SequenceModel(dim=3, state_dim=5).s5  # the shared real-diagonal S5
     u = torch.randn(1, 30, 3)
     A, dt = -torch.exp(layer.A_log), torch.exp(layer.log_dt)
     Abar = torch.exp(dt * A)
@@ -89,7 +95,7 @@ def test_s5_layer_is_exact_zoh_recurrence():
     x, ys = torch.zeros(5), []
     for k in range(30):
         x = Abar * x + Bbar @ u[0, k]
-        ys.append(layer.C @ x + layer.D * u[0, k])
+        ys.append(layer.C[0] @ x + layer.D * u[0, k])
     assert torch.allclose(layer(u)[0], torch.stack(ys), atol=1e-5)
 
 
@@ -104,16 +110,16 @@ def test_bad_inputs():
     with pytest.raises(ValueError, match="kind"):
         fb.SlowNet(2, "transformer")
     with pytest.raises(ValueError, match="backend"):
-        fb.MambaBlock(backend="triton")
+        fb.SlowNet(2, backend="triton")
 
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not (torch.cuda.is_available() and has_mamba_cuda()), reason="needs CUDA and mamba-ssm")
 def test_cuda_kernel_matches_cpu_scan():
     torch.manual_seed(0)
-    block = fb.MambaBlock(1, 16, 8, 10, backend="torch")
+    block = Mamba(1, 16, 8, 10, backend="torch")
     x = torch.randn(1, 300, 1)
     y_cpu = block(x)
-    cuda = fb.MambaBlock(1, 16, 8, 10, backend="cuda").cuda()
+    cuda = Mamba(1, 16, 8, 10, backend="cuda").cuda()
     cuda.load_state_dict(block.state_dict())
     assert torch.allclose(cuda(x.cuda()).cpu(), y_cpu, atol=1e-4)

@@ -2,11 +2,13 @@
 MetaQuant baselines, in PyTorch.
 
 >>> import fsg_bnn
->>> model = fsg_bnn.binarize(fsg_bnn.resnet20())          # 1-bit DoReFa weights, spec §3.1
->>> opt = fsg_bnn.FSGOptimizer(model, lr=1e-3)            # fast + slow nets, HGS, LRE (spec §3.2-3.6)
+>>> model = fsg_bnn.binarize(fsg_bnn.resnet20())          # 1-bit DoReFa weights (all conv/FC layers)
+>>> opt = fsg_bnn.FSGOptimizer(model, lr=1e-3)            # fast + slow nets, HGS, LRE (paper Fig. 1)
 """
 
+from fsg_bnn.baselines import MetaQuantOptimizer
 from fsg_bnn.config import (
+    ARCHS,
     BASE_OPTIMIZERS,
     METAQUANT_METHODS,
     METHODS,
@@ -17,9 +19,11 @@ from fsg_bnn.config import (
     TrainConfig,
 )
 from fsg_bnn.convert import binarize, binary_layers
+from fsg_bnn.fsg import FSGOptimizer, build_optimizer
 from fsg_bnn.hgs import HistoricalGradientStorage
-from fsg_bnn.hypernets import LSTMFC, FastNet, FCGrad, MultiFC, SlowNet
+from fsg_bnn.hypernets import LSTMFC, FastNet, FCGrad, MultiFC, S4SequenceModel, S5SequenceModel, SlowNet
 from fsg_bnn.layers import BinaryConv2d, BinaryLayer, BinaryLinear
+from fsg_bnn.lookahead import MetaGradientOptimizer, adam_refine, sgd_refine
 from fsg_bnn.models import (
     ResNetCifar,
     build_model,
@@ -32,20 +36,12 @@ from fsg_bnn.models import (
     resnet110,
     resnet_cifar,
 )
-from fsg_bnn.optim import (
-    FSGOptimizer,
-    MetaGradientOptimizer,
-    MetaQuantOptimizer,
-    adam_refine,
-    build_optimizer,
-    sgd_refine,
-)
 from fsg_bnn.quant import RoundSTE, SignSTE, calibration, dorefa_preprocess, preprocess, quantize
-from fsg_bnn.ssm import MambaBlock, S4DLayer, S4SequenceModel, S5Layer, S5SequenceModel
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "ARCHS",
     "BASE_OPTIMIZERS",
     "LSTMFC",
     "METAQUANT_METHODS",
@@ -59,7 +55,6 @@ __all__ = [
     "FSGOptimizer",
     "FastNet",
     "HistoricalGradientStorage",
-    "MambaBlock",
     "MetaGradientOptimizer",
     "MetaQuantOptimizer",
     "ModelConfig",
@@ -67,9 +62,7 @@ __all__ = [
     "OptimConfig",
     "ResNetCifar",
     "RoundSTE",
-    "S4DLayer",
     "S4SequenceModel",
-    "S5Layer",
     "S5SequenceModel",
     "SignSTE",
     "SlowNet",

@@ -3,9 +3,9 @@
 The swapped layers share the original ``Parameter`` objects, so an optimizer built before the swap
 still refers to the right tensors and every ``state_dict`` key is unchanged. Each binarized layer gets
 a ``layer_name`` and an ``lre_index`` (its position in the layer registry, the index of its Layer
-Recognition Embedding, spec §3.3). The registry order is, in priority: the ``order`` argument, the
+Recognition Embedding, official ``meta_network.py:MetaMambaHistory``). The registry order is, in priority: the ``order`` argument, the
 model's ``binary_layer_order`` attribute (the CIFAR ResNets of :mod:`fsg_bnn.models` set the official
-order ``conv1, fc, layer1.0.conv1, ...``, spec §8.8), else module registration order.
+order ``conv1, fc, layer1.0.conv1, ...``, the official ``layer_name_list``), else module registration order.
 """
 
 from __future__ import annotations
@@ -60,10 +60,11 @@ def binarize(
     """Binarize every ``nn.Conv2d`` and ``nn.Linear`` of ``model`` in place and return it.
 
     Args:
-        quantizer: ``"dorefa"`` (default, the paper's main setting) or ``"bwn"`` (spec §3.1).
+        quantizer: ``"dorefa"`` (default, the paper's main setting) or ``"bwn"`` (official ``-q dorefa|BWN``).
         bits: weight bits (1 for binary; DoReFa also accepts more).
         skip: qualified module names (``fnmatch`` patterns) left full precision. The paper binarizes
-            all layers, the first conv and the classifier included (spec §2).
+            all layers, the first conv and the classifier included (as the official
+            ``quantized_meta_resnet.py``).
         order: registry order of the binarized layers (the LRE index of ``order[i]`` is ``i``).
         bwn_scale: BWN only: multiply ``sign`` by ``mean|W|``; ``None`` = as the official code (scaled for
             the STE baseline, unscaled under a meta optimizer).

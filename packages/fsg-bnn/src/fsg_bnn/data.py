@@ -1,6 +1,6 @@
-"""Data loaders: CIFAR-10/100 through ``papers_shared.data.cifar`` (spec §3.8 augmentation and
+"""Data loaders: CIFAR-10/100 through ``papers_shared.data.cifar`` (the official augmentation and
 normalisation; a clear ``DatasetNotFoundError`` when the files are absent), the bundled sklearn digits
-(spec §8) and random tensors for smoke runs and benchmarks."""
+(ours: the quick reproduction) and random tensors for smoke runs and benchmarks."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from papers_shared.data import cifar, load_digits_tensors, stratified_split
 
 __all__ = ["CIFAR_NORMALIZATION", "digits_split", "make_loaders"]
 
-#: Normalisation of the official code (spec §3.8).
+#: Normalisation of the official code (two-tiger/FSG @ 9559b30 ``utils/dataset.py:get_dataloader``).
 CIFAR_NORMALIZATION = {
     "cifar10": ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),
     "cifar100": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
@@ -22,7 +22,7 @@ CIFAR_NORMALIZATION = {
 def digits_split(
     seed: int = 0, offset: float = 0.3
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """sklearn digits as flat 64-d vectors ``X/16 - offset`` with a 70/30 stratified split (spec §8)."""
+    """sklearn digits as flat 64-d vectors ``X/16 - offset`` with a 70/30 stratified split (ours)."""
     x, y = load_digits_tensors(size=8, channels=1)
     x = x.view(len(x), -1) - offset
     tr, te = stratified_split(y, test_frac=0.3, seed=seed)

@@ -1,11 +1,13 @@
-"""A whole run from an :class:`ExperimentConfig`: full-precision pretraining (or loading a checkpoint),
-binarization, then binarized training with the configured method (spec §3.8, §5). Both stages are
-checkpointed atomically under ``train.out_dir`` and resume with ``resume=True``."""
+"""A paper-table run from an :class:`ExperimentConfig`: full-precision pretraining (or loading a
+checkpoint), binarization, then binarized training with the configured method, as the official
+``full_precision.py`` then ``meta-quantize.py`` (two-tiger/FSG @ 9559b30); and the evaluation of trained
+weights. Both stages are checkpointed atomically under ``train.out_dir`` and resume with
+``resume=True``; the trained weights are written as safetensors (``fp/model.safetensors``,
+``model.safetensors``), training state as ``ckpt/ckpt-*.pt`` (read back with ``weights_only=True``)."""
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -14,13 +16,21 @@ import torch
 from fsg_bnn.config import ExperimentConfig
 from fsg_bnn.convert import binarize
 from fsg_bnn.data import make_loaders
+from fsg_bnn.fsg import build_optimizer
 from fsg_bnn.models import build_model, load_fp_checkpoint
-from fsg_bnn.optim import build_optimizer
 from fsg_bnn.trainer import Trainer, pretrain_fp
-from papers_shared.checkpoints import CheckpointManager, atomic_save, atomic_write_text
+from papers_shared.checkpoints import (
+    CheckpointManager,
+    atomic_write_text,
+    load_checkpoint,
+    load_safetensors,
+    save_safetensors,
+)
+from papers_shared.config import config_to_dict
 from papers_shared.device import get_device, seed_everything
+from papers_shared.errors import CheckpointError
 
-__all__ = ["build_experiment_model", "run_experiment", "run_pretrain"]
+__all__ = ["build_experiment_model", "evaluate_checkpoint", "run_experiment", "run_pretrain"]
 
 
 def build_experiment_model(cfg: ExperimentConfig) -> torch.nn.Module:
@@ -29,7 +39,7 @@ def build_experiment_model(cfg: ExperimentConfig) -> torch.nn.Module:
 
 
 def _fp_path(cfg: ExperimentConfig) -> Path:
-    return Path(cfg.train.out_dir).expanduser() / "fp" / "model.pt"
+    return Path(cfg.train.out_dir).expanduser() / "fp" / "model.safetensors"
 
 
 def run_pretrain(cfg: ExperimentConfig, resume: bool = False, progress: bool = True) -> Path:
@@ -55,7 +65,7 @@ def run_pretrain(cfg: ExperimentConfig, resume: bool = False, progress: bool = T
         progress=progress,
     )
     path = _fp_path(cfg)
-    atomic_save(model.state_dict(), path)
+    save_safetensors(model.state_dict(), path, metadata={"arch": cfg.model.arch, "stage": "full-precision"})
     atomic_write_text(path.with_name("history.json"), json.dumps(history, indent=2))
     return path
 
@@ -92,11 +102,39 @@ def run_experiment(cfg: ExperimentConfig, resume: bool = False, progress: bool =
     )
     accs = [h["test_acc"] for h in history if "test_acc" in h]
     result = {
-        "config": asdict(cfg),
+        "config": config_to_dict(cfg),
         "best_test_acc": max(accs) if accs else None,
         "last10_mean_test_acc": sum(accs[-10:]) / len(accs[-10:]) if accs else None,
         "final_train_loss": history[-1]["train_loss"] if history else None,
         "history": history,
     }
+    save_safetensors(model.state_dict(), out / "model.safetensors", metadata={"config": cfg.name})
     atomic_write_text(out / "result.json", json.dumps(result, indent=2, default=str))
     return result
+
+
+def evaluate_checkpoint(cfg: ExperimentConfig, path: str | Path) -> dict[str, Any]:
+    """Test accuracy of binarized weights: a ``model.safetensors`` or a training checkpoint
+    ``ckpt/ckpt-*.pt`` of :func:`run_experiment`. A damaged, foreign or code-carrying file raises
+    :class:`~papers_shared.errors.CheckpointError` naming it (nothing is unpickled)."""
+    path = Path(path)
+    device = get_device(cfg.train.device)
+    if path.suffix == ".safetensors":
+        state, _ = load_safetensors(path)
+    else:
+        state = load_checkpoint(path, map_location="cpu")
+        if isinstance(state, dict) and isinstance(state.get("trainer"), dict):
+            state = state["trainer"].get("model")
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{path} holds no model state dict; give a model.safetensors or ckpt-*.pt")
+    model = binarize(
+        build_experiment_model(cfg), cfg.model.quantizer, cfg.model.bits, bwn_scale=cfg.model.bwn_scale
+    )
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[0]
+        raise CheckpointError(f"{path} does not fit {cfg.model.arch} ({first}); check --config") from None
+    _, test_loader = make_loaders(cfg.data, cfg.model.num_classes, cfg.train.seed)
+    trainer = Trainer(model.to(device), torch.optim.SGD(model.parameters(), lr=0.0), device)
+    return {"config": cfg.name, "checkpoint": str(path), **trainer.evaluate(test_loader)}

@@ -1,4 +1,5 @@
-"""Historical Gradient Storage (HGS), spec §3.2.
+"""Historical Gradient Storage (HGS): FSG paper (arXiv 2412.11777) abstract and Fig. 1; the sequence
+layout of the official code (two-tiger/FSG @ 9559b30, ``meta_utils/helpers.py:meta_fast_slow_gradient_generation``).
 
 Per layer, a FIFO window of the last ``L`` flattened gradients ``g = dloss/dW^`` (detached). The
 slow net reads it as one sequence:
@@ -21,7 +22,7 @@ __all__ = ["HistoricalGradientStorage"]
 
 
 class HistoricalGradientStorage:
-    """FIFO windows of recent gradients, one per layer name (spec §3.2)."""
+    """FIFO windows of recent gradients, one per layer name (module docstring)."""
 
     def __init__(self, length: int = 5, layout: Literal["time_major", "coordinate"] = "time_major") -> None:
         if isinstance(length, bool) or not isinstance(length, int) or length < 1:

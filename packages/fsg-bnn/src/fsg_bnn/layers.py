@@ -2,14 +2,15 @@
 
 A :class:`BinaryConv2d` / :class:`BinaryLinear` is an ``nn.Conv2d`` / ``nn.Linear`` (same parameters,
 same ``state_dict`` keys, so full-precision checkpoints load unchanged) whose forward uses the
-quantized weights ``W^ = Q(A(W_meta))`` (spec §3.1, §3.6 step 2):
+quantized weights ``W^ = Q(A(W_meta))`` (official ``meta_utils/meta_quantized_module.py:MetaQuantConv.forward``, two-tiger/FSG @ 9559b30):
 
-* without a meta optimizer attached, ``W_meta = W`` and the layer is the STE baseline (spec §4);
+* without a meta optimizer attached, ``W_meta = W`` and the layer is the STE baseline (official
+  ``train_baseline_quant.py``);
 * with a meta optimizer attached (``layer.controller``), in training mode with autograd enabled the
   optimizer supplies the differentiable look-ahead ``W_meta`` (FSG: ``W - eta (alpha G_slow +
   (1 - alpha) c * G_fast)``; MetaQuant: ``W - eta (c * G + (W.grad_prev - c * G).detach())``) and the
   look-ahead bias ``b - eta b.grad_prev``;
-* in evaluation mode the latent ``W`` is used (spec §3.6 step 6).
+* in evaluation mode the latent ``W`` is used (official ``meta_quantized_module.py:test``).
 
 During a training forward the layer keeps ``pre_quantized`` (``W~``, detached) and registers a hook that
 stores ``quantized_grad = dloss/dW^`` (detached) in the backward pass: the inputs of the meta nets.
@@ -82,7 +83,7 @@ class BinaryLayer:
         return self.training and torch.is_grad_enabled()
 
     def binary_weight(self) -> torch.Tensor:
-        """``W^ = Q(A(W_meta))`` (spec §3.6 step 2); records ``W~`` and hooks ``dloss/dW^``."""
+        """``W^ = Q(A(W_meta))`` (look-ahead forward); records ``W~`` and hooks ``dloss/dW^``."""
         ctrl = self.controller
         record = self._record()
         w = self.weight
@@ -117,7 +118,8 @@ class BinaryLayer:
 
 
 class BinaryConv2d(BinaryLayer, nn.Conv2d):
-    """``nn.Conv2d`` with binarized weights (spec §3.1) and the meta look-ahead forward (§3.6)."""
+    """``nn.Conv2d`` with binarized weights and the meta look-ahead forward (official
+    ``meta_quantized_module.py:MetaQuantConv``)."""
 
     def __init__(self, *args, quantizer: str = "dorefa", bits: int = 1, bwn_scale: bool | None = None, **kw):
         nn.Conv2d.__init__(self, *args, **kw)
@@ -134,7 +136,8 @@ class BinaryConv2d(BinaryLayer, nn.Conv2d):
 
 
 class BinaryLinear(BinaryLayer, nn.Linear):
-    """``nn.Linear`` with binarized weights (spec §3.1) and the meta look-ahead forward (§3.6)."""
+    """``nn.Linear`` with binarized weights and the meta look-ahead forward (official
+    ``meta_quantized_module.py:MetaQuantLinear``)."""
 
     def __init__(self, *args, quantizer: str = "dorefa", bits: int = 1, bwn_scale: bool | None = None, **kw):
         nn.Linear.__init__(self, *args, **kw)

@@ -1,4 +1,4 @@
-"""Backbones of the paper's protocol (spec §5): the CIFAR ResNets of He et al. in the MetaQuant
+"""Backbones of the paper's protocol (MetaQuant Tables 1-2, FSG paper CIFAR tables): the CIFAR ResNets of He et al. in the MetaQuant
 variant (16-32-64 channels, BasicBlocks, 1x1-conv + BN downsample, global average pooling,
 ``BatchNorm1d(64)`` before the classifier), and a small MLP for the offline digits experiment (§8).
 
@@ -15,7 +15,8 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from papers_shared.checkpoints import load_checkpoint
+from papers_shared.checkpoints import load_checkpoint, load_safetensors
+from papers_shared.errors import CheckpointError
 
 __all__ = [
     "CIFAR_DEPTHS",
@@ -57,11 +58,12 @@ class BasicBlock(nn.Module):
 
 
 class ResNetCifar(nn.Module):
-    """CIFAR ResNet-(6n+2) as in MetaQuant/FSG (spec §5).
+    """CIFAR ResNet-(6n+2) as in MetaQuant/FSG (official
+    ``models_CIFAR/quantized_meta_resnet.py:ResNet_Cifar``, two-tiger/FSG @ 9559b30).
 
     ``binary_layer_order`` lists the convolution/linear layers in the official registry order:
     ``conv1, fc``, then per stage the downsample conv (if any) followed by each block's ``conv1,
-    conv2`` (spec §3.3, §8.8). :func:`fsg_bnn.binarize` uses it for the LRE indices.
+    conv2`` (the official ``layer_name_list`` order). :func:`fsg_bnn.binarize` uses it for the LRE indices.
     """
 
     def __init__(self, depth: int = 20, num_classes: int = 10):
@@ -138,7 +140,7 @@ def resnet110(num_classes: int = 100) -> ResNetCifar:
 
 
 def mlp(in_features: int = 64, hidden: Sequence[int] = (32, 32), num_classes: int = 10) -> nn.Sequential:
-    """``Linear - BatchNorm1d - ReLU`` blocks and a linear classifier (the digits model of spec §8)."""
+    """``Linear - BatchNorm1d - ReLU`` blocks and a linear classifier (the digits model of the quick reproduction, ours)."""
     layers: list[nn.Module] = [nn.Flatten()]
     prev = in_features
     for h in hidden:
@@ -163,9 +165,10 @@ def build_model(
 
 
 def load_fp_checkpoint(model: nn.Module, path: str | Path, strict: bool = False) -> list[str]:
-    """Load a full-precision checkpoint (a state dict, or a dict holding one under ``"model"`` /
+    """Load a full-precision checkpoint (safetensors, or a torch file read with ``weights_only=True``
+    holding a state dict, or a dict holding one under ``"model"`` /
     ``"state_dict"`` / ``"net"``). Non-strict by default, like the official code; returns the missing
-    keys. Raises ``FileNotFoundError`` naming the path when it is absent and ``ValueError`` when no
+    keys. Raises ``FileNotFoundError`` naming the path when it is absent and ``CheckpointError`` when no
     key matches (a checkpoint of another architecture)."""
     path = Path(path).expanduser()
     if not path.is_file():
@@ -173,13 +176,18 @@ def load_fp_checkpoint(model: nn.Module, path: str | Path, strict: bool = False)
             f"full-precision checkpoint not found: {path}. Pretrain one with `fsg-bnn pretrain --config ...` "
             "or point `train.pretrained` at an official Results/<Model>-<Data>-pretrain.pth file."
         )
-    state = load_checkpoint(path)
+    if path.suffix == ".safetensors":
+        state, _ = load_safetensors(path)
+    else:  # an official Results/*-pretrain.pth or a torch state dict: tensors only (weights_only)
+        state = load_checkpoint(path)
     for key in ("model", "state_dict", "net"):
         if isinstance(state, dict) and key in state and isinstance(state[key], dict):
             state = state[key]
     state = {k.removeprefix("module."): v for k, v in state.items()}
     own = model.state_dict()
-    if not set(state) & set(own):
-        raise ValueError(f"{path}: no parameter name matches the model (is it a checkpoint of another arch?)")
+    if not isinstance(state, dict) or not set(state) & set(own):
+        raise CheckpointError(
+            f"{path}: no parameter name matches the model (is it a checkpoint of another arch?)"
+        )
     result = model.load_state_dict(state, strict=strict)
     return list(result.missing_keys)

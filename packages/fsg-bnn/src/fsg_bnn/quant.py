@@ -1,7 +1,8 @@
-"""Weight quantizers of spec §3.1: DoReFa and BWN (1 bit by default), their backward paths and the
+"""Weight quantizers: DoReFa (Zhou et al. 2016, Eq. 9) and BWN (Rastegari et al. 2016), as the
+official code applies them (two-tiger/FSG @ 9559b30, ``meta_utils/meta_quantized_module.py:MetaQuantConv.forward``): DoReFa and BWN (1 bit by default), their backward paths and the
 calibration term ``c = dW~/dW`` used by the meta-gradient update.
 
-Notation (spec §2): latent full-precision weights ``W``; pre-quantized weights ``W~ = A(W)``;
+Notation (ours): latent full-precision weights ``W``; pre-quantized weights ``W~ = A(W)``;
 quantized weights ``W^ = Q(W~)``.
 
 * DoReFa: ``A(W) = tanh(W) / max|tanh(W)| * 1/2 + 1/2`` (the max is a constant for autograd) and
@@ -37,7 +38,8 @@ def _check_quantizer(quantizer: str) -> None:
 
 
 class RoundSTE(torch.autograd.Function):
-    """``round_k(x)`` forward, clipped straight-through backward ``grad * 1[|x| <= 1]`` (spec §3.1)."""
+    """``round_k(x)`` forward, clipped straight-through backward ``grad * 1[|x| <= 1]`` (official
+    ``meta_utils/meta_quantized_module.py:MetaQuantConv.forward``)."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, bits: int) -> torch.Tensor:
@@ -52,7 +54,8 @@ class RoundSTE(torch.autograd.Function):
 
 
 class SignSTE(torch.autograd.Function):
-    """``sign(x)`` forward, clipped straight-through backward ``grad * 1[|x| <= 1]`` (BWN, spec §3.1)."""
+    """``sign(x)`` forward, clipped straight-through backward ``grad * 1[|x| <= 1]`` (BWN, official
+    ``meta_utils/meta_quantized_module.py:MetaQuantConv.forward``)."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor) -> torch.Tensor:
@@ -66,7 +69,8 @@ class SignSTE(torch.autograd.Function):
 
 
 def dorefa_preprocess(w: torch.Tensor) -> torch.Tensor:
-    """``A(W) = tanh(W) / max|tanh(W)| * 1/2 + 1/2`` in ``[0, 1]``; the max is detached (spec §3.1)."""
+    """``A(W) = tanh(W) / max|tanh(W)| * 1/2 + 1/2`` in ``[0, 1]``; the max is detached (DoReFa Eq. 9;
+    official ``meta_utils/meta_quantized_module.py:MetaQuantConv.forward``)."""
     t = torch.tanh(w)
     return t / t.detach().abs().max().clamp_min(1e-12) * 0.5 + 0.5
 
@@ -96,7 +100,8 @@ def quantize(
 
 
 def calibration(w: torch.Tensor, quantizer: Quantizer = "dorefa") -> torch.Tensor:
-    """Calibration ``c`` from the latent weights (detached), spec §3.1.
+    """Calibration ``c`` from the latent weights (detached), official
+    ``meta_utils/meta_quantized_module.py:MetaQuantConv.forward`` (``self.calibration``).
 
     DoReFa: ``c = (1 - tanh^2(W)) / max|tanh(W)|``. The exact derivative of ``A`` is ``c / 2``; the
     official code drops the factor 1/2 and so do we (it is absorbed by the learned meta nets and by

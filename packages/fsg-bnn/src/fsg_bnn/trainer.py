@@ -1,8 +1,9 @@
-"""One trainer for every method (STE, MetaQuant nets, FSG), so the comparison is fair (spec §4).
+"""One trainer for every method (STE, MetaQuant nets, FSG), so the comparison is fair (ours;
+the official code has one script per family, ``meta-quantize.py`` and ``train_baseline_quant.py``).
 
 The loop is the plain PyTorch one (``zero_grad``, forward, cross-entropy, ``backward``, ``step``): the
 method lives entirely in the optimizer (:func:`fsg_bnn.build_optimizer`). Evaluation runs the model in
-``eval`` mode, i.e. on the latent weights ``W`` without look-ahead (spec §3.6 step 6). The LR is
+``eval`` mode, i.e. on the latent weights ``W`` without look-ahead (as the official evaluation). The LR is
 multiplied by ``lr_gamma`` every ``lr_step`` epochs and training stops once it falls below ``min_lr``.
 """
 
@@ -179,7 +180,8 @@ def pretrain_fp(
     resume: bool = False,
     progress: bool = False,
 ) -> list[dict[str, Any]]:
-    """Full-precision pretraining (the starting point of every binarized run, spec §3.8)."""
+    """Full-precision pretraining (the starting point of every binarized run; the
+    official ``full_precision.py`` uses SGD-M lr 0.1, wd 5e-4)."""
     if optimizer == "sgd-m":
         opt: torch.optim.Optimizer = torch.optim.SGD(
             model.parameters(), lr=lr, momentum=0.9, weight_decay=weight_decay

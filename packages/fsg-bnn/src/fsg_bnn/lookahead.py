@@ -1,17 +1,23 @@
-"""Meta-gradient optimizers: MetaQuant (spec §4) and FSG (spec §3.6) as drop-in ``torch.optim``
-optimizers, plus the refinement ``pi`` of the BNN optimizer.
+"""The look-ahead meta-gradient framework shared by MetaQuant and FSG, as a drop-in ``torch.optim``
+optimizer, plus the refinement ``pi`` of the BNN optimizer.
+
+Sources: MetaQuant (Chen, Wang, Pan, NeurIPS 2019) and its fork, the official FSG code (two-tiger/FSG
+@ 9559b30, read for every detail below): ``meta-quantize.py`` (the training loop),
+``meta_utils/helpers.py:meta_fast_slow_gradient_generation`` (step 1),
+``meta_utils/meta_quantized_module.py:MetaQuantConv.forward`` (step 2),
+``meta_utils/adam.py:Adam.get_refine_gradient`` and ``meta_utils/SGD.py:SGD.get_refine_gradient`` (``pi``).
 
 A user's loop stays the usual one::
 
-    model = fsg_bnn.binarize(model)                    # spec §3.1
+    model = fsg_bnn.binarize(model)                    # 1-bit DoReFa weights
     opt = fsg_bnn.FSGOptimizer(model, lr=1e-3)         # or MetaQuantOptimizer(model, meta="multifc")
     for x, y in loader:
         opt.zero_grad()
-        loss = F.cross_entropy(model(x), y)            # look-ahead forward (spec §3.6 step 2)
+        loss = F.cross_entropy(model(x), y)            # look-ahead forward (step 2)
         loss.backward()                                # meta signal + hooks g_t = dloss/dW^
         opt.step()                                     # meta nets step, BNN update, queue next G
 
-One iteration ``t`` (spec §3.6), split over the calls of the loop:
+One iteration ``t``, split over the calls of the loop:
 
 1. *Meta-gradient generation* (run lazily by the first binarized layer of the next training forward,
    from ``g_{t-1}``, ``W~_{t-1}`` captured by the previous ``step()``): FSG computes
@@ -23,7 +29,7 @@ One iteration ``t`` (spec §3.6), split over the calls of the loop:
 4. ``step()``: the meta optimizers (Adam) step; the BNN weights get ``W.grad <- c * G_fast`` (FSG
    ``update_mode="official"`` and MetaQuant) or ``alpha G_slow + (1 - alpha) c G_fast``
    (``"combined"``); ``pi`` refines every gradient in place and ``p <- p - eta p.grad``.
-   At the very first step there is no meta gradient yet: no parameter moves.
+   At the very first step there is no meta gradient yet: no parameter moves (as the official loop).
 
 The layers' hooks only fire in training mode with autograd enabled; evaluation uses the latent ``W``.
 One forward/backward per ``step()`` is assumed (no gradient accumulation across forwards).
@@ -40,25 +46,24 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from fsg_bnn.config import METAQUANT_METHODS, OptimConfig
+from fsg_bnn.config import OptimConfig
 from fsg_bnn.convert import binary_layers
 from fsg_bnn.hgs import HistoricalGradientStorage
-from fsg_bnn.hypernets import LSTMFC, FCGrad, MultiFC, SlowNet
+from fsg_bnn.hypernets import SlowNet
 from fsg_bnn.layers import BinaryLayer
-from fsg_bnn.quant import calibration, preprocess
+from fsg_bnn.quant import preprocess
 
 __all__ = [
-    "FSGOptimizer",
     "MetaGradientOptimizer",
-    "MetaQuantOptimizer",
     "adam_refine",
-    "build_optimizer",
+    "as_config",
     "sgd_refine",
 ]
 
 
 def adam_refine(grad: torch.Tensor, state: dict, betas=(0.9, 0.999), eps: float = 1e-8) -> torch.Tensor:
-    """Old-style Adam refinement ``pi(g) = sqrt(1-b2^t)/(1-b1^t) * m_t / (sqrt(v_t) + eps)`` (spec §3.6).
+    """Old-style Adam refinement ``pi(g) = sqrt(1-b2^t)/(1-b1^t) * m_t / (sqrt(v_t) + eps)`` (official
+    ``meta_utils/adam.py:Adam.get_refine_gradient``).
 
     Updates ``state`` (``step``, ``exp_avg``, ``exp_avg_sq``) in place. ``eta * pi(g)`` is torch
     Adam's step up to the placement of ``eps`` (here not bias-corrected).
@@ -88,35 +93,17 @@ def sgd_refine(grad: torch.Tensor, state: dict, momentum: float = 0.0) -> torch.
     return state["momentum_buffer"].clone()
 
 
-def _as_config(config: OptimConfig | None, method: str, kwargs: dict[str, Any]) -> OptimConfig:
+def as_config(config: OptimConfig | None, method: str, kwargs: dict[str, Any]) -> OptimConfig:
+    """``config`` (default: :class:`OptimConfig`) with ``method`` and keyword options, validated."""
     valid = {f.name for f in fields(OptimConfig)}
     unknown = sorted(set(kwargs) - valid)
     if unknown:
         raise TypeError(f"unknown option(s) {unknown}; valid: {sorted(valid)}")
-    cfg = replace(config or OptimConfig(), method=method, **kwargs)
-    _validate(cfg)
-    return cfg
-
-
-def _validate(cfg: OptimConfig) -> None:
-    if cfg.base_optimizer not in ("adam", "sgd", "sgd-m"):
-        raise ValueError(f"unknown base_optimizer {cfg.base_optimizer!r}; use 'adam', 'sgd' or 'sgd-m'")
-    if not (cfg.lr >= 0 and math.isfinite(cfg.lr)):
-        raise ValueError(f"lr must be a finite non-negative number, got {cfg.lr}")
-    if not 0.0 <= cfg.alpha <= 1.0:
-        raise ValueError(f"alpha must be in [0, 1], got {cfg.alpha}")
-    if cfg.update_mode not in ("official", "combined"):
-        raise ValueError(f"update_mode must be 'official' or 'combined', got {cfg.update_mode!r}")
-    if cfg.hgs_length < 1:
-        raise ValueError(f"hgs_length must be >= 1, got {cfg.hgs_length}")
-    if cfg.fast_input not in ("lookahead", "latent"):
-        raise ValueError(f"fast_input must be 'lookahead' or 'latent', got {cfg.fast_input!r}")
-    if cfg.layer_batching not in ("exact", "pad", "none"):
-        raise ValueError(f"layer_batching must be 'exact', 'pad' or 'none', got {cfg.layer_batching!r}")
+    return replace(config or OptimConfig(), method=method, **kwargs)
 
 
 class MetaGradientOptimizer(torch.optim.Optimizer, metaclass=abc.ABCMeta):
-    """Base of :class:`MetaQuantOptimizer` and :class:`FSGOptimizer` (spec §3.6 steps 1-5).
+    """Base of :class:`MetaQuantOptimizer` and :class:`FSGOptimizer` (steps 1-5 of the module docstring).
 
     ``param_groups`` hold the BNN parameters (``model.parameters()`` by default), so torch LR
     schedulers work; the learning rate of a layer's group is the ``eta`` of its look-ahead. The meta
@@ -172,7 +159,7 @@ class MetaGradientOptimizer(torch.optim.Optimizer, metaclass=abc.ABCMeta):
         self.meta_nets.to(device)
 
     def _make_slow_net(self, kind: str) -> SlowNet:
-        """A sequence slow net (spec §3.3-3.4) with one LRE per binarized layer, sized by the config."""
+        """A sequence slow net (official ``meta_network.py:MetaMambaHistory``) with one LRE per binarized layer, sized by the config."""
         c = self.config
         return SlowNet(
             len(self.layers),
@@ -199,7 +186,7 @@ class MetaGradientOptimizer(torch.optim.Optimizer, metaclass=abc.ABCMeta):
             self._flips = [0, 0]
 
     def lookahead_weight(self, layer: BinaryLayer) -> torch.Tensor:
-        """``W_meta`` of ``layer`` for this training forward (spec §3.6 step 2); ``W`` at the first step."""
+        """``W_meta`` of ``layer`` for this training forward (step 2); ``W`` at the first step."""
         self._ensure_generated()
         meta = self._meta.get(layer.layer_name) if self._meta is not None else None
         if meta is None:
@@ -221,7 +208,7 @@ class MetaGradientOptimizer(torch.optim.Optimizer, metaclass=abc.ABCMeta):
     # -- the step -----------------------------------------------------------------------------------
     @torch.no_grad()
     def step(self, closure=None):
-        """Meta nets step, BNN update with the meta gradient, capture ``g_t`` and ``W~_t`` (spec §3.6)."""
+        """Meta nets step, BNN update with the meta gradient, capture ``g_t`` and ``W~_t`` (steps 4-5)."""
         loss = None
         if closure is not None:
             with torch.enable_grad():
@@ -283,15 +270,15 @@ class MetaGradientOptimizer(torch.optim.Optimizer, metaclass=abc.ABCMeta):
     # -- defined by each method ---------------------------------------------------------------------
     @abc.abstractmethod
     def _generate(self) -> dict[str, dict[str, torch.Tensor]]:
-        """Meta gradients of every layer from the captured ``(g, W~)`` (spec §3.6 step 1)."""
+        """Meta gradients of every layer from the captured ``(g, W~)`` (step 1)."""
 
     @abc.abstractmethod
     def _lookahead(self, layer: BinaryLayer, meta: dict[str, torch.Tensor], lr: float) -> torch.Tensor:
-        """The differentiable ``W_meta`` (spec §3.6 step 2)."""
+        """The differentiable ``W_meta`` (step 2)."""
 
     @abc.abstractmethod
     def _update_gradient(self, layer: BinaryLayer, meta: dict[str, torch.Tensor]) -> torch.Tensor:
-        """The gradient written into ``W.grad`` before ``pi`` (spec §3.6 step 5)."""
+        """The gradient written into ``W.grad`` before ``pi`` (step 5)."""
 
     # -- shared generation pieces -------------------------------------------------------------------
     def _inputs(self, name: str, layer: BinaryLayer) -> tuple[torch.Tensor, torch.Tensor]:
@@ -303,7 +290,7 @@ class MetaGradientOptimizer(torch.optim.Optimizer, metaclass=abc.ABCMeta):
 
     def _sequence_outputs(self, net: SlowNet, hgs: HistoricalGradientStorage) -> dict[str, torch.Tensor]:
         """Push every layer's ``g`` into the HGS and run the sequence net; the outputs aligned with the
-        newest gradient, flattened, per layer (spec §3.2-3.4). Layers are batched per
+        newest gradient, flattened, per layer (official ``helpers.py:meta_fast_slow_gradient_generation``). Layers are batched per
         ``config.layer_batching`` (exact: the slow net is causal and runs per sequence)."""
         cfg = self.config
         seqs, idx = {}, {}
@@ -401,214 +388,3 @@ class MetaGradientOptimizer(torch.optim.Optimizer, metaclass=abc.ABCMeta):
         for _, layer in self.layers:
             if layer.controller is self:
                 layer.detach_controller()
-
-
-class MetaQuantOptimizer(MetaGradientOptimizer):
-    """MetaQuant (Chen et al., NeurIPS 2019) with one meta net ``meta`` (spec §4).
-
-    Look-ahead ``W_meta = W - eta (c G + (W.grad_prev - c G).detach())``: its value is
-    ``W - eta W.grad_prev`` (the previous refined gradient) while its gradient flows through ``G``;
-    update ``W.grad <- c G``, then ``pi``. Meta nets:
-
-    * ``"fcgrad"``: ``G = FC(g)``; ``"multifc"``: ``G = g * MLP(W~)``;
-    * ``"lstmfc"`` / ``"lstmfc-grad"`` / ``"lstmfc-merge"`` / ``"lstmfc-momentum"``: ``G = g * LSTMFC(x)``
-      with ``x = W~``, ``g``, ``[W~, g]`` or the EMA-0.9 momentum of ``g``, hidden state carried;
-    * ``"mamba-history"`` / ``"s4-history"`` / ``"s5-history"``: ``G = Seq(HGS)[-n:]`` (slow net alone).
-    """
-
-    def __init__(
-        self,
-        model: nn.Module,
-        meta: str = "multifc",
-        lr: float | None = None,
-        *,
-        config: OptimConfig | None = None,
-        params: Iterable | None = None,
-        **kwargs: Any,
-    ) -> None:
-        if meta not in METAQUANT_METHODS:
-            raise ValueError(f"unknown MetaQuant meta net {meta!r}; use one of {list(METAQUANT_METHODS)}")
-        cfg = _as_config(config, meta, kwargs if lr is None else {"lr": lr, **kwargs})
-        super().__init__(model, cfg, params)
-        if meta == "fcgrad":
-            net: nn.Module = FCGrad(cfg.hidden, cfg.nonlinearity)
-        elif meta == "multifc":
-            net = MultiFC(cfg.hidden, cfg.num_fc, cfg.nonlinearity)
-        elif meta.startswith("lstmfc"):
-            net = LSTMFC(cfg.hidden)
-        else:
-            kind = meta.split("-")[0]
-            net = self._make_slow_net(kind)
-            self.hgs = HistoricalGradientStorage(cfg.hgs_length, cfg.hgs_layout)
-        self.meta_nets["meta"] = net
-        self._finish_meta_setup()
-        self.meta_optimizers = [self._adam(net, cfg.meta_lr)]
-        self._hidden: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-        self._momentum: dict[str, torch.Tensor] = {}
-
-    def _generate(self):
-        meta, net = self.config.method, self.meta_nets["meta"]
-        if isinstance(net, SlowNet):
-            seq = self._sequence_outputs(net, self.hgs)
-        out = {}
-        for name, layer in self.layers:
-            g, wt = self._inputs(name, layer)
-            if meta == "fcgrad":
-                G = net(g.reshape(-1, 1))
-            elif meta == "multifc":
-                G = g.reshape(-1, 1) * net(wt.reshape(-1, 1))
-            elif meta.startswith("lstmfc"):
-                gi, wi = g.reshape(1, -1, 1), wt.reshape(1, -1, 1)
-                if meta == "lstmfc":
-                    x = wi
-                elif meta == "lstmfc-grad":
-                    x = gi
-                elif meta == "lstmfc-merge":
-                    x = torch.cat([wi, gi], 0)
-                else:  # momentum: the LSTM reads the previous EMA, the new one is stored
-                    x = self._momentum.get(name, gi)
-                    self._momentum[name] = 0.9 * x + 0.1 * gi
-                o, (h, c) = net(x, self._hidden.get(name))
-                self._hidden[name] = (h.detach(), c.detach())
-                G = g.reshape(-1, 1) * o
-            else:
-                G = seq[name]
-            out[name] = {"G": G.reshape(g.shape), "c": calibration(layer.weight, layer.quantizer)}
-        return out
-
-    def _lookahead(self, layer, meta, lr):
-        cG = meta["c"] * meta["G"]
-        prev = self._prev_grad.get(layer.layer_name, {}).get("weight")
-        if prev is None:
-            prev = cG.detach()
-        return layer.weight - lr * (cG + (prev - cG.detach()))
-
-    def _update_gradient(self, layer, meta):
-        return meta["c"] * meta["G"]
-
-    def _extra_state(self):
-        out: dict[str, Any] = {"hidden": self._hidden, "momentum": self._momentum}
-        if hasattr(self, "hgs"):
-            out["hgs"] = self.hgs.state_dict()
-        return out
-
-    def _load_extra_state(self, state):
-        self._hidden = dict(state.get("hidden", {}))
-        self._momentum = dict(state.get("momentum", {}))
-        if hasattr(self, "hgs") and "hgs" in state:
-            self.hgs.load_state_dict(state["hgs"])
-
-
-class FSGOptimizer(MetaGradientOptimizer):
-    """Fast and Slow Gradient generation (spec §3.2-3.6).
-
-    * fast net ``F`` (MultiFC 1-100-100-1, Adam lr 1e-2): ``G_fast = g * F(W~)``;
-    * slow net ``S`` (Mamba(d_model 1, d_state 16, d_conv 8, expand 100) with LRE, Adam lr 1e-3) over
-      the HGS window of ``L = 5`` gradients: ``G_slow = S([E[l]; H_l])[-n:]`` (not multiplied by ``g``,
-      not calibrated);
-    * look-ahead ``W_meta = W - eta (alpha G_slow + (1 - alpha) c G_fast)``, ``alpha = 0.9``;
-    * update ``W.grad <- c G_fast`` (``update_mode="official"``, the code) or
-      ``alpha G_slow + (1 - alpha) c G_fast`` (``"combined"``, the paper's Figure 1).
-
-    Ablations: ``hgs_length=1`` (no HGS), ``use_lre=False``, ``slow_net="lstm"`` (``G_slow = g *
-    LSTMFC(W~)``, MetaFastAndLSTM), ``"s4"``/``"s5"``, ``swap_roles=True`` (MetaMambaAndFC).
-    """
-
-    def __init__(
-        self,
-        model: nn.Module,
-        lr: float | None = None,
-        *,
-        config: OptimConfig | None = None,
-        params: Iterable | None = None,
-        **kwargs: Any,
-    ) -> None:
-        cfg = _as_config(config, "fsg", kwargs if lr is None else {"lr": lr, **kwargs})
-        super().__init__(model, cfg, params)
-        mlp = MultiFC(cfg.hidden, cfg.num_fc, cfg.nonlinearity)
-        if cfg.slow_net == "lstm":
-            seq: nn.Module = LSTMFC(cfg.hidden)
-        else:
-            seq = self._make_slow_net(cfg.slow_net)
-        fast, slow = (seq, mlp) if cfg.swap_roles else (mlp, seq)
-        self.meta_nets["fast"] = fast
-        self.meta_nets["slow"] = slow
-        self._finish_meta_setup()
-        self.meta_optimizers = [self._adam(fast, cfg.fast_lr), self._adam(slow, cfg.slow_lr)]
-        self.hgs = HistoricalGradientStorage(cfg.hgs_length, cfg.hgs_layout)
-        self._hidden: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-
-    @property
-    def fast_net(self) -> nn.Module:
-        return self.meta_nets["fast"]
-
-    @property
-    def slow_net(self) -> nn.Module:
-        return self.meta_nets["slow"]
-
-    def _generate(self):
-        seq_net = self.meta_nets["fast" if self.config.swap_roles else "slow"]
-        mlp = self.meta_nets["slow" if self.config.swap_roles else "fast"]
-        seq_out = self._sequence_outputs(seq_net, self.hgs) if isinstance(seq_net, SlowNet) else None
-        out = {}
-        for name, layer in self.layers:
-            g, wt = self._inputs(name, layer)
-            scaled = g.reshape(-1, 1) * mlp(wt.reshape(-1, 1))
-            if seq_out is not None:
-                other = seq_out[name]
-            else:  # LSTMFC slow net on W~, hidden state carried (MetaFastAndLSTM)
-                o, (h, c) = seq_net(wt.reshape(1, -1, 1), self._hidden.get(name))
-                self._hidden[name] = (h.detach(), c.detach())
-                other = g.reshape(-1, 1) * o
-            fast, slow = (other, scaled) if self.config.swap_roles else (scaled, other)
-            out[name] = {
-                "fast": fast.reshape(g.shape),
-                "slow": slow.reshape(g.shape),
-                "c": calibration(layer.weight, layer.quantizer),
-            }
-        return out
-
-    def _mix(self, meta) -> torch.Tensor:
-        a = self.config.alpha
-        return a * meta["slow"] + (1 - a) * meta["c"] * meta["fast"]
-
-    def _lookahead(self, layer, meta, lr):
-        return layer.weight - lr * self._mix(meta)
-
-    def _update_gradient(self, layer, meta):
-        if self.config.update_mode == "combined":
-            return self._mix(meta)
-        return meta["c"] * meta["fast"]
-
-    def _extra_state(self):
-        return {"hgs": self.hgs.state_dict(), "hidden": self._hidden}
-
-    def _load_extra_state(self, state):
-        if "hgs" in state:
-            self.hgs.load_state_dict(state["hgs"])
-        self._hidden = dict(state.get("hidden", {}))
-
-
-def build_optimizer(model: nn.Module, config: OptimConfig) -> torch.optim.Optimizer:
-    """The optimizer of ``config.method`` for a binarized ``model``: torch Adam/SGD for ``"ste"`` (spec
-    §4), :class:`MetaQuantOptimizer` or :class:`FSGOptimizer` otherwise."""
-    _validate(config)
-    if config.method == "ste":
-        binary_layers(model)  # clear error for a model that was not binarized
-        if config.base_optimizer == "adam":
-            return torch.optim.Adam(
-                model.parameters(),
-                lr=config.lr,
-                betas=tuple(config.betas),
-                eps=config.eps,
-                weight_decay=config.weight_decay,
-            )
-        if config.base_optimizer == "sgd":
-            return torch.optim.SGD(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-        return torch.optim.SGD(
-            model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.sgdm_weight_decay
-        )
-    kwargs = {k: v for k, v in asdict(config).items() if k != "method"}
-    if config.method == "fsg":
-        return FSGOptimizer(model, **kwargs)
-    return MetaQuantOptimizer(model, config.method, **kwargs)

@@ -1,0 +1,40 @@
+import pytest
+
+from fsg_bnn.quick import ABLATIONS, METHODS, build_claims, quick_config, run_method
+
+
+def _metrics(acc: dict[str, list[float]], final=0.1, initial=1.0):
+    runs = [{"losses": [initial, final], "final_loss": final, "initial_loss": initial}]
+    return {
+        "methods": {k: {"test_acc_per_seed": v} for k, v in acc.items()},
+        "runs": runs,
+        "seeds": [0, 1, 2],
+    }
+
+
+def test_claims_follow_the_numbers():
+    acc = {k: [95.0, 95.0, 95.0] for k in {**METHODS, **ABLATIONS}}
+    acc["FSG-official"] = [96.0, 95.5, 95.0]
+    acc["FSG-combined"] = [94.0, 94.0, 94.0]  # below MultiFC-lr1e-2 and below STE - 0.5
+    claims = build_claims(_metrics(acc))
+    assert [c.holds for c in claims] == [True, False, False, False, False, False, True, True]
+    assert claims[0].paired["diff"] == [1.0, 0.5, 0.0]
+    bad = build_claims(_metrics(acc, final=float("nan")))
+    assert [c.holds for c in bad][-2:] == [False, False]
+
+
+def test_quick_reads_its_shipped_config():
+    cfg = quick_config()
+    assert cfg.model.arch == "mlp" and cfg.data.dataset == "digits"
+    assert cfg.optim.hgs_length == 3 and cfg.train.max_steps == 300
+
+
+@pytest.mark.slow
+def test_run_method_short():
+    from fsg_bnn.data import digits_split
+    from fsg_bnn.models import mlp
+
+    data = digits_split(0)
+    for label in ("STE", "FSG-official"):
+        r = run_method(mlp(), METHODS[label], data, seed=0, steps=3, batch=16)
+        assert len(r["losses"]) == 3 and 0.0 <= r["test_acc"] <= 100.0
