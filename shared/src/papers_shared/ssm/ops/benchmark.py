@@ -38,6 +38,17 @@ from papers_shared.ssm.ops.selective_scan import (
 )
 
 
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def _inputs(b: int, d: int, l: int, n: int, device: str, seed: int = 0) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     x = {
@@ -263,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
         },
         "environment": {
             "torch": torch.__version__,
-            "cpu": platform.processor() or platform.machine(),
+            "cpu": _cpu_model(),
             "load_average_1min": load,
         },
         **res,
