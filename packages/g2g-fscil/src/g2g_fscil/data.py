@@ -99,6 +99,16 @@ class _Files(Dataset):
         return self.transform(Image.open(self.files[i]).convert("RGB")), self.labels[i]
 
 
+def _file_data(name: str, cfg, train: tuple, test: tuple, keys: list[str]) -> FSCILData:
+    """RGB image files ``(paths, labels)`` at ``cfg.image_size``, ImageNet normalisation, FSCIL split."""
+    (ftr, ytr), (fte, yte) = train, test
+    aug, plain = _transforms(cfg.image_size)
+    split = _split(cfg, torch.tensor(ytr), torch.tensor(yte), keys)
+    tr, tr_plain, te = _Files(ftr, ytr, aug), _Files(ftr, ytr, plain), _Files(fte, yte, plain)
+    ytr_t, yte_t = torch.tensor(ytr), torch.tensor(yte)
+    return FSCILData(name, tr, tr_plain, te, ytr_t, yte_t, split, 3, cfg.image_size, "imagenet")
+
+
 def _cub200(cfg) -> FSCILData:
     """CUB_200_2011 official layout (images.txt, image_class_labels.txt, train_test_split.txt, images/)."""
     root = Path(cfg.data_root).expanduser()
@@ -116,7 +126,6 @@ def _cub200(cfg) -> FSCILData:
         return {int(a): b for a, b in (line.split(maxsplit=1) for line in p.read_text().splitlines() if line)}
 
     names, labels, is_train = (table(p) for p in need)
-    aug, plain = _transforms(cfg.image_size)
     ids = sorted(names)
     tr_ids = [i for i in ids if is_train[i].strip() == "1"]
     te_ids = [i for i in ids if is_train[i].strip() == "0"]
@@ -129,28 +138,16 @@ def _cub200(cfg) -> FSCILData:
     yte = [int(labels[i]) - 1 for i in te_ids]
     ftr, fte = [files[i] for i in tr_ids], [files[i] for i in te_ids]
     keys = ["images/" + names[i].strip() for i in tr_ids]
-    split = _split(cfg, torch.tensor(ytr), torch.tensor(yte), keys)
-    return FSCILData(
-        "cub200",
-        _Files(ftr, ytr, aug),
-        _Files(ftr, ytr, plain),
-        _Files(fte, yte, plain),
-        torch.tensor(ytr),
-        torch.tensor(yte),
-        split,
-        3,
-        cfg.image_size,
-        "imagenet",
-    )
+    return _file_data("cub200", cfg, (ftr, ytr), (fte, yte), keys)
 
 
 def _imagenet_r(cfg) -> FSCILData:
     """ImageNet-R: ``root/train`` + ``root/test`` class folders, or one folder of 200 class folders split
-    per class with a seeded ``imagenet_r_test_frac`` (no official split; [ours])."""
+    per class with a seeded ``imagenet_r_test_frac`` (no official split; ours)."""
     from papers_shared.data import stratified_split
 
     root = Path(cfg.data_root).expanduser()
-    aug, plain = _transforms(cfg.image_size)
+    plain = _transforms(cfg.image_size)[1]
     if (root / "train").is_dir() and (root / "test").is_dir():
         tr_all, te_all = image_folder(root / "train", plain), image_folder(root / "test", plain)
         ftr = [Path(p) for p, _ in tr_all.samples]
@@ -166,19 +163,7 @@ def _imagenet_r(cfg) -> FSCILData:
         fte = [Path(ds.samples[i][0]) for i in te.tolist()]
         yte = y[te].tolist()
     keys = [str(p.relative_to(root)) for p in ftr]
-    split = _split(cfg, torch.tensor(ytr), torch.tensor(yte), keys)
-    return FSCILData(
-        "imagenet_r",
-        _Files(ftr, ytr, aug),
-        _Files(ftr, ytr, plain),
-        _Files(fte, yte, plain),
-        torch.tensor(ytr),
-        torch.tensor(yte),
-        split,
-        3,
-        cfg.image_size,
-        "imagenet",
-    )
+    return _file_data("imagenet_r", cfg, (ftr, ytr), (fte, yte), keys)
 
 
 def load_fscil_data(cfg) -> FSCILData:

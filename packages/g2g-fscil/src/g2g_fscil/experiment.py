@@ -27,7 +27,7 @@ from g2g_fscil.baselines.ncm import NCMClassifier
 from g2g_fscil.baselines.v2v import method_config
 from g2g_fscil.config import ExperimentConfig, G2GConfig
 from g2g_fscil.data import FSCILData, gather, load_fscil_data
-from g2g_fscil.graphs import collapse_index, cosine_adjacency
+from g2g_fscil.graphs import collapse_index, cosine_adjacency, shared_energy
 from g2g_fscil.memory import class_stats, merge_stats
 from g2g_fscil.model import G2GNet
 from g2g_fscil.trainer import incremental_session, metatrain, pretrain
@@ -52,6 +52,7 @@ __all__ = [
     "evaluate_checkpoint",
     "joint_bound",
     "load_model",
+    "pretrain_from_config",
     "read_model_file",
     "pretrained_state",
     "run_ablation",
@@ -110,6 +111,14 @@ def _device(cfg: ExperimentConfig) -> torch.device:
     return pd.init_distributed(cfg.device).device
 
 
+def pretrain_from_config(net: G2GNet, data: FSCILData, cfg: ExperimentConfig, seed: int, device, **kw):
+    """:func:`~g2g_fscil.trainer.pretrain` with the config's epochs, learning rate, step and batch."""
+    c = cfg
+    return pretrain(
+        net, data, c.pretrain_epochs, c.pretrain_lr, c.pretrain_step, c.pretrain_batch, device, seed, **kw
+    )
+
+
 def variant_config(cfg: ExperimentConfig, variant: str) -> tuple[str, ExperimentConfig]:
     """``(method, config)`` of an ablation variant (see :data:`VARIANT_SPECS`)."""
     if variant not in VARIANT_SPECS:
@@ -156,7 +165,9 @@ def write_base_memory(model: G2GNet, data: FSCILData, batch: int = 256, device="
 def evaluate(model, data: FSCILData, t: int, batch: int = 256, device="cpu") -> dict:
     """Top-1 over the test images of every class seen up to session ``t`` (single joint head).
 
-    The test batches are split over the processes of a multi-process run and gathered back in order.
+    Besides accuracies: the collapse index of the input graphs (mean off-diagonal ``A_ij``), of the
+    backbone's local graphs, and the nodes' shared energy (:func:`g2g_fscil.graphs.shared_energy`). The
+    test batches are split over the processes of a multi-process run and gathered back in order.
     """
     model.eval()
     idx = data.split.test_idx_seen(t)
@@ -166,15 +177,15 @@ def evaluate(model, data: FSCILData, t: int, batch: int = 256, device="cpu") -> 
     for i in pd.shard(starts):
         x, y = gather(data.test, idx[i : i + batch])
         x = x.to(device)
-        row = [model.predict(x).cpu(), y, None, None]
+        row = [model.predict(x).cpu(), y, None, None, None]
         if graphs:
             f = model.local_maps(x)
-            row[2:] = collapse_index(model.embed(f)[2]), collapse_index(cosine_adjacency(f))
+            _, z, a = model.embed(f)
+            row[2:] = collapse_index(a), collapse_index(cosine_adjacency(f)), shared_energy(z)
         rows.append(row)
     rows = pd.gather_rows(rows, starts)
     pred, y = torch.cat([r[0] for r in rows]), torch.cat([r[1] for r in rows])
-    coll = [r[2] for r in rows if r[2] is not None]
-    bcoll = [r[3] for r in rows if r[3] is not None]
+    coll, bcoll, shared = ([r[i] for r in rows if r[i] is not None] for i in (2, 3, 4))
     acc = session_accuracy(pred, y)
     b, n = base_novel_accuracy(pred, y, data.base_classes)
     out = {"acc": acc, "base_acc": b, "novel_acc": n}
@@ -186,6 +197,7 @@ def evaluate(model, data: FSCILData, t: int, batch: int = 256, device="cpu") -> 
     out["hm"] = harmonic_mean(b, n) if t > 0 else float("nan")
     out["collapse"] = sum(coll) / len(coll) if coll else float("nan")
     out["backbone_collapse"] = sum(bcoll) / len(bcoll) if bcoll else float("nan")
+    out["shared_energy"] = sum(shared) / len(shared) if shared else float("nan")
     return out
 
 
@@ -197,19 +209,7 @@ def joint_bound(data: FSCILData, cfg: ExperimentConfig, seed: int = 0, device="c
     mcfg = dataclasses.replace(cfg.model, seed=seed, in_channels=data.in_channels)
     net = G2GNet(mcfg, len(classes), image_size=data.image_size, input_norm=data.input_norm).to(device)
     all_idx = torch.nonzero(torch.isin(data.train_labels, torch.tensor(classes))).flatten()
-    c = cfg
-    pretrain(
-        net,
-        data,
-        c.pretrain_epochs,
-        c.pretrain_lr,
-        c.pretrain_step,
-        c.pretrain_batch,
-        device,
-        seed,
-        train_idx=all_idx,
-        classes=classes,
-    )
+    pretrain_from_config(net, data, cfg, seed, device, train_idx=all_idx, classes=classes)
     net.eval()
     idx = data.split.test_idx_seen(len(data.split) - 1)
     lut = torch.tensor(classes)
@@ -258,20 +258,9 @@ def run_fscil(
             {k: v for k, v in pretrained.items() if k.startswith(_PRETRAINED)}, strict=False
         )
     else:
-        c = cfg
-        extra["pretrain_loss"] = pretrain(
-            model,
-            data,
-            c.pretrain_epochs,
-            c.pretrain_lr,
-            c.pretrain_step,
-            c.pretrain_batch,
-            device,
-            seed,
-            out / "pretrain" if out else None,
-            resume,
-            progress,
-            c.num_workers,
+        ckpt = {"ckpt_dir": out / "pretrain" if out else None, "resume": resume, "progress": progress}
+        extra["pretrain_loss"] = pretrain_from_config(
+            model, data, cfg, seed, device, num_workers=cfg.num_workers, **ckpt
         )
     sessions = []
     if method in ("ncm", "teen"):
@@ -313,7 +302,7 @@ def run_fscil(
     for t, r in enumerate(sessions):
         for g, v in enumerate(r["groups"]):
             matrix.set(t, g, v)
-    for k in ("base_acc", "novel_acc", "hm", "collapse", "backbone_collapse"):
+    for k in ("base_acc", "novel_acc", "hm", "collapse", "backbone_collapse", "shared_energy"):
         extra[k] = [r[k] for r in sessions]
     accs = [r["acc"] for r in sessions]
     config = config_to_dict(mcfg)
@@ -378,21 +367,8 @@ def pretrained_state(
     device = _device(cfg)
     seed_everything(seed)
     net = build_model(data, dataclasses.replace(cfg.model, seed=seed)).to(device)
-    c = cfg
-    losses = pretrain(
-        net,
-        data,
-        c.pretrain_epochs,
-        c.pretrain_lr,
-        c.pretrain_step,
-        c.pretrain_batch,
-        device,
-        seed,
-        out / "ckpt_pretrain",
-        resume,
-        progress,
-        c.num_workers,
-    )
+    ckpt = {"ckpt_dir": out / "ckpt_pretrain", "resume": resume, "progress": progress}
+    losses = pretrain_from_config(net, data, cfg, seed, device, num_workers=cfg.num_workers, **ckpt)
     state = _state(net)
     if pd.is_main_process():
         save_safetensors(state, path, metadata={"format": "g2g-fscil pretrain", "losses": json.dumps(losses)})

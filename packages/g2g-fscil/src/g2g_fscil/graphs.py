@@ -20,6 +20,7 @@ __all__ = [
     "offdiag_mask",
     "offdiag_vec",
     "represent",
+    "shared_energy",
 ]
 
 _EPS = 1e-8
@@ -100,3 +101,11 @@ def collapse_index(a: torch.Tensor) -> float:
     if a.shape[-1] < 2:
         return float("nan")
     return float(offdiag_vec(a).mean())
+
+
+def shared_energy(z: torch.Tensor) -> float:
+    """``||mean_i z_i||^2 / mean_i ||z_i||^2`` averaged over the batch (ours, a diagnostic): the share of
+    the nodes' energy in their common component. 1 = collapsed nodes; 0 = nodes that sum to zero."""
+    num = z.mean(-2).pow(2).sum(-1)
+    den = z.pow(2).sum(-1).mean(-1).clamp_min(1e-12)
+    return float((num / den).mean())
