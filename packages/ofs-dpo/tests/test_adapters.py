@@ -1,4 +1,4 @@
-"""Adapter combination, copy and swap (spec §3.9, §8 test 9)."""
+"""Adapter combination, copy and swap (COFS-DPO's combination; ours)."""
 
 from __future__ import annotations
 

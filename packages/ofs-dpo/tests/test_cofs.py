@@ -1,4 +1,4 @@
-"""COFS-DPO and the continual baselines (spec §3.9, §4)."""
+"""COFS-DPO and the continual baselines (arXiv 2406.05534 COFS-DPO; baselines ours)."""
 
 from __future__ import annotations
 

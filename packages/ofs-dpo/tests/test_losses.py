@@ -1,4 +1,4 @@
-"""Pure loss functions (spec §3.1–3.6, §8 tests 1, 3, 4 and 10 on tensors)."""
+"""Pure loss functions (the paper's Eq. 3-6 and DPO's loss, checked on tensors)."""
 
 from __future__ import annotations
 
@@ -48,7 +48,7 @@ def test_dpo_margins_hand_computed():
 
 
 def test_gradient_vanishing_of_dpo_but_not_of_chase():
-    """Prop. 3.3.1 illustration (spec §8 test 10)."""
+    """Prop. 3.3.1 illustration (ours)."""
     grads = []
     for hv in (0.0, 2.0, 5.0, 10.0):
         h = torch.tensor([hv], requires_grad=True)
@@ -68,7 +68,7 @@ def test_gradient_vanishing_of_dpo_but_not_of_chase():
 @pytest.mark.parametrize("leader", ["fast", "slow"])
 @pytest.mark.parametrize("mode", ["minmax", "pull"])
 def test_stop_gradient_routing(leader, mode):
-    """Leader margins get ∂J_L only, chaser margins ∂J_C only (spec §3.6)."""
+    """Leader margins get ∂J_L only, chaser margins ∂J_C only (the paper's Eq. 3-4)."""
     torch.manual_seed(1)
     hf0, hs0 = torch.randn(6), torch.randn(6)
 
@@ -103,7 +103,7 @@ def test_chaser_gradient_weights_minmax_vs_pull():
 
 
 def test_sign_of_one_step():
-    """One gradient step on J_C raises h_C; one on J_L raises h_L − h_C (spec §8 test 4, tensor form)."""
+    """One gradient step on J_C raises h_C; one on J_L raises h_L − h_C (tensor form)."""
     h_f, h_s = torch.tensor([0.2, -0.1], requires_grad=True), torch.tensor([0.0, 0.3], requires_grad=True)
     obj = ofs_objectives(h_f, h_s, alpha=1.0, leader="fast")
     obj.chaser_objective.backward()

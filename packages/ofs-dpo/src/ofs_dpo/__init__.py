@@ -1,7 +1,7 @@
 """OFS-DPO / COFS-DPO: Online Fast-Slow chasing DPO and its cross-domain extension (arXiv 2406.05534), on trl.
 
 Public API:
-    - :class:`OFSDPOConfig` (``trl.DPOConfig`` + the OFS-DPO fields of spec §3.11)
+    - :class:`OFSDPOConfig` (``trl.DPOConfig`` + the OFS-DPO fields)
     - :class:`OFSDPOTrainer` (``trl.DPOTrainer`` with a fast and a slow LoRA module chasing each other)
     - :class:`COFSDPO` / :class:`ContinualRunner` (cross-domain combination of fast modules and the baselines)
     - :func:`combine_lora_adapters` (parameter-space or exact weight-delta linear combination of LoRA adapters)

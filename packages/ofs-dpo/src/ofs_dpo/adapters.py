@@ -1,6 +1,6 @@
-"""LoRA adapter plumbing for two trainable adapters on one frozen base (spec §3.4, §3.7, §3.9, §3.12).
+"""LoRA adapter plumbing for two trainable adapters on one frozen base (the paper's fast/slow LoRA modules and COFS combination; plumbing ours).
 
-- :func:`activate_adapter` switches the active adapter the way spec §3.12 prescribes: PEFT's ``set_adapter``
+- :func:`activate_adapter` switches the active adapter the way two trainable adapters need it (ours): PEFT's ``set_adapter``
   freezes every inactive adapter, so both trainable adapters get ``requires_grad=True`` back immediately.
 - :func:`make_checkpointing_adapter_aware` fixes a second pitfall of running two adapters in one graph:
   activation (gradient) checkpointing recomputes a layer's forward inside ``backward()``, where PEFT would use
@@ -8,7 +8,7 @@
   for the recomputation.
 - :func:`copy_adapter` / :func:`swap_adapters` implement ``identical_init`` and ``swap_mode="weights"``.
 - :func:`combine_lora_state_dicts` / :func:`combine_lora_adapters` implement the COFS combinations in parameter
-  space and in exact weight-delta space (not PEFT's ``linear`` merge, spec §3.9).
+  space and in exact weight-delta space (not PEFT's ``linear`` merge, which scales A and B by sqrt(w): peft ``src/peft/tuners/lora/model.py:_generalized_task_arithmetic_weighted_adapter``, v0.21).
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ def _peft_model(model: nn.Module):
 
 
 def adapter_parameters(model: nn.Module, adapter_name: str) -> dict[str, nn.Parameter]:
-    """Parameters of one adapter, keyed by their full name (selected by ``.<adapter_name>.``, spec §3.12.2)."""
+    """Parameters of one adapter, keyed by their full name (selected by ``.<adapter_name>.``; ours)."""
     tag = f".{adapter_name}."
     out = {n: p for n, p in model.named_parameters() if tag in n}
     if not out:
@@ -81,14 +81,14 @@ def _paired(model: nn.Module, src: str, dst: str) -> list[tuple[nn.Parameter, nn
 
 @torch.no_grad()
 def copy_adapter(model: nn.Module, src: str, dst: str) -> None:
-    """Copy every tensor of adapter ``src`` into adapter ``dst`` (``identical_init``, spec §3.4)."""
+    """Copy every tensor of adapter ``src`` into adapter ``dst`` (``identical_init``; ours)."""
     for p_src, p_dst in _paired(model, src, dst):
         p_dst.copy_(p_src)
 
 
 @torch.no_grad()
 def swap_adapters(model: nn.Module, a: str, b: str, optimizer: torch.optim.Optimizer | None = None) -> None:
-    """Exchange the tensors of adapters ``a`` and ``b`` and, if given, their optimiser states (spec §3.7).
+    """Exchange the tensors of adapters ``a`` and ``b`` and, if given, their optimiser states (``swap_mode="weights"``; ours).
 
     The exchange is exact (bitwise): parameter data are swapped through a temporary copy and the optimiser's
     per-parameter state dicts (``exp_avg``, ``exp_avg_sq``, ``step`` for Adam) are exchanged as objects.
@@ -107,7 +107,7 @@ def swap_adapters(model: nn.Module, a: str, b: str, optimizer: torch.optim.Optim
 
 
 def activate_adapter(model: nn.Module, name: str | None, trainable: Sequence[str]) -> None:
-    """Make ``name`` the active adapter and keep every adapter in ``trainable`` trainable (spec §3.12.3).
+    """Make ``name`` the active adapter and keep every adapter in ``trainable`` trainable (ours: PEFT's ``set_adapter`` freezes the inactive adapters).
 
     ``name=None`` is not accepted here: the reference (adapters disabled) is entered with
     ``model.disable_adapter()`` as trl does, followed by :func:`restore_trainable`.
@@ -121,7 +121,7 @@ def activate_adapter(model: nn.Module, name: str | None, trainable: Sequence[str
 
 
 def restore_trainable(model: nn.Module, trainable: Sequence[str]) -> None:
-    """``set_requires_grad(trainable, True)``: undo PEFT freezing the inactive adapters (spec §3.12.3)."""
+    """``set_requires_grad(trainable, True)``: undo PEFT freezing the inactive adapters (ours: PEFT's ``set_adapter`` freezes the inactive adapters)."""
     model.set_requires_grad(list(trainable), True)
 
 
@@ -191,7 +191,7 @@ def make_checkpointing_adapter_aware(model: nn.Module, trainable: Sequence[str])
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# State dicts and combinations (COFS, spec §3.9)
+# State dicts and combinations (COFS-DPO: arXiv 2406.05534 abstract, linear combination of fast modules)
 # ---------------------------------------------------------------------------------------------------------------
 
 
@@ -299,7 +299,7 @@ def combine_lora_state_dicts(
     scalings: Sequence[float] | None = None,
     new_scaling: float = 1.0,
 ) -> dict[str, torch.Tensor]:
-    """Linear combination of LoRA adapters given as state dicts (spec §3.9 step 4).
+    """Linear combination of LoRA adapters given as state dicts (COFS-DPO's linear combination; the two spaces are ours).
 
     - ``space="param"``: ``A = Σ w_i A_i``, ``B = Σ w_i B_i`` per layer (same rank and scaling required).
     - ``space="delta"``: exact ``ΔW = Σ w_i s_i B_i A_i`` as one adapter of rank ``Σ r_i`` with scaling
@@ -368,7 +368,7 @@ def combine_lora_adapters(
     space: str = "param",
     normalise: bool = True,
 ) -> str:
-    """Add adapter ``new_name`` = linear combination of loaded adapters (spec §3.9, §7 API).
+    """Add adapter ``new_name`` = linear combination of loaded adapters (COFS-DPO's linear combination; API ours).
 
     ``space="param"`` averages the LoRA factors; ``space="delta"`` builds the exact weight-space combination
     ``ΔW = Σ w_i ΔW_i`` (rank ``Σ r_i``). Unlike ``add_weighted_adapter(combination_type="linear")``, neither

@@ -1,4 +1,4 @@
-"""COFS-DPO and the continual baselines on one shared trainer/evaluator (spec §3.9, §4, §5).
+"""COFS-DPO and the continual baselines on one shared trainer/evaluator (arXiv 2406.05534: COFS-DPO and its cross-domain comparison; baselines ours).
 
 :class:`ContinualRunner` trains a sequence of preference domains on one frozen base model and evaluates the
 deployed adapter on every seen domain after each one (score matrix ``R[k, j]``). Methods:
@@ -23,7 +23,7 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -78,7 +78,7 @@ def unwrap_base(peft_model: Any) -> torch.nn.Module:
 
 
 class GradientWeightProbe(TrainerCallback):
-    """Every ``every`` optimiser steps, record the mean gradient weights on a fixed probe set (spec §5 T1).
+    """Every ``every`` optimiser steps, record the mean gradient weights on a fixed probe set (the paper's Proposition 3.3.1).
 
     For DPO: ``σ(−h)`` of the trained adapter. For OFS-DPO: ``σ(−h_L)`` of the leader and the chase weight
     ``σ(−(h_L − h_C))``. Identical measurement for both trainers, so their curves are comparable.
@@ -122,10 +122,12 @@ class DomainResult:
     probe: list[dict[str, float]]
     extra: dict[str, float]
     leader: str
+    #: OFS-DPO only: role swaps and role checks during this domain
+    chasing: dict[str, int] = field(default_factory=dict)
 
 
 class ContinualRunner:
-    """Continual multi-domain preference alignment: COFS-DPO and the baselines of spec §4.
+    """Continual multi-domain preference alignment: COFS-DPO and the baselines (ours: sequential DPO/OFS-DPO, PEFT merging, joint DPO).
 
     Args:
         model: the base causal LM (a ``PreTrainedModel``, not wrapped); it is reused across domains.
@@ -183,7 +185,7 @@ class ContinualRunner:
             if weights == "search" and not validation_sets:
                 raise ValueError(
                     "weights='search' needs validation_sets of the seen domains (it breaks the no-replay rule, "
-                    "so it is opt-in, spec §3.9)"
+                    "so it is opt-in; ours)"
                 )
         else:
             normalise_weights(weights)
@@ -343,9 +345,11 @@ class ContinualRunner:
             self.last_fast = adapter_state_dict(pm, trainer.fast_adapter)
             self.last_slow = adapter_state_dict(pm, trainer.slow_adapter)
             self.last_leader = trainer.leader
+            chasing = {"num_swaps": trainer.chasing.num_swaps, "num_checks": len(trainer.chasing.history)}
         else:
             phi = adapter_state_dict(pm, "default")
             self.last_fast = phi
+            chasing = {}
         self.model = unwrap_base(pm)
         del trainer, pm
         self.memory.append(phi)
@@ -364,12 +368,13 @@ class ContinualRunner:
             probe=list(probe.records) if probe is not None else [],
             extra=extra,
             leader=self.last_leader,
+            chasing=chasing,
         )
         self.results.append(result)
         return result
 
     # ------------------------------------------------------------------------------------------------------------
-    # Combination (spec §3.9 steps 2c–d, 3, 4)
+    # Combination (COFS-DPO; weights and spaces ours)
     # ------------------------------------------------------------------------------------------------------------
 
     def _weights_for_stage(self) -> list[float]:
@@ -394,7 +399,7 @@ class ContinualRunner:
     def _search_weights(self) -> list[float]:
         k = len(self.memory)
         if k > 4:
-            raise ValueError("weights='search' is limited to k <= 4 domains (simplex grid, spec §3.9)")
+            raise ValueError("weights='search' is limited to k <= 4 domains (simplex grid; ours)")
         seen = {d: self.validation_sets[d] for d in self.domains if d in self.validation_sets}
         if not seen:
             raise ValueError(f"weights='search' found no validation set for the seen domains {self.domains}")
@@ -425,7 +430,7 @@ class ContinualRunner:
         return sd, cfg
 
     def _peft_merge(self, weights: list[float]) -> tuple[dict[str, torch.Tensor], Any]:
-        """PEFT ``add_weighted_adapter`` over the per-domain DPO adapters (merge baseline of spec §4)."""
+        """PEFT ``add_weighted_adapter`` over the per-domain DPO adapters (merge baseline; ours)."""
         from peft import get_peft_model
 
         pm = get_peft_model(self.model, self.lora_config, adapter_name="d0")
@@ -502,7 +507,7 @@ class ContinualRunner:
             self.model = unwrap_base(pm)
 
     def summary(self) -> dict[str, Any]:
-        """Score matrix, final average and forgetting (spec §5)."""
+        """Score matrix, final average and forgetting (ours: score matrix metrics as in continual-learning papers)."""
         k = len(self.matrix)
         square = [row + [math.nan] * (k - len(row)) for row in self.matrix]
         out: dict[str, Any] = {"method": self.method, "domains": list(self.domains), "matrix": square}
@@ -567,7 +572,7 @@ class ContinualRunner:
 
 
 class COFSDPO(ContinualRunner):
-    """COFS-DPO (spec §3.9): :class:`ContinualRunner` with ``method="cofs"``."""
+    """COFS-DPO (arXiv 2406.05534, abstract): :class:`ContinualRunner` with ``method="cofs"``."""
 
     def __init__(self, model, processing_class, lora_config, args, **kwargs: Any) -> None:
         if kwargs.pop("method", "cofs") != "cofs":

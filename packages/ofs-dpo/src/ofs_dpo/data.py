@@ -1,4 +1,4 @@
-"""Preference data: offline toy domains (spec §8), tiny models, and the hub tasks of spec §5.
+"""Preference data: offline toy domains (ours), tiny models, and the hub tasks (the DPO paper's task family; choice ours).
 
 Every dataset is a ``datasets.Dataset`` with the columns ``prompt``, ``chosen``, ``rejected`` that trl expects.
 Hub loaders go through :mod:`papers_shared.data.hf` and raise ``DatasetNotFoundError`` with instructions when
@@ -67,7 +67,7 @@ def make_toy_domain(
     completion_len: int = 6,
     seed: int = 0,
 ) -> Dataset:
-    """One toy preference domain (spec §8).
+    """One toy preference domain (ours).
 
     - ``"even"`` (domain A): chosen tokens ``t(2r)``, rejected ``t(2r+1)`` (same ``r`` per position).
     - ``"low"`` (domain B): chosen ``t(r)``, rejected ``t(r + V/2)`` (prefers indices < V/2).
@@ -150,7 +150,7 @@ def tiny_gpt2(
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Hub tasks (spec §5)
+# Hub tasks (ours: score matrix metrics as in continual-learning papers)
 # ---------------------------------------------------------------------------------------------------------------
 
 

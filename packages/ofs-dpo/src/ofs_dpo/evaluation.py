@@ -1,4 +1,4 @@
-"""Evaluation shared by every method (spec §5, §7): implicit-reward accuracy, gradient weights, sampling,
+"""Evaluation shared by every method (the paper's in-domain and cross-domain evaluation, arXiv 2406.05534 Sec. 4; metrics ours): implicit-reward accuracy, gradient weights, sampling,
 reward-model win rate and the continual-learning score matrix.
 
 All functions take a ``peft.PeftModel`` and name the adapter to evaluate; the reference is the base model with
@@ -114,7 +114,7 @@ def pair_margins(
     batch_size: int = 32,
     max_length: int | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Implicit-reward margins ``h`` (spec §2) of every adapter in ``adapters`` on every pair, ``{name: (N,)}``.
+    """Implicit-reward margins ``h`` (DPO's implicit reward, Rafailov et al. 2023 Eq. 5) of every adapter in ``adapters`` on every pair, ``{name: (N,)}``.
 
     The reference log-probs (adapters disabled, or ``ref_adapter``) are computed once and shared.
     """
@@ -175,12 +175,13 @@ def gradient_weights(
     beta: float = 0.1,
     batch_size: int = 32,
 ) -> dict[str, float]:
-    """Mean gradient weights on a probe set (spec §3.2, §5 T1): ``σ(−h_L)`` of DPO and ``σ(−(h_L − h_C))``."""
+    """Mean gradient weights on a probe set (the paper's Proposition 3.3.1: DPO's gradient vanishes as margins grow): ``σ(−h_L)`` of DPO and ``σ(−(h_L − h_C))``."""
     names = [leader] if chaser is None else [leader, chaser]
     h = pair_margins(model, dataset, tokenizer, names, beta, batch_size=batch_size)
     out = {"grad_weight_dpo": float(torch.sigmoid(-h[leader]).mean())}
     if chaser is not None:
         out["grad_weight_chase"] = float(torch.sigmoid(-(h[leader] - h[chaser])).mean())
+        out["margin_gap"] = float((h[leader] - h[chaser]).mean())
     return out
 
 
@@ -312,7 +313,7 @@ class PairwiseJudge(Protocol):
 
 
 class RewardModelJudge:
-    """Pairwise judge from any reward function (spec §5's pairwise judge with a reward model)."""
+    """Pairwise judge from any reward function (ours: win rate under a reward model)."""
 
     def __init__(self, reward_fn: Callable[[Sequence[str], Sequence[str]], list[float]]) -> None:
         self.reward_fn = reward_fn
@@ -362,7 +363,7 @@ def _prompt_text(tokenizer: Any, prompt: Any) -> str:
 
 
 def continual_metrics(matrix: Sequence[Sequence[float | None]] | np.ndarray) -> dict[str, float]:
-    """Final average ``(1/K)Σ_j R[K,j]`` and forgetting of the score matrix ``R[k, j]`` (spec §5)."""
+    """Final average ``(1/K)Σ_j R[K,j]`` and forgetting of the score matrix ``R[k, j]`` (ours: score matrix metrics as in continual-learning papers)."""
     arr = np.array([[np.nan if v is None else float(v) for v in row] for row in matrix], dtype=float)
     if arr.ndim != 2 or arr.shape[0] != arr.shape[1] or arr.shape[0] == 0:
         raise ValueError(f"score matrix must be square and non-empty, got shape {arr.shape}")

@@ -1,13 +1,13 @@
 """Pure tensor functions of OFS-DPO (no trl import).
 
-Notation of spec §2: ``lr(θ; x, y) = log π_θ(y|x) − log π_ref(y|x)`` (sequence log-prob summed over the
+Notation (DPO, Rafailov et al. 2023): ``lr(θ; x, y) = log π_θ(y|x) − log π_ref(y|x)`` (sequence log-prob summed over the
 completion tokens), the implicit-reward margin ``h_θ = β·(lr(θ; x, y_w) − lr(θ; x, y_l))`` and the
 preference probability ``σ(h_θ)``. Batches are stacked ``[chosen…; rejected…]`` along dim 0, as trl's
 ``DataCollatorForPreference`` produces them.
 
 Every public function validates shapes and dtypes; with ``validate=True`` (the default) it also rejects
 NaN/inf inputs. The trainer calls them with ``validate=False`` and handles non-finite steps itself
-(``skip_nonfinite_steps``, spec §6).
+(``skip_nonfinite_steps``; ours).
 """
 
 from __future__ import annotations
@@ -90,7 +90,7 @@ def token_logps_to_sequence(
 def sequence_logps(
     logits: torch.Tensor, input_ids: torch.Tensor, completion_mask: torch.Tensor, validate: bool = True
 ) -> torch.Tensor:
-    """Summed completion log-probs ``log π(y|x)`` per row from full logits (spec §7 API).
+    """Summed completion log-probs ``log π(y|x)`` per row from full logits (ours).
 
     ``logits``: ``(N, T, V)``; ``input_ids`` and ``completion_mask``: ``(N, T)``. Token ``t+1`` is scored by
     the logits at position ``t``; only completion tokens count. Returns ``(N,)``.
@@ -111,7 +111,7 @@ def sequence_logps(
 def dpo_margins(
     policy_logps: torch.Tensor, ref_logps: torch.Tensor, beta: float, validate: bool = True
 ) -> torch.Tensor:
-    """``h = β·[(log π(y_w) − log π_ref(y_w)) − (log π(y_l) − log π_ref(y_l))]`` (spec §2).
+    """``h = β·[(log π(y_w) − log π_ref(y_w)) − (log π(y_l) − log π_ref(y_l))]`` (DPO's implicit reward, Rafailov et al. 2023 Eq. 5).
 
     Both inputs are stacked ``(2B,)`` tensors ``[chosen; rejected]``; returns ``(B,)``.
     """
@@ -130,13 +130,13 @@ def dpo_margins(
 
 
 def dpo_loss(h: torch.Tensor, validate: bool = True) -> torch.Tensor:
-    """``L_DPO = mean(−log σ(h))`` (spec §3.1, the paper's Eq. 5 per [3p])."""
+    """``L_DPO = mean(−log σ(h))`` (Rafailov et al. 2023 Eq. 7; the OFS-DPO paper's Eq. 5)."""
     _check_float(h, "h", ndim=1, validate=validate)
     return -F.logsigmoid(h).mean()
 
 
 def dpo_grad_weight(h: torch.Tensor) -> torch.Tensor:
-    """Per-pair gradient weight ``|∂L_DPO/∂h| = σ(−h)`` that vanishes as margins grow (spec §3.2)."""
+    """Per-pair gradient weight ``|∂L_DPO/∂h| = σ(−h)`` that vanishes as margins grow (the paper's Proposition 3.3.1)."""
     _check_float(h, "h", validate=False)
     return torch.sigmoid(-h)
 
@@ -152,7 +152,7 @@ def _clamp(x: torch.Tensor, clamp: float | None) -> torch.Tensor:
 def chase_loss(
     h_leader: torch.Tensor, h_chaser: torch.Tensor, clamp: float | None = None, validate: bool = True
 ) -> torch.Tensor:
-    """``L_DPO-FS = mean(−log σ(h_L − h_C))`` (spec §3.5, the paper's Eq. 6 per [3p]).
+    """``L_DPO-FS = mean(−log σ(h_L − h_C))`` (the paper's Eq. 6).
 
     The leader plays the policy and the chaser the reference, so ``π_ref`` cancels; at parity the loss is
     ``log 2``. ``clamp`` bounds ``Δ = h_L − h_C`` to ``[−clamp, clamp]`` (``chase_margin_clamp``).
@@ -172,10 +172,10 @@ def preference_loss(
     chosen_lengths: torch.Tensor | None = None,
     rejected_lengths: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Per-pair base preference loss for the loss types OFS-DPO supports (spec §3.12 item 9).
+    """Per-pair base preference loss for the loss types OFS-DPO supports (trl's ``loss_type``s that OFS-DPO supports; ours).
 
     Same formulas as trl's ``DPOTrainer`` for ``sigmoid`` (DPO), ``hinge``, ``ipo`` (length-normalised, as trl)
-    and ``robust``. The chase term is always the sigmoid form of §3.5 whatever ``loss_type`` is.
+    and ``robust``. The chase term is always the sigmoid form of the paper's Eq. 6 whatever ``loss_type`` is.
     """
     delta = chosen_logratios - rejected_logratios
     if loss_type == "sigmoid":
@@ -202,7 +202,7 @@ def preference_loss(
 
 @dataclass
 class OFSObjectives:
-    """The terms of one OFS-DPO step (spec §3.6). Tensors are scalars unless noted."""
+    """The terms of one OFS-DPO step (the paper's Eq. 3-4). Tensors are scalars unless noted."""
 
     total: torch.Tensor
     leader_objective: torch.Tensor
@@ -227,7 +227,7 @@ def ofs_objectives(
     base_slow: torch.Tensor | None = None,
     validate: bool = True,
 ) -> OFSObjectives:
-    """Leader/chaser objectives with the stop-gradient routing of spec §3.6 (the paper's Eq. 3/4 per [3p]).
+    """Leader/chaser objectives with stop-gradient routing (the paper's Eq. 3-4).
 
     - Leader: ``J_L = L_DPO(θ_L) + α·L_DPO-FS(θ_L, sg(θ_C))``.
     - Chaser, ``mode="minmax"``: ``J_C = L_DPO(θ_C) − α·L_DPO-FS(sg(θ_L), θ_C)`` (gradient weight

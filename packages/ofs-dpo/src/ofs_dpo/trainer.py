@@ -1,6 +1,6 @@
 """``OFSDPOTrainer(DPOTrainer)``: two LoRA modules (fast, slow) on one frozen base, chasing each other.
 
-Mapping onto trl (spec §3.12):
+Mapping onto trl (ours; trl 1.16 ``trl/trainer/dpo_trainer.py:DPOTrainer``):
 
 1. ``__init__``: trl wraps the base model and creates adapter ``"default"`` = the **fast** module; we add the
    **slow** adapter with the same ``LoraConfig`` (optionally an exact copy, ``identical_init``) and keep both
@@ -9,8 +9,8 @@ Mapping onto trl (spec §3.12):
 2. ``create_optimizer``: two parameter groups, ``η_F`` and ``η_F·slow_lr_ratio``; the default scheduler is a
    multiplicative ``LambdaLR``, so the ratio holds for the whole run.
 3. ``_compute_loss``: one reference forward, one forward per adapter through trl's fused LM head, the
-   objectives of :func:`~ofs_dpo.losses.ofs_objectives` (spec §3.6) and one backward on ``J_L + J_C``.
-4. Role bookkeeping in :class:`ChasingCallback` on optimiser steps (spec §3.7).
+   objectives of :func:`~ofs_dpo.losses.ofs_objectives` (the paper's Eq. 3-4) and one backward on ``J_L + J_C``.
+4. Role bookkeeping in :class:`ChasingCallback` on optimiser steps (the paper's Algorithm 1).
 5. Checkpoints hold both adapters (PEFT writes the slow one to a sub-folder) plus ``ofs_state.json``.
 
 Distributed: single process (CPU/GPU) and DDP (one process per GPU, ``accelerate launch``/``torchrun``) are
@@ -22,6 +22,7 @@ synchronising micro-step. DeepSpeed and FSDP are rejected.
 from __future__ import annotations
 
 import json
+import math
 import os
 import weakref
 from dataclasses import asdict, dataclass, field
@@ -58,7 +59,7 @@ OFS_STATE_NAME = "ofs_state.json"
 
 @dataclass
 class ChasingState:
-    """Role bookkeeping of spec §3.7 (serialised to ``ofs_state.json``)."""
+    """Role bookkeeping of the paper's Algorithm 1 (serialised to ``ofs_state.json``)."""
 
     leader: str = "fast"
     window_fast: list[float] = field(default_factory=list)
@@ -95,7 +96,7 @@ class ChasingCallback(TrainerCallback):
 
 
 class OFSDPOTrainer(DPOTrainer):
-    """Drop-in ``DPOTrainer`` for OFS-DPO (arXiv 2406.05534; spec §3).
+    """Drop-in ``DPOTrainer`` for OFS-DPO (arXiv 2406.05534, Sec. 3).
 
     Args are those of ``trl.DPOTrainer``; ``args`` must be an :class:`~ofs_dpo.OFSDPOConfig` and either
     ``peft_config`` (a ``peft.LoraConfig``) or a ``PeftModel`` is required. ``ref_model`` must be ``None``.
@@ -134,7 +135,7 @@ class OFSDPOTrainer(DPOTrainer):
         if ref_model is not None:
             raise ValueError(
                 "OFSDPOTrainer takes no ref_model: the reference is the base model with adapters disabled "
-                "(spec §2), shared by the fast and slow modules"
+                "(DPO's implicit reward, Rafailov et al. 2023 Eq. 5), shared by the fast and slow modules"
             )
         if peft_config is None and not isinstance(model, PeftModel):
             raise ValueError(
@@ -212,11 +213,16 @@ class OFSDPOTrainer(DPOTrainer):
         self.chasing.num_swaps += 1
 
     def _on_optimizer_step(self, step: int) -> None:
-        """Push the step's mean DPO losses into the window; every K steps re-assign roles (spec §3.7)."""
+        """Push the step's mean DPO losses into the window; every K steps re-assign roles (the paper's Algorithm 1)."""
         st = self.chasing
-        if st.pending_fast:
-            st.window_fast.append(sum(st.pending_fast) / len(st.pending_fast))
-            st.window_slow.append(sum(st.pending_slow) / len(st.pending_slow))
+        # Only micro-batches whose two losses are finite count (a skipped non-finite step must not poison the
+        # window: a NaN mean would make every comparison false and silently keep the roles) (ours).
+        pairs = [
+            (f, s) for f, s in zip(st.pending_fast, st.pending_slow) if math.isfinite(f) and math.isfinite(s)
+        ]
+        if pairs:
+            st.window_fast.append(sum(f for f, _ in pairs) / len(pairs))
+            st.window_slow.append(sum(s for _, s in pairs) / len(pairs))
         st.pending_fast.clear()
         st.pending_slow.clear()
         if self.args.swap_mode == "none" or step % self.args.chase_interval != 0 or not st.window_fast:
@@ -233,7 +239,7 @@ class OFSDPOTrainer(DPOTrainer):
         st.window_slow.clear()
 
     # ------------------------------------------------------------------------------------------------------------
-    # Optimiser (spec §3.12.2)
+    # Optimiser: two parameter groups, η_F and η_S (ours)
     # ------------------------------------------------------------------------------------------------------------
 
     def create_optimizer(self, model=None):
@@ -261,9 +267,7 @@ class OFSDPOTrainer(DPOTrainer):
             if no_decay:
                 groups.append({"params": no_decay, "weight_decay": 0.0, "lr": group_lr, "ofs_module": role})
         if not any(g["ofs_module"] == "slow" for g in groups):
-            raise RuntimeError(
-                "the slow adapter has no trainable parameters (set_adapter pitfall, spec §3.12)"
-            )
+            raise RuntimeError("the slow adapter has no trainable parameters (PEFT's set_adapter froze it)")
         optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
         if {"params", "model", "optimizer_dict"} & set(optimizer_kwargs):
             raise ValueError(f"optim={self.args.optim!r} builds its own parameter groups; OFS-DPO needs two")
@@ -273,7 +277,7 @@ class OFSDPOTrainer(DPOTrainer):
         return self.optimizer
 
     # ------------------------------------------------------------------------------------------------------------
-    # Loss (spec §3.10)
+    # Loss (the paper's Eq. 3-6; one backward on J_L + J_C)
     # ------------------------------------------------------------------------------------------------------------
 
     def _model_kwargs(self, inputs: dict[str, Any]) -> dict[str, Any]:
@@ -346,7 +350,7 @@ class OFSDPOTrainer(DPOTrainer):
         }
 
     def compute_objectives(self, model, inputs) -> tuple[OFSObjectives, dict[str, Any]]:
-        """The OFS-DPO terms of spec §3.6 on one collated batch, with the current roles (differentiable)."""
+        """The OFS-DPO terms (the paper's Eq. 3-4) on one collated batch, with the current roles (differentiable)."""
         fw = self._forward_modules(model, inputs, ("fast", "slow"))
         obj = ofs_objectives(
             fw["margins"]["fast"],
@@ -377,7 +381,7 @@ class OFSDPOTrainer(DPOTrainer):
         return self._eval_loss(model, inputs)
 
     def _eval_loss(self, model, inputs) -> torch.Tensor:
-        """Evaluation of ``eval_module`` (spec §3.8): the leader by default, or fast/slow/both."""
+        """Evaluation of ``eval_module`` (ours): the leader by default, or fast/slow/both."""
         leader = self.chasing.leader
         choice = self.args.eval_module
         modules = ("fast", "slow") if choice == "both" else (leader,) if choice == "leader" else (choice,)
@@ -398,7 +402,7 @@ class OFSDPOTrainer(DPOTrainer):
         return base + fw["aux"][primary]
 
     # ------------------------------------------------------------------------------------------------------------
-    # Logging (spec §3.10 step 8)
+    # Logging (ours)
     # ------------------------------------------------------------------------------------------------------------
 
     def _mean(self, t: torch.Tensor) -> float:
@@ -425,8 +429,9 @@ class OFSDPOTrainer(DPOTrainer):
     def _log_train(self, obj: OFSObjectives, fw: dict[str, Any], inputs) -> None:
         metrics = self._metrics["train"]
         fast_loss, slow_loss = self._mean(obj.dpo_fast), self._mean(obj.dpo_slow)
-        self.chasing.pending_fast.append(fast_loss)
-        self.chasing.pending_slow.append(slow_loss)
+        if math.isfinite(fast_loss) and math.isfinite(slow_loss):  # the role window sees finite losses only
+            self.chasing.pending_fast.append(fast_loss)
+            self.chasing.pending_slow.append(slow_loss)
         metrics["ofs/dpo_loss_fast"].append(fast_loss)
         metrics["ofs/dpo_loss_slow"].append(slow_loss)
         metrics["ofs/chase_loss"].append(self._mean(obj.chase))
@@ -473,7 +478,7 @@ class OFSDPOTrainer(DPOTrainer):
         return loss.detach(), None, None
 
     # ------------------------------------------------------------------------------------------------------------
-    # Saving / loading (spec §3.12.6)
+    # Saving / loading (ours)
     # ------------------------------------------------------------------------------------------------------------
 
     def _save(self, output_dir: str | None = None, state_dict=None) -> None:

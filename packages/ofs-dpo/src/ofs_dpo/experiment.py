@@ -1,5 +1,5 @@
 """Experiment driver behind the CLI: in-domain (OFS-DPO vs DPO + ablations) and cross-domain (COFS-DPO vs the
-continual baselines) from an :class:`~ofs_dpo.config.ExperimentConfig` (spec §5).
+continual baselines) from an :class:`~ofs_dpo.config.ExperimentConfig` (ours: score matrix metrics as in continual-learning papers).
 
 Every method of one experiment shares the model, LoRA config, data, ``OFSDPOConfig`` and evaluation. Results go to
 ``<output_dir>/<name>/results.json`` (atomic); continual runs save the runner state after every domain and resume
@@ -8,7 +8,6 @@ from it (``resume=True``), and trl checkpoints inside a domain are resumed when 
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable
 from pathlib import Path
@@ -29,17 +28,19 @@ from ofs_dpo.data import (
     toy_domains,
     toy_tokenizer,
 )
+from papers_shared.results import write_json
 
 __all__ = [
     "IN_DOMAIN_OVERRIDES",
     "build_model_and_tokenizer",
     "load_domains",
     "lora_config_from",
+    "evaluate_adapter",
     "make_args",
     "run_experiment",
 ]
 
-#: In-domain methods → (continual runner method, OFSDPOConfig overrides) (spec §4 ablations).
+#: In-domain methods → (continual runner method, OFSDPOConfig overrides) (ablations, ours).
 IN_DOMAIN_OVERRIDES: dict[str, tuple[str, dict[str, Any]]] = {
     "dpo": ("seq_dpo", {}),
     "ofs": ("seq_ofs", {}),
@@ -47,8 +48,6 @@ IN_DOMAIN_OVERRIDES: dict[str, tuple[str, dict[str, Any]]] = {
     "ofs_noswap": ("seq_ofs", {"swap_mode": "none"}),
     "ofs_ratio1": ("seq_ofs", {"slow_lr_ratio": 1.0}),
 }
-
-_TRAIN_DEFAULTS: dict[str, Any] = {"report_to": [], "save_strategy": "no", "logging_steps": 10}
 
 
 def build_model_and_tokenizer(cfg: ExperimentConfig, seed: int) -> tuple[torch.nn.Module, Any]:
@@ -86,16 +85,14 @@ def lora_config_from(cfg: ExperimentConfig):
 
 
 def make_args(cfg: ExperimentConfig, output_dir: str | Path, seed: int, **overrides: Any) -> OFSDPOConfig:
-    """``OFSDPOConfig`` from ``cfg.train`` (any ``OFSDPOConfig``/``DPOConfig`` field), with a clear unknown-key error."""
-    from dataclasses import fields
-
-    from papers_shared.config import ConfigError
-
-    valid = {f.name for f in fields(OFSDPOConfig) if f.init}
-    unknown = sorted(set(cfg.train) - valid)
-    if unknown:
-        raise ConfigError(f"unknown train key(s) {unknown}; valid keys are the OFSDPOConfig/DPOConfig fields")
-    kwargs = {**_TRAIN_DEFAULTS, **cfg.train, **overrides, "output_dir": str(output_dir), "seed": seed}
+    """``OFSDPOConfig`` from ``cfg.train`` (validated :class:`~ofs_dpo.config.TrainSettings`) and ``overrides``."""
+    kwargs = {
+        "report_to": [],
+        **cfg.train.to_kwargs(),
+        **overrides,
+        "output_dir": str(output_dir),
+        "seed": seed,
+    }
     return OFSDPOConfig(**kwargs)
 
 
@@ -159,7 +156,7 @@ def _imdb_domain(cfg: ExperimentConfig, tokenizer: Any, model: torch.nn.Module) 
 
 
 def _metric_fns(cfg: ExperimentConfig, device: torch.device) -> dict[str, Callable[..., float]]:
-    """Generation metrics of spec §5: win rate vs dataset ``chosen`` (reward model) and IMDb sentiment reward."""
+    """Generation metrics (ours, the DPO paper's task family): win rate vs dataset ``chosen`` (reward model) and IMDb sentiment reward."""
     from ofs_dpo.evaluation import SequenceClassifierReward, sample_reward, win_rate_vs_reference
 
     e = cfg.eval
@@ -203,30 +200,6 @@ def _metric_fns(cfg: ExperimentConfig, device: torch.device) -> dict[str, Callab
 
 def _run_dir(cfg: ExperimentConfig) -> Path:
     return Path(cfg.output_dir) / cfg.name
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    from papers_shared.checkpoints import atomic_write_text
-
-    atomic_write_text(path, json.dumps(obj, indent=2, default=_json_default) + "\n")
-
-
-def _json_default(x: Any) -> Any:
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    if hasattr(x, "tolist"):
-        return x.tolist()
-    return str(x)
-
-
-def _clean(x: Any) -> Any:
-    if isinstance(x, float):
-        return x if math.isfinite(x) else None
-    if isinstance(x, dict):
-        return {k: _clean(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_clean(v) for v in x]
-    return x
 
 
 def run_experiment(
@@ -300,7 +273,7 @@ def run_experiment(
         ]
         results["runs"].setdefault(method, {})[str(seed)] = summary
     results["aggregate"] = _aggregate(results["runs"], cfg.setting)
-    _write_json(run_dir / "results.json", _clean(results))
+    write_json(results, run_dir / "results.json")
     return results
 
 
@@ -325,3 +298,38 @@ def _aggregate(runs: dict[str, dict[str, Any]], setting: str) -> dict[str, Any]:
             if v and not all(x is None or (isinstance(x, float) and math.isnan(x)) for x in v)
         }
     return agg
+
+
+def evaluate_adapter(cfg: ExperimentConfig, adapter: str | Path) -> dict[str, Any]:
+    """Score a saved adapter folder on every configured domain's held-out split; writes ``eval.json``.
+
+    The folder is read with :func:`~ofs_dpo.adapters.read_adapter_folder` (safetensors, never unpickled), so a
+    damaged or crafted file is a one-line :class:`~papers_shared.errors.CheckpointError`.
+    """
+    from peft import get_peft_model
+
+    from ofs_dpo.adapters import load_adapter_state_dict, read_adapter_folder
+    from ofs_dpo.evaluation import implicit_reward_accuracy
+
+    lora, state = read_adapter_folder(adapter)
+    model, tok = build_model_and_tokenizer(cfg, cfg.seeds[0])
+    data = load_domains(cfg, tok, model)
+    pm = get_peft_model(model, lora)
+    try:
+        load_adapter_state_dict(pm, "default", state)
+    except ValueError as exc:
+        from papers_shared.errors import CheckpointError
+
+        raise CheckpointError(
+            f"adapter {adapter} does not fit model {cfg.model.name_or_path}: {exc}"
+        ) from None
+    out: dict[str, Any] = {}
+    metric_fns = _metric_fns(cfg, next(pm.parameters()).device)
+    for name, splits in data.items():
+        out[name] = {
+            "reward_accuracy": implicit_reward_accuracy(pm, splits["test"], tok, "default", cfg.train.beta)
+        }
+        for metric, fn in metric_fns.items():
+            out[name][metric] = fn(pm, tok, name, splits["test"])
+    write_json(out, _run_dir(cfg) / "eval.json")
+    return out
