@@ -249,6 +249,24 @@ def test_fused_float32_threads_and_dispatch(monkeypatch):
         assert torch.allclose(p.grad, q.grad, rtol=1e-5, atol=1e-5)
 
 
+@needs_fused
+@pytest.mark.parametrize("n", [5, 16])
+def test_fused_result_does_not_depend_on_buffer_alignment(n):
+    """Bitwise the same output for inputs at every 4-byte offset (no alignment-dependent summation)."""
+
+    def shifted(t, k):
+        buf = torch.empty(t.numel() + k, dtype=t.dtype)
+        view = buf[k:].view(t.shape)
+        view.copy_(t)
+        return view
+
+    u, delta, A, B, C, *_ = make(b=2, d=4, l=60, n=n)
+    y0 = selective_scan_fused(u, delta, A, B, C, delta_softplus=True)
+    for k in range(1, 8):
+        y = selective_scan_fused(*(shifted(t, k) for t in (u, delta, A, B, C)), delta_softplus=True)
+        assert torch.equal(y, y0)
+
+
 def test_fused_build_failure_falls_back_to_chunked(monkeypatch, tmp_path):
     monkeypatch.setattr(_native, "_state", {})
     monkeypatch.setattr(_native, "_compiler", lambda: "false")  # a "compiler" that always fails

@@ -24,7 +24,7 @@ import warnings
 from pathlib import Path
 
 _SOURCE = Path(__file__).with_name("_scan_cpu.cpp")
-_FLAGS = "-O3 -march=native -fopenmp-simd -fno-math-errno -fno-trapping-math --param=vect-max-peeling-for-alignment=0 --param=vect-max-version-for-alignment-checks=0 -std=c++17 -shared -fPIC -pthread".split()
+_FLAGS = "-O3 -march=native -fopenmp-simd -fno-math-errno -fno-trapping-math -std=c++17 -shared -fPIC -pthread".split()
 _ABI = 3
 _lock = threading.Lock()
 _state: dict[str, object] = {}
