@@ -25,7 +25,7 @@ from pathlib import Path
 
 _SOURCE = Path(__file__).with_name("_scan_cpu.cpp")
 _FLAGS = "-O3 -march=native -fopenmp-simd -fno-math-errno -fno-trapping-math -std=c++17 -shared -fPIC -pthread".split()
-_ABI = 3
+_ABI = 4
 _lock = threading.Lock()
 _state: dict[str, object] = {}
 
@@ -89,7 +89,7 @@ def _load() -> ctypes.CDLL | None:
     p, i64, ci = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
     lib.papers_scan_fwd.argtypes = [ci, *[p] * 5, *[i64] * 4, *[p] * 3, ci, p, p, i64]
     lib.papers_scan_fwd.restype = None
-    lib.papers_scan_bwd.argtypes = [ci, *[p] * 5, *[i64] * 4, *[p] * 8, *[i64] * 3]
+    lib.papers_scan_bwd.argtypes = [ci, *[p] * 5, *[i64] * 4, *[p] * 3, ci, *[p] * 6, *[i64] * 3]
     lib.papers_scan_bwd.restype = None
     return lib
 

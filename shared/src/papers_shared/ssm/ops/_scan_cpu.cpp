@@ -69,7 +69,7 @@ struct Args {
   Layout lb, lc;
 };
 
-// The forward pass's element-wise prologue: dt = softplus(delta + delta_bias) (delta_bias nullable).
+// The element-wise prologue of both passes: dt = softplus(delta + delta_bias) (delta_bias nullable).
 template <typename T>
 struct Extras {
   const T *delta_bias;
@@ -136,6 +136,18 @@ inline void adjoint_step(int64_t n, T d, T dtu, T gys, const T *__restrict A, co
   sdtu_out = sdtu;
 }
 
+// dt = softplus(delta + bias) (or delta + bias) for one row of l positions.
+template <typename T>
+inline void step_sizes(const T *__restrict delta, T bias, int softplus, int64_t l, T *__restrict dt) {
+  if (softplus) {
+#pragma omp simd
+    for (int64_t s = 0; s < l; ++s) dt[s] = fsoftplus(delta[s] + bias);
+  } else {
+#pragma omp simd
+    for (int64_t s = 0; s < l; ++s) dt[s] = delta[s] + bias;
+  }
+}
+
 // a.dt holds the raw delta here: dt = softplus(delta + delta_bias) is formed per row in a scratch
 // buffer, so the pass reads delta and u and writes y = C h once. (D u and the silu(z) gate stay in
 // PyTorch, shared by every backend, so that all of them finish the output with the same arithmetic.)
@@ -149,13 +161,7 @@ void forward(const Args<T> &a, const Extras<T> &x, T *y, T *last, int64_t thread
       const T *delta = a.dt + p * l, *u = a.u + p * l, *A = a.A + di * n;
       T *dt = dtrow.data();
       const T bias = x.delta_bias ? x.delta_bias[di] : T(0);
-      if (x.softplus) {
-#pragma omp simd
-        for (int64_t s = 0; s < l; ++s) dt[s] = fsoftplus(delta[s] + bias);
-      } else {
-#pragma omp simd
-        for (int64_t s = 0; s < l; ++s) dt[s] = delta[s] + bias;
-      }
+      step_sizes(delta, bias, x.softplus, l, dt);
       const T *B = a.B + bi * a.lb.sb + (di / a.lb.hpg) * a.lb.sg;
       const T *C = a.C + bi * a.lc.sb + (di / a.lc.hpg) * a.lc.sg;
       T h0[NS > 0 ? NS : 1], h1[NS > 0 ? NS : 1];  // ping-pong state buffers (restrict-clean)
@@ -172,18 +178,21 @@ void forward(const Args<T> &a, const Extras<T> &x, T *y, T *last, int64_t thread
   });
 }
 
-// ddt, du: (b, d, l); dA: (threads, d, n); dB, dC: (threads, *storage of B / C), zero on entry.
-// a.dt: the step sizes after bias and softplus.
+// ddelta, du: (b, d, l); dA: (threads, d, n); dB, dC: (threads, *storage of B / C), zero on entry.
+// a.dt: the raw delta, as in the forward pass; ddelta is the gradient of delta (through softplus).
 template <typename T, int NS>
-void backward(const Args<T> &a, const T *dy, T *ddt, T *du, T *dA, T *dB, T *dC, int64_t szB, int64_t szC,
-              int64_t threads) {
+void backward(const Args<T> &a, const Extras<T> &x, const T *dy, T *ddelta, T *du, T *dA, T *dB, T *dC,
+              int64_t szB, int64_t szC, int64_t threads) {
   const int64_t n = NS > 0 ? NS : a.nn, l = a.nl;
   parallel_pairs(a.nb * a.nd, threads, [&](int64_t t, int64_t lo, int64_t hi) {
-    std::vector<T> hs(l * n), as(l * n), g(n), gA(n), zero(n, T(0));
+    std::vector<T> hs(l * n), as(l * n), g(n), gA(n), zero(n, T(0)), dtrow(l);
     T *dAt = dA + t * a.nd * n, *dBt = dB + t * szB, *dCt = dC + t * szC;
     for (int64_t p = lo; p < hi; ++p) {
       const int64_t bi = p / a.nd, di = p % a.nd;
-      const T *dt = a.dt + p * l, *u = a.u + p * l, *A = a.A + di * n, *gy = dy + p * l;
+      const T *delta = a.dt + p * l, *u = a.u + p * l, *A = a.A + di * n, *gy = dy + p * l;
+      const T bias = x.delta_bias ? x.delta_bias[di] : T(0);
+      T *dt = dtrow.data(), *ddt = ddelta + p * l;
+      step_sizes(delta, bias, x.softplus, l, dt);
       const int64_t ob = bi * a.lb.sb + (di / a.lb.hpg) * a.lb.sg;
       const int64_t oc = bi * a.lc.sb + (di / a.lc.hpg) * a.lc.sg;
       const T *B = a.B + ob, *C = a.C + oc;
@@ -206,8 +215,12 @@ void backward(const Args<T> &a, const T *dy, T *ddt, T *du, T *dA, T *dB, T *dC,
         T sdt, sdtu;
         adjoint_step<T, NS>(n, d, d * us, gy[s], A, B + s * a.lb.sl, C + s * a.lc.sl, hs.data() + s * n, hp,
                             as.data() + s * n, gp, gAp, gB + s * a.lb.sl, gC + s * a.lc.sl, sdt, sdtu);
-        ddt[p * l + s] = sdt + sdtu * us;
+        ddt[s] = sdt + sdtu * us;
         du[p * l + s] = sdtu * d;
+      }
+      if (x.softplus) {  // d softplus(v) / dv = sigmoid(v)
+#pragma omp simd
+        for (int64_t s = 0; s < l; ++s) ddt[s] /= T(1) + fexp(-(delta[s] + bias));
       }
       for (int64_t k = 0; k < n; ++k) dAt[di * n + k] += gAp[k];
     }
@@ -235,15 +248,15 @@ void forward_any(const Args<T> &a, const Extras<T> &x, T *y, T *last, int64_t th
 }
 
 template <typename T>
-void backward_any(const Args<T> &a, const T *dy, T *ddt, T *du, T *dA, T *dB, T *dC, int64_t szB,
-                  int64_t szC, int64_t threads) {
+void backward_any(const Args<T> &a, const Extras<T> &x, const T *dy, T *ddt, T *du, T *dA, T *dB, T *dC,
+                  int64_t szB, int64_t szC, int64_t threads) {
   switch (a.nn) {
-    case 1: return backward<T, 1>(a, dy, ddt, du, dA, dB, dC, szB, szC, threads);
-    case 4: return backward<T, 4>(a, dy, ddt, du, dA, dB, dC, szB, szC, threads);
-    case 8: return backward<T, 8>(a, dy, ddt, du, dA, dB, dC, szB, szC, threads);
-    case 16: return backward<T, 16>(a, dy, ddt, du, dA, dB, dC, szB, szC, threads);
-    case 32: return backward<T, 32>(a, dy, ddt, du, dA, dB, dC, szB, szC, threads);
-    default: return backward<T, 0>(a, dy, ddt, du, dA, dB, dC, szB, szC, threads);
+    case 1: return backward<T, 1>(a, x, dy, ddt, du, dA, dB, dC, szB, szC, threads);
+    case 4: return backward<T, 4>(a, x, dy, ddt, du, dA, dB, dC, szB, szC, threads);
+    case 8: return backward<T, 8>(a, x, dy, ddt, du, dA, dB, dC, szB, szC, threads);
+    case 16: return backward<T, 16>(a, x, dy, ddt, du, dA, dB, dC, szB, szC, threads);
+    case 32: return backward<T, 32>(a, x, dy, ddt, du, dA, dB, dC, szB, szC, threads);
+    default: return backward<T, 0>(a, x, dy, ddt, du, dA, dB, dC, szB, szC, threads);
   }
 }
 
@@ -251,7 +264,7 @@ void backward_any(const Args<T> &a, const T *dy, T *ddt, T *du, T *dA, T *dB, T 
 
 extern "C" {
 
-int papers_scan_abi_version() { return 3; }
+int papers_scan_abi_version() { return 4; }
 
 // dtype: 0 float32, 1 float64. lb / lc: {batch stride, group stride, channels per group, position stride}.
 // Forward: delta is the raw step (delta_bias, which may be null, and softplus applied inside); y = C h.
@@ -268,18 +281,22 @@ void papers_scan_fwd(int dtype, const void *delta, const void *u, const void *A,
                 static_cast<double *>(last), threads);
 }
 
-// Backward of y = C h: dt after bias and softplus; dy the gradient of y.
-void papers_scan_bwd(int dtype, const void *dt, const void *u, const void *A, const void *B, const void *C,
+// Backward of y = C h: delta, delta_bias and softplus as in the forward pass; dy the gradient of y;
+// writes the gradients of delta (through bias and softplus), u, A, B and C.
+void papers_scan_bwd(int dtype, const void *delta, const void *u, const void *A, const void *B, const void *C,
                      int64_t nb, int64_t nd, int64_t nl, int64_t nn, const int64_t *lb, const int64_t *lc,
-                     const void *dy, void *ddt, void *du, void *dA, void *dB, void *dC, int64_t szB, int64_t szC,
-                     int64_t threads) {
+                     const void *delta_bias, int softplus, const void *dy, void *ddelta, void *du, void *dA,
+                     void *dB, void *dC, int64_t szB, int64_t szC, int64_t threads) {
   if (dtype == 0)
-    backward_any(make_args<float>(dt, u, A, B, C, nb, nd, nl, nn, lb, lc), static_cast<const float *>(dy),
-                 static_cast<float *>(ddt), static_cast<float *>(du), static_cast<float *>(dA),
+    backward_any(make_args<float>(delta, u, A, B, C, nb, nd, nl, nn, lb, lc),
+                 Extras<float>{static_cast<const float *>(delta_bias), softplus}, static_cast<const float *>(dy),
+                 static_cast<float *>(ddelta), static_cast<float *>(du), static_cast<float *>(dA),
                  static_cast<float *>(dB), static_cast<float *>(dC), szB, szC, threads);
   else
-    backward_any(make_args<double>(dt, u, A, B, C, nb, nd, nl, nn, lb, lc), static_cast<const double *>(dy),
-                 static_cast<double *>(ddt), static_cast<double *>(du), static_cast<double *>(dA),
-                 static_cast<double *>(dB), static_cast<double *>(dC), szB, szC, threads);
+    backward_any(make_args<double>(delta, u, A, B, C, nb, nd, nl, nn, lb, lc),
+                 Extras<double>{static_cast<const double *>(delta_bias), softplus},
+                 static_cast<const double *>(dy), static_cast<double *>(ddelta), static_cast<double *>(du),
+                 static_cast<double *>(dA), static_cast<double *>(dB), static_cast<double *>(dC), szB, szC,
+                 threads);
 }
 }

@@ -423,9 +423,10 @@ class _FusedScan(torch.autograd.Function):
 
     Forward: one pass per ``(batch, channel)`` pair: ``dt = softplus(delta + delta_bias)`` for the
     row, then the recurrence with the ``n`` states in registers and ``exp(dt A)`` computed in the
-    loop; only ``y`` and the last state are written. Backward: ``dt`` is recomputed in PyTorch; per
-    pair the kernel recomputes the states into an ``l x n`` scratch buffer and runs the adjoint scan
-    backwards; ``dA``, ``dB``, ``dC`` are summed over per-thread buffers. Only the inputs are saved.
+    loop; only ``y`` and the last state are written. Backward: per pair the kernel recomputes ``dt``
+    and the states (into an ``l x n`` scratch buffer), runs the adjoint scan backwards and applies
+    softplus' derivative; ``dA``, ``dB``, ``dC`` are summed over per-thread buffers. Only the inputs
+    are saved.
     The last state carries no gradient (as mamba-ssm's CUDA kernel).
     """
 
@@ -458,18 +459,16 @@ class _FusedScan(torch.autograd.Function):
         n = A.shape[1]
         nt = _threads(b * d * l * n)
         gy = gy.contiguous() if gy is not None else torch.zeros_like(u)
-        x = delta + delta_bias[None, :, None] if delta_bias is not None else delta
-        dt = (F.softplus(x) if ctx.softplus else x).contiguous()
-        ddt, du = torch.empty_like(u), torch.empty_like(u)
+        g_delta, du = torch.empty_like(u), torch.empty_like(u)
         dA = u.new_zeros(nt, d, n)
         dB, dC = u.new_zeros(nt, *Bs.shape), u.new_zeros(nt, *Cs.shape)
         lbp, lcp = (ctypes.c_int64 * 4)(*ctx.lb), (ctypes.c_int64 * 4)(*ctx.lc)
         code = 1 if u.dtype == torch.float64 else 0
+        bias_ptr = None if delta_bias is None else delta_bias.data_ptr()
         lib.papers_scan_bwd(
-            code, *map(_ptr, (dt, u, A, Bs, Cs)), b, d, l, n, lbp, lcp,
-            *map(_ptr, (gy, ddt, du, dA, dB, dC)), Bs.numel(), Cs.numel(), nt,
+            code, *map(_ptr, (delta, u, A, Bs, Cs)), b, d, l, n, lbp, lcp, bias_ptr, int(ctx.softplus),
+            *map(_ptr, (gy, g_delta, du, dA, dB, dC)), Bs.numel(), Cs.numel(), nt,
         )  # fmt: skip
-        g_delta = ddt * torch.sigmoid(x) if ctx.softplus else ddt
         g_bias = g_delta.sum((0, 2)) if delta_bias is not None and ctx.needs_input_grad[5] else None
         return g_delta, du, dA.sum(0), dB.sum(0), dC.sum(0), g_bias, None, None, None
 
