@@ -29,7 +29,7 @@ INSTALL=${GPU_CHECK_INSTALL:-1}
 INSTALL_CAP=${GPU_CHECK_INSTALL_CAP:-240}
 TESTS_CAP=${GPU_CHECK_TESTS_CAP:-150}
 BENCH_CAP=${GPU_CHECK_BENCH_CAP:-60}
-LOG=${GPU_CHECK_LOG:-$(mktemp -d -t gpu-check.XXXXXX)}
+LOG=${GPU_CHECK_LOG:-$(mktemp -d)}
 OUT=docs/benchmarks
 START=$(date +%s)
 mkdir -p "$LOG" "$OUT"
