@@ -603,6 +603,8 @@ def selective_scan(
         return _cuda_kernel(*args)
     if backend == "ref":
         return selective_scan_ref(*args)
-    if backend == "fused" or (backend in ("auto", "torch") and on_cpu and fused_available()):
-        return selective_scan_fused(*args)
+    if backend == "fused" or (
+        backend in ("auto", "torch") and on_cpu and not A.is_complex() and fused_available()
+    ):
+        return selective_scan_fused(*args)  # complex A: hands over to the chunked scan
     return selective_scan_chunked(*args, chunk_size=chunk_size)
