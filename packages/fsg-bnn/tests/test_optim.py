@@ -51,13 +51,14 @@ def test_fsg_lookahead_formula(alpha):
     for name, layer in opt.layers:
         g, wt = opt._captured[name]
         fast = g * opt.fast_net(wt.reshape(-1, 1)).view_as(g)
-        seq = opt.hgs.sequence(name)
-        slow = opt.slow_net(seq, layer.lre_index)[0, -g.numel() :, 0].view_as(g)
         c = fb.calibration(layer.weight, "dorefa")
         got = opt.lookahead_weight(layer)
-        if alpha == 0.0:  # the MultiFC meta gradient alone
-            expected = layer.weight - lr * c * fast
-        elif alpha == 1.0:  # the slow gradient alone, uncalibrated
+        if alpha == 0.0:  # the MultiFC meta gradient alone (the slow net is not run)
+            assert torch.allclose(got, layer.weight - lr * c * fast, atol=1e-7)
+            continue
+        seq = opt.hgs.sequence(name)
+        slow = opt.slow_net(seq, layer.lre_index)[0, -g.numel() :, 0].view_as(g)
+        if alpha == 1.0:  # the slow gradient alone, uncalibrated
             expected = layer.weight - lr * slow
         else:
             expected = layer.weight - lr * (alpha * slow + (1 - alpha) * c * fast)
@@ -250,3 +251,14 @@ def test_clear_errors():
     F.cross_entropy(model(x), y).backward()
     with pytest.raises(FloatingPointError, match="non-finite"):
         opt.step()
+
+
+def test_alpha_zero_does_not_run_the_slow_net():
+    """alpha = 0 gives the slow grad weight 0; it is not computed (the HGS stays empty) and the fast-net
+    look-ahead is unchanged (the alpha = 0 case of test_fsg_lookahead_formula)."""
+    torch.manual_seed(0)
+    model = make_mlp()
+    opt = fb.FSGOptimizer(model, alpha=0.0, update_mode="combined", d_state=2, d_conv=2, expand=2)
+    train_steps(model, opt, 3)
+    assert opt.hgs.names() == []
+    assert all(p.grad is None for p in opt.slow_net.parameters())

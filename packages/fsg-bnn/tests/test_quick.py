@@ -1,6 +1,6 @@
 import pytest
 
-from fsg_bnn.quick import ABLATIONS, METHODS, build_claims, quick_config, run_method
+from fsg_bnn.quick import ABLATIONS, FULL_ABLATIONS, METHODS, build_claims, quick_config, run_method
 
 
 def _metrics(acc: dict[str, list[float]], final=0.1, initial=1.0):
@@ -17,10 +17,12 @@ def test_claims_follow_the_numbers():
     acc["FSG-official"] = [96.0, 95.5, 95.0]
     acc["FSG-combined"] = [94.0, 94.0, 94.0]  # below MultiFC-lr1e-2 and below STE - 0.5
     claims = build_claims(_metrics(acc))
-    assert [c.holds for c in claims] == [True, False, False, False, False, False, True, True]
+    assert [c.holds for c in claims] == [True, False, False, False, True, True]
     assert claims[0].paired["diff"] == [1.0, 0.5, 0.0]
     bad = build_claims(_metrics(acc, final=float("nan")))
     assert [c.holds for c in bad][-2:] == [False, False]
+    acc.update({k: [93.0, 93.0, 93.0] for k in FULL_ABLATIONS})  # --full adds the HGS and LRE claims
+    assert [c.holds for c in build_claims(_metrics(acc))][4:6] == [True, True]
 
 
 def test_quick_reads_its_shipped_config():
