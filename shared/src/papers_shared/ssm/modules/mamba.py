@@ -35,11 +35,10 @@ from torch import nn
 from papers_shared.device import kernel_available
 from papers_shared.ssm.modules.base import ModulatedSSM, prepare_input, tag
 from papers_shared.ssm.ops import selective_scan
+from papers_shared.ssm.ops.selective_scan import BACKENDS  # ``backend`` values: the scan's own list
 
 __all__ = ["BACKENDS", "Mamba", "MambaCache"]
 
-#: ``backend`` values, as :func:`papers_shared.ssm.ops.selective_scan` takes them.
-BACKENDS = ("auto", "torch", "ref", "cuda")
 _POSITIONS = ("pre_proj", "scan_only")
 
 
