@@ -198,3 +198,13 @@ def test_claims_are_computed_from_the_numbers():
     assert not holds("at the end, OFS chase weight")
     assert not holds("COFS-DPO accuracy forgetting")
     assert not holds("COFS-DPO loss forgetting")
+
+
+def test_missing_model_folder_is_one_line(tmp_path, capsys):
+    missing = tmp_path / "no" / "model"
+    assert (
+        main(["run", "--config", "in_domain_tldr", f"model.name_or_path={missing}", "--out", str(tmp_path)])
+        == 2
+    )
+    err = capsys.readouterr().err.strip()
+    assert "no such model folder" in err and str(missing) in err and "\n" not in err

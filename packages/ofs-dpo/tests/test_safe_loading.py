@@ -12,6 +12,7 @@ from ofs_dpo.adapters import read_adapter_folder
 from ofs_dpo.cofs import ContinualRunner
 from ofs_dpo.data import tiny_gpt2
 from ofs_dpo.trainer import OFS_STATE_NAME
+from papers_shared.checkpoints import save_safetensors
 from papers_shared.errors import CheckpointError
 
 
@@ -65,6 +66,13 @@ def test_adapter_folder_refuses_pickles_and_damage(tmp_path, make_trainer):
         read_adapter_folder(folder)
     _one_line(err, "adapter_model.safetensors")
     assert not target.exists()
+    # the weights file given directly (config beside it): refused the same way
+    _evil(tmp_path / "evil.pt", target)
+    with pytest.raises(CheckpointError, match="refused to load") as err:
+        read_adapter_folder(tmp_path / "evil.pt")
+    _one_line(err, "evil.pt")
+    assert not target.exists()
+    save_safetensors(state, folder / "adapter_model.safetensors")
     (folder / "adapter_config.json").write_text('{"r": 4,,}')
     with pytest.raises(CheckpointError) as err:
         read_adapter_folder(folder)

@@ -227,12 +227,13 @@ def load_adapter_state_dict(model: nn.Module, adapter_name: str, state_dict: dic
 
 
 def read_adapter_folder(path: str | Path) -> tuple[Any, dict[str, torch.Tensor]]:
-    """``(LoraConfig, state dict)`` of a PEFT adapter folder, read without unpickling anything.
+    """``(LoraConfig, state dict)`` of a PEFT adapter, read without unpickling anything.
 
-    The folder holds ``adapter_config.json`` and ``adapter_model.safetensors`` (what
-    :meth:`~ofs_dpo.OFSDPOTrainer.export_leader` and PEFT's ``save_pretrained`` write). A pickled
-    ``adapter_model.bin`` is read with ``weights_only=True``; a damaged or refused file raises
-    :class:`~papers_shared.errors.CheckpointError` naming it (ours).
+    ``path`` is an adapter folder (``adapter_config.json`` + ``adapter_model.safetensors``, what
+    :meth:`~ofs_dpo.OFSDPOTrainer.export_leader` and PEFT's ``save_pretrained`` write) or the weights file itself,
+    with ``adapter_config.json`` beside it. A pickled ``adapter_model.bin`` / ``.pt`` is read with
+    ``weights_only=True``; a damaged or refused file raises :class:`~papers_shared.errors.CheckpointError` naming
+    it (ours).
     """
     import json
 
@@ -241,10 +242,27 @@ def read_adapter_folder(path: str | Path) -> tuple[Any, dict[str, torch.Tensor]]
     from papers_shared.checkpoints import load_checkpoint, load_safetensors
     from papers_shared.errors import CheckpointError
 
-    folder = Path(path)
+    path = Path(path)
+    if path.is_file():
+        folder, weights = path.parent, path
+    else:
+        folder = path
+        weights = folder / "adapter_model.safetensors"
+        if not weights.is_file() and (folder / "adapter_model.bin").is_file():
+            weights = folder / "adapter_model.bin"
+        if not (folder / "adapter_config.json").is_file():
+            raise FileNotFoundError(f"no PEFT adapter at {folder}: expected adapter_config.json in it")
+        if not weights.is_file():
+            raise FileNotFoundError(f"no adapter weights in {folder}: expected {weights.name}")
+    if weights.suffix == ".safetensors":
+        state, _ = load_safetensors(weights)
+    else:
+        state = load_checkpoint(weights)
+        if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+            raise CheckpointError(f"{weights} does not hold a tensor state dict")
     cfg_path = folder / "adapter_config.json"
     if not cfg_path.is_file():
-        raise FileNotFoundError(f"no PEFT adapter at {folder}: expected {cfg_path.name} in it")
+        raise FileNotFoundError(f"no {cfg_path.name} beside {weights}: an adapter needs its config")
     try:
         raw = json.loads(cfg_path.read_text())
         if not isinstance(raw, dict):
@@ -253,15 +271,6 @@ def read_adapter_folder(path: str | Path) -> tuple[Any, dict[str, torch.Tensor]]
         config = LoraConfig(**{k: v for k, v in raw.items() if k in known})
     except (ValueError, TypeError) as exc:
         raise CheckpointError(f"could not read adapter config {cfg_path}: {exc}") from None
-    weights = folder / "adapter_model.safetensors"
-    if weights.is_file():
-        state, _ = load_safetensors(weights)
-    elif (folder / "adapter_model.bin").is_file():
-        state = load_checkpoint(folder / "adapter_model.bin")
-        if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-            raise CheckpointError(f"{folder / 'adapter_model.bin'} does not hold a tensor state dict")
-    else:
-        raise FileNotFoundError(f"no adapter weights in {folder}: expected {weights.name}")
     return config, state
 
 

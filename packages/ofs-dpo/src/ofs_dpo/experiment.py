@@ -61,7 +61,14 @@ def build_model_and_tokenizer(cfg: ExperimentConfig, seed: int) -> tuple[torch.n
 
     from papers_shared.data.hf import require_hub_model
 
-    path = m.name_or_path if Path(m.name_or_path).is_dir() else require_hub_model(m.name_or_path)
+    name = m.name_or_path
+    looks_local = name.startswith((".", "/", "~")) or name.count("/") > 1
+    if Path(name).expanduser().is_dir():
+        path = str(Path(name).expanduser())
+    elif looks_local:
+        raise FileNotFoundError(f"model.name_or_path={name}: no such model folder; give a folder or a hub id")
+    else:
+        path = require_hub_model(name)
     tok = AutoTokenizer.from_pretrained(path)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
@@ -221,9 +228,16 @@ def run_experiment(
     results: dict[str, Any] = {"name": cfg.name, "setting": cfg.setting, "runs": {}}
     domains_order = cfg.data.domains[:1] if cfg.setting == "in_domain" else list(cfg.data.domains)
     jobs = [(seed, method) for seed in cfg.seeds for method in cfg.methods]
+    # The first job's model and data are loaded before the progress bar, so that a missing model or dataset is
+    # reported as one line on a clean terminal.
+    model, tok = build_model_and_tokenizer(cfg, jobs[0][0])
+    first = (model, tok, load_domains(cfg, tok, model))
     for seed, method in tqdm(jobs, desc=cfg.name, disable=not progress):
-        model, tok = build_model_and_tokenizer(cfg, seed)
-        data = load_domains(cfg, tok, model)
+        if first is not None:
+            (model, tok, data), first = first, None
+        else:
+            model, tok = build_model_and_tokenizer(cfg, seed)
+            data = load_domains(cfg, tok, model)
         job_dir = run_dir / f"seed{seed}" / method
         if cfg.setting == "in_domain":
             runner_method, overrides = IN_DOMAIN_OVERRIDES[method]

@@ -6,8 +6,8 @@ DPO's, and Adam cancels the scale. The paper's argument (arXiv 2406.05534, Sec. 
 margins grow; the fast-slow chase keeps a non-vanishing gradient) needs a stream on which margins *saturate*.
 
 - Toy domain A (chosen continuations use even token indices, rejected the adjacent odd ones) then B (prefers
-  indices < V/2); tiny GPT2Config, LoRA r 8 on ``c_attn``, 1 024 pairs per domain streamed once in batches of 8
-  (128 steps), fast lr 1e-3, slow/fast ratio 0.1, alpha 1, K 10, all from ``configs/quick.yaml``.
+  indices < V/2); tiny GPT2Config, LoRA r 8 on ``c_attn``, 512 pairs per domain streamed once in batches of 4
+  (128 steps; 128 held-out pairs), fast lr 1e-3, slow/fast ratio 0.1, alpha 1, K 10, all from ``configs/quick.yaml``.
 - **beta = 1** (ten times trl's default) so that ``h = beta * log-ratio margin`` leaves the linear regime within
   the stream: DPO's per-pair weight ``sigma(-h)`` falls far below 0.5 while the chase weight
   ``sigma(-(h_L - h_C))`` stays near 0.5 as long as the chaser keeps up. Then the leader's per-pair weighting
