@@ -35,6 +35,7 @@ def test_every_shipped_config_loads_and_describes_itself():
         assert cfg.optim.method == "fsg"
         if name in PAPER:  # paper configs run the official update and no approximation
             assert cfg.optim.update_mode == "official" and cfg.optim.hgs_length == 5
+            assert cfg.optim.slow_net_refresh == 1  # the approximation is off
 
 
 @pytest.mark.parametrize(

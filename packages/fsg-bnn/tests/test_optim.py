@@ -262,3 +262,22 @@ def test_alpha_zero_does_not_run_the_slow_net():
     train_steps(model, opt, 3)
     assert opt.hgs.names() == []
     assert all(p.grad is None for p in opt.slow_net.parameters())
+
+
+def test_slow_net_refresh_reuses_the_slow_grad_between_refreshes():
+    """slow_net_refresh = 2 (documented approximation): the slow net runs at every 2nd generation, its
+    output is reused detached in between, the HGS still advances every step; 1 is the exact default."""
+    model = make_mlp()
+    opt = fsg(model, slow_net_refresh=2, alpha=0.5)
+    train_steps(model, opt, 2)  # generation 1 (the first step has none): computed and cached
+    cached = {k: v.clone() for k, v in opt._slow_cache.items()}
+    forward_backward(model, opt)  # generation 2: reused
+    assert all(torch.equal(opt._meta[k]["slow"].reshape(-1), cached[k]) for k in cached)
+    assert all(p.grad is None or not p.grad.any() for p in opt.slow_net.parameters())
+    assert all(opt.hgs.count(n) == 2 for n in opt.hgs.names())
+    opt.step()
+    forward_backward(model, opt, seed=101)  # generation 3: recomputed, the slow net gets gradients
+    assert any(p.grad is not None and p.grad.any() for p in opt.slow_net.parameters())
+    state = opt.state_dict()
+    assert state["extra"]["generations"] == 3
+    assert fb.OptimConfig().slow_net_refresh == 1

@@ -19,6 +19,9 @@ def test_claims_follow_the_numbers():
     claims = build_claims(_metrics(acc))
     assert [c.holds for c in claims] == [True, False, False, False, True, True]
     assert claims[0].paired["diff"] == [1.0, 0.5, 0.0]
+    acc["FSG-combined"] = [95.5, 94.9, 94.9]  # mean above alpha0 (95.0) but only one seed: no claim
+    assert not build_claims(_metrics(acc))[3].holds
+    acc["FSG-combined"] = [94.0, 94.0, 94.0]
     bad = build_claims(_metrics(acc, final=float("nan")))
     assert [c.holds for c in bad][-2:] == [False, False]
     acc.update({k: [93.0, 93.0, 93.0] for k in FULL_ABLATIONS})  # --full adds the HGS and LRE claims

@@ -104,6 +104,12 @@ class OptimConfig(Config):
         "torch (the shared CPU scan), ref (sequential), cuda",
     )
     scan_chunk: int | None = field(None, ge=1, help="scan chunk length (None: backend default)")
+    slow_net_refresh: int = field(
+        1,
+        ge=1,
+        help="(ours, an approximation for speed) run the slow net every k-th step and reuse its output, "
+        "detached, in between; 1 = every step, exact (every paper config)",
+    )
     layer_batching: Literal["exact", "pad", "none"] = field(
         "exact",
         help="(ours, speed) exact: one slow-net call per group of equal-length layers; pad: one call, "

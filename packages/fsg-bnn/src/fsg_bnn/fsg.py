@@ -67,6 +67,8 @@ class FSGOptimizer(MetaGradientOptimizer):
         self.meta_optimizers = [self._adam(fast, cfg.fast_lr), self._adam(slow, cfg.slow_lr)]
         self.hgs = HistoricalGradientStorage(cfg.hgs_length, cfg.hgs_layout)
         self._hidden: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._generations = 0  # meta-gradient generations so far (slow_net_refresh)
+        self._slow_cache: dict[str, torch.Tensor] = {}
 
     @property
     def fast_net(self) -> nn.Module:
@@ -83,7 +85,8 @@ class FSGOptimizer(MetaGradientOptimizer):
         # reaches the slow net, so it is not run (ours: the same results, less time)
         off = self.config.alpha == 0.0 and not self.config.swap_roles
         run_seq = isinstance(seq_net, SlowNet) and not off
-        seq_out = self._sequence_outputs(seq_net, self.hgs) if run_seq else None
+        seq_out = self._slow_outputs(seq_net) if run_seq else None
+        self._generations += 1
         out = {}
         for name, layer in self.layers:
             g, wt = self._inputs(name, layer)
@@ -104,6 +107,20 @@ class FSGOptimizer(MetaGradientOptimizer):
             }
         return out
 
+    def _slow_outputs(self, seq_net: SlowNet) -> dict[str, torch.Tensor]:
+        """The sequence net's outputs; with ``slow_net_refresh = k > 1`` (ours, an approximation) they are
+        recomputed every ``k``-th generation and reused, detached, in between (the HGS windows are still
+        updated every step; the slow net is trained only on refresh steps)."""
+        k = self.config.slow_net_refresh
+        if k > 1 and self._slow_cache and self._generations % k:
+            for name, _ in self.layers:
+                self.hgs.push(name, self._captured[name][0])
+            return self._slow_cache
+        out = self._sequence_outputs(seq_net, self.hgs)
+        if k > 1:
+            self._slow_cache = {name: t.detach() for name, t in out.items()}
+        return out
+
     def _mix(self, meta) -> torch.Tensor:
         a = self.config.alpha
         return a * meta["slow"] + (1 - a) * meta["c"] * meta["fast"]
@@ -117,12 +134,19 @@ class FSGOptimizer(MetaGradientOptimizer):
         return meta["c"] * meta["fast"]
 
     def _extra_state(self):
-        return {"hgs": self.hgs.state_dict(), "hidden": self._hidden}
+        return {
+            "hgs": self.hgs.state_dict(),
+            "hidden": self._hidden,
+            "generations": self._generations,
+            "slow_cache": dict(self._slow_cache),
+        }
 
     def _load_extra_state(self, state):
         if "hgs" in state:
             self.hgs.load_state_dict(state["hgs"])
         self._hidden = dict(state.get("hidden", {}))
+        self._generations = int(state.get("generations", 0))
+        self._slow_cache = dict(state.get("slow_cache", {}))
 
 
 def build_optimizer(model: nn.Module, config: OptimConfig) -> torch.optim.Optimizer:
