@@ -43,3 +43,18 @@ def test_run_method_short():
     for label in ("STE", "FSG-official"):
         r = run_method(mlp(), METHODS[label], data, seed=0, steps=3, batch=16)
         assert len(r["losses"]) == 3 and 0.0 <= r["test_acc"] <= 100.0
+
+
+def test_same_seed_same_numbers():
+    """Issue 15.7: a (method, seed) run is a function of its seed (every generator seeded from it)."""
+    import torch
+
+    from fsg_bnn.data import digits_split
+    from fsg_bnn.models import mlp
+
+    data = digits_split(0)
+    torch.manual_seed(0)
+    fp = mlp()
+    settings = {"method": "fsg", "update_mode": "combined", "d_state": 2, "d_conv": 2, "expand": 2}
+    runs = [run_method(fp, settings, data, seed=3, steps=3, batch=16) for _ in range(2)]
+    assert runs[0]["losses"] == runs[1]["losses"] and runs[0]["test_acc"] == runs[1]["test_acc"]

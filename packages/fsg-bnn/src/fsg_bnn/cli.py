@@ -14,12 +14,9 @@ from pathlib import Path
 from fsg_bnn.config import ExperimentConfig
 from papers_shared.cli import CLI, Context, arg
 
-cli = CLI(
-    "fsg-bnn",
-    ExperimentConfig,
-    description=__doc__,
-    keys={"seed": "train.seed", "device": "train.device", "out": "train.out_dir"},
-)
+#: the common flags --seed, --device and --out set these config keys
+FLAG_KEYS = {"seed": "train.seed", "device": "train.device", "out": "train.out_dir"}
+cli = CLI("fsg-bnn", ExperimentConfig, description=__doc__, keys=FLAG_KEYS)
 
 
 @cli.command("pretrain", help="full-precision pretraining only; writes <out>/fp/model.safetensors")
