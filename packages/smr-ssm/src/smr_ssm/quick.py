@@ -279,9 +279,13 @@ def _why(diag: dict[str, Any], variant: bool = False) -> str:
         pos = sum(r > 0 for r in diag["r_mean"])
         parts.append(
             f"SMR scale vs true step: channel-mean r {_fmt(diag['r_mean'])} (positive in {pos}/"
-            f"{len(diag['r_mean'])} seeds) while the per-channel |r| is {_fmt(diag['r_abs_channel'])}: single "
-            "channels follow the step but with mixed signs that cancel in the mean; the slope of the mean scale "
-            f"on the relative step is {_fmt(diag['slope'])} and the mean scale moves by "
+            f"{len(diag['r_mean'])} seeds) while the per-channel |r| is {_fmt(diag['r_abs_channel'])}"
+            + (
+                ": single channels follow the step but with mixed signs that cancel in the mean"
+                if statistics.fmean(diag["r_abs_channel"]) >= 0.2
+                else ": no channel follows the step"
+            )
+            + f"; the slope of the mean scale on the relative step is {_fmt(diag['slope'])} and the mean scale moves by "
             f"{_fmt(diag['scale_mean_range'])} across test ranges, far from the s ~ tau of the ZOH argument"
         )
     if variant:
