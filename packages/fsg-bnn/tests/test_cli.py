@@ -152,3 +152,22 @@ def test_trainer_rejects_non_finite_loss():
     trainer = Trainer(model, torch.optim.SGD(model.parameters(), lr=0.1))
     with pytest.raises(FloatingPointError, match="non-finite"):
         trainer.train_step(torch.full((2, 3), float("inf")), torch.tensor([0, 1]))
+
+
+@pytest.mark.slow
+def test_damaged_own_pretraining_output_is_rebuilt(tmp_path):
+    from fsg_bnn.experiment import run_experiment
+
+    cfg = load_config(ExperimentConfig, resolve_config("fsg_bnn", "smoke"), [f"train.out_dir={tmp_path}"])
+    fp = tmp_path / "fp" / "model.safetensors"
+    fp.parent.mkdir(parents=True)
+    fp.write_bytes(b"damaged")
+    with pytest.warns(RuntimeWarning, match="pretraining again"):
+        run_experiment(cfg, progress=False)
+    assert fp.stat().st_size > 1000
+    user = load_config(
+        ExperimentConfig, resolve_config("fsg_bnn", "smoke"), [f"train.pretrained={tmp_path / 'x.pt'}"]
+    )
+    (tmp_path / "x.pt").write_bytes(b"damaged")
+    with pytest.raises(CheckpointError, match="x.pt"):
+        run_experiment(user, progress=False)

@@ -8,6 +8,7 @@ weights. Both stages are checkpointed atomically under ``train.out_dir`` and res
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -83,7 +84,17 @@ def run_experiment(cfg: ExperimentConfig, resume: bool = False, progress: bool =
         fp = run_pretrain(cfg, resume=resume, progress=progress)
     seed_everything(t.seed)
     model = build_experiment_model(cfg)
-    load_fp_checkpoint(model, fp)
+    try:
+        load_fp_checkpoint(model, fp)
+    except CheckpointError as exc:
+        if t.pretrained:  # the user's file: say so and stop
+            raise
+        # our own pretraining output is damaged: rebuild it (ours)
+        warnings.warn(f"{exc}; pretraining again", RuntimeWarning, stacklevel=2)
+        fp = run_pretrain(cfg, resume=False, progress=progress)
+        seed_everything(t.seed)
+        model = build_experiment_model(cfg)
+        load_fp_checkpoint(model, fp)
     binarize(model, cfg.model.quantizer, cfg.model.bits, bwn_scale=cfg.model.bwn_scale)
     model.to(device)
     optimizer = build_optimizer(model, cfg.optim)
