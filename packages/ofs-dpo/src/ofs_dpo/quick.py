@@ -416,6 +416,13 @@ def _notes(claims: list[Claim], summary: dict[str, Any]) -> str:
     )
     if failed:
         text += f" Claims that do not hold: {failed}."
+    lo = ind["chase_weight_range"][0]
+    if lo < 0.3:
+        text += (
+            f" Measured cause of a chase weight below 0.3: the slow chaser falls behind (gap h_L - h_C up to "
+            f"{ind['fast_slow_gap_max']:.2f}), so sigma(-Delta) decays to {lo:.3f}, close to DPO's end weight "
+            f"{ind['dpo_grad_weight_start_end'][1]:.3f}; roles swapped in {ind['role_swaps_per_check']:.0%} of checks."
+        )
     return text
 
 
