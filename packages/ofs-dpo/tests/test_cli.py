@@ -208,3 +208,4 @@ def test_missing_model_folder_is_one_line(tmp_path, capsys):
     )
     err = capsys.readouterr().err.strip()
     assert "no such model folder" in err and str(missing) in err and "\n" not in err
+    assert not (tmp_path / "in_domain_tldr").exists()  # nothing written before the model was found

@@ -220,18 +220,18 @@ def run_experiment(
     from tqdm.auto import tqdm
     from transformers.trainer_utils import get_last_checkpoint
 
-    run_dir = _run_dir(cfg)
-    run_dir.mkdir(parents=True, exist_ok=True)
     from papers_shared.config import save_config
 
+    jobs = [(seed, method) for seed in cfg.seeds for method in cfg.methods]
+    # The first job's model and data are loaded before the progress bar and the run folder, so that a missing
+    # model or dataset is reported as one line on a clean terminal and leaves nothing behind.
+    model, tok = build_model_and_tokenizer(cfg, jobs[0][0])
+    first = (model, tok, load_domains(cfg, tok, model))
+    run_dir = _run_dir(cfg)
+    run_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run_dir / "config.yaml")
     results: dict[str, Any] = {"name": cfg.name, "setting": cfg.setting, "runs": {}}
     domains_order = cfg.data.domains[:1] if cfg.setting == "in_domain" else list(cfg.data.domains)
-    jobs = [(seed, method) for seed in cfg.seeds for method in cfg.methods]
-    # The first job's model and data are loaded before the progress bar, so that a missing model or dataset is
-    # reported as one line on a clean terminal.
-    model, tok = build_model_and_tokenizer(cfg, jobs[0][0])
-    first = (model, tok, load_domains(cfg, tok, model))
     for seed, method in tqdm(jobs, desc=cfg.name, disable=not progress):
         if first is not None:
             (model, tok, data), first = first, None
