@@ -25,12 +25,18 @@ IMPORT = {p.name: p.name.replace("-", "_") for p in PACKAGE_DIRS}
 #: per package: argv (after the CLI name) of a command that reads a checkpoint given by path ({ckpt}),
 #: and of a command that needs a dataset, pointed at a missing local folder ({missing}).
 CHECKPOINT_ARGV: dict[str, list[str]] = {
+    "fsg-bnn": ["eval", "--config", "smoke", "--checkpoint", "{ckpt}"],
+    "ofs-dpo": ["eval", "--config", "quick_in_domain", "--adapter", "{ckpt}"],
+    "smr-ssm": ["lm", "--config", "lm_demo", "--init", "{ckpt}"],
     "ibta": ["attack", "--config", "digits_tiny", 'weights={"digits_cnn": "{ckpt}"}', "--out", "{out}"],
     "icl-vmf": ["eval", "--config", "smoke_digits", "--checkpoint", "{ckpt}"],
     "sr-cis": ["eval", "--config", "digits_smoke", "--state", "{ckpt}"],
     "t-switch": ["report", "{ckpt}"],
 }
 DATASET_ARGV: dict[str, list[str]] = {
+    "fsg-bnn": ["train", "--config", "cifar10_resnet20", "data.root={missing}", "--out", "{out}"],
+    "ofs-dpo": ["run", "--config", "in_domain_tldr", "model.name_or_path={missing}"],
+    "smr-ssm": ["lra", "--config", "lra_listops_demo", "--data-dir", "{missing}"],
     "ibta": ["attack", "--config", "exp1_cnn", "data_root={missing}", "--out", "{out}"],
     "icl-vmf": ["zero-shot", "--config", "zero_shot_cifar100_llava15_7b", "data.root={missing}"],
     "sr-cis": ["train", "--config", "cifar100_10t", "data.root={missing}", "--out", "{out}"],
@@ -59,6 +65,17 @@ def _fill(argv: list[str], **paths: Path) -> list[str]:
             a = a.replace("{" + key + "}", str(path))
         out.append(a)
     return out
+
+
+@pytest.fixture(autouse=True)
+def _scratch_cwd(tmp_path, monkeypatch):
+    """Each call runs from an empty working directory, which must stay empty after a refused command."""
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    yield
+    left = sorted(p.name for p in cwd.iterdir())
+    assert not left, f"a refused command left files in the working directory: {left}"
 
 
 def _run(pkg: str, argv: list[str], capsys) -> tuple[int, str, str]:

@@ -143,3 +143,19 @@ def test_yaml_path_config_is_read(tmp_path, capsys):
     shown = yaml.safe_load(capsys.readouterr().out)
     assert shown["mode"] == "b" and shown["train"]["lr"] == 0.01
     assert Path(path).exists()
+
+
+def test_a_failing_command_leaves_no_empty_output_folder(capsys, tmp_path):
+    cli = _toy_cli([])
+
+    @cli.command("fail", help="fails on bad input after the --out check")
+    def fail(cfg: ToyCfg, ctx) -> None:
+        raise CheckpointError("could not read checkpoint y.pt: damaged")
+
+    out = tmp_path / "runs" / "toy"
+    assert cli.main(["fail", "--out", str(out)]) == 2
+    assert not (tmp_path / "runs").exists()
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    assert cli.main(["fail", "--out", str(kept)]) == 2
+    assert kept.is_dir()  # a folder that existed before is never removed

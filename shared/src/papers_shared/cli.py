@@ -200,6 +200,31 @@ def check_output_dir(path: str | os.PathLike, flag: str = "--out") -> Path:
     return path
 
 
+def _first_missing(path: Path) -> Path | None:
+    """The outermost folder of ``path`` that does not exist yet (``None`` if ``path`` exists)."""
+    path = path.absolute()
+    if path.exists():
+        return None
+    while not path.parent.exists():
+        path = path.parent
+    return path
+
+
+def _remove_if_empty(created: Path | None, out: Path | None) -> None:
+    """Undo the folders the --out check created when the command failed before writing anything."""
+    if created is None or out is None:
+        return
+    leaf = out.absolute()
+    try:
+        while True:
+            leaf.rmdir()  # only succeeds on an empty folder
+            if leaf == created:
+                return
+            leaf = leaf.parent
+    except OSError:
+        return
+
+
 # --------------------------------------------------------------------------------------------------- CLI
 def arg(*flags: str, **kwargs: Any) -> tuple[tuple[str, ...], dict[str, Any]]:
     """An extra command option, as ``argparse.add_argument(*flags, **kwargs)`` takes it."""
@@ -422,7 +447,9 @@ class CLI:
         out = getattr(args, "out", None)
         if out is None and cfg is not None and "out" in self.keys:
             out = Path(_get(cfg, self.keys["out"]))
+        created = None
         if out is not None and "out" in cmd.flags:
+            created = _first_missing(Path(out))
             check_output_dir(out)
         ctx = Context(
             prog=self.prog,
@@ -435,7 +462,11 @@ class CLI:
             device=getattr(args, "device", None),
             args=args,
         )
-        result = cmd.fn(cfg, ctx) if cmd.config else cmd.fn(ctx)
+        try:
+            result = cmd.fn(cfg, ctx) if cmd.config else cmd.fn(ctx)
+        except BaseException:
+            _remove_if_empty(created, Path(out) if out is not None else None)
+            raise
         if isinstance(result, (dict, list)):
             from papers_shared.results import to_jsonable
 
