@@ -25,6 +25,9 @@ IMPORT = {p.name: p.name.replace("-", "_") for p in PACKAGE_DIRS}
 #: per package: argv (after the CLI name) of a command that reads a checkpoint given by path ({ckpt}),
 #: and of a command that needs a dataset, pointed at a missing local folder ({missing}).
 CHECKPOINT_ARGV: dict[str, list[str]] = {
+    "esma": ["eval", "--config", "digits_tiny", "--checkpoint", "{ckpt}"],
+    "g2g-fscil": ["eval", "--config", "quick", "--checkpoint", "{ckpt}"],
+    "mecoin": ["eval", "--config", "quick", "--weights", "{ckpt}"],
     "fsg-bnn": ["eval", "--config", "smoke", "--checkpoint", "{ckpt}"],
     "ofs-dpo": ["eval", "--config", "quick_in_domain", "--adapter", "{ckpt}"],
     "smr-ssm": ["lm", "--config", "lm_demo", "--init", "{ckpt}"],
@@ -34,6 +37,9 @@ CHECKPOINT_ARGV: dict[str, list[str]] = {
     "t-switch": ["report", "{ckpt}"],
 }
 DATASET_ARGV: dict[str, list[str]] = {
+    "esma": ["screen", "--config", "esma_resnet50", "imagenet_root={missing}", "--out", "{out}"],
+    "g2g-fscil": ["run", "--config", "cifar100", "data_root={missing}", "--out", "{out}"],
+    "mecoin": ["run", "--config", "corafull", "data_root={missing}", "--out", "{out}"],
     "fsg-bnn": ["train", "--config", "cifar10_resnet20", "data.root={missing}", "--out", "{out}"],
     "ofs-dpo": ["run", "--config", "in_domain_tldr", "model.name_or_path={missing}"],
     "smr-ssm": ["lra", "--config", "lra_listops_demo", "--data-dir", "{missing}"],
@@ -123,8 +129,6 @@ def test_out_that_is_a_file_is_refused_before_work(pkg, capsys, tmp_path):
 
 @pytest.mark.parametrize("pkg", IDS)
 def test_damaged_and_crafted_checkpoints_are_one_line(pkg, capsys, tmp_path):
-    if pkg not in CHECKPOINT_ARGV:
-        pytest.skip(f"{pkg} has no command that reads a checkpoint file given by the user")
     damaged = tmp_path / "damaged.pt"
     damaged.write_bytes(b"\x80\x02not really a checkpoint" * 10)
     code, _, err = _run(pkg, _fill(CHECKPOINT_ARGV[pkg], ckpt=damaged, out=tmp_path / "o1"), capsys)
