@@ -1,8 +1,8 @@
-from pathlib import Path
-
 import pytest
 import torch
 from torch import nn
+
+from papers_shared.testing import CodeRunningPickle
 
 torch.set_num_threads(1)
 
@@ -44,14 +44,7 @@ def fixed_logits_cls():
     return FixedLogits
 
 
-class _Evil:
-    """A pickle that, when loaded with full unpickling, creates a file (stands for arbitrary code)."""
-
-    def __init__(self, target: Path) -> None:
-        self.target = target
-
-    def __reduce__(self):
-        return (Path.touch, (self.target,))
+_Evil = CodeRunningPickle  # a crafted pickle that creates a file when loaded
 
 
 @pytest.fixture

@@ -3,6 +3,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from papers_shared.testing import CodeRunningPickle
+
 torch.set_num_threads(1)  # shared 2-core machines: one intra-op thread per test process
 
 
@@ -21,14 +23,7 @@ def f64():
     torch.set_default_dtype(old)
 
 
-class Evil:
-    """A pickle that, when fully unpickled, creates a file (stands for arbitrary code)."""
-
-    def __init__(self, target: Path) -> None:
-        self.target = target
-
-    def __reduce__(self):
-        return (Path.touch, (self.target,))
+Evil = CodeRunningPickle  # a crafted pickle that creates a file when loaded
 
 
 @pytest.fixture
