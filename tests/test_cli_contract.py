@@ -19,6 +19,8 @@ import pytest
 import torch
 from _workspace import PACKAGE_DIRS
 
+from papers_shared.testing import CodeRunningPickle
+
 IDS = [p.name for p in PACKAGE_DIRS]
 IMPORT = {p.name: p.name.replace("-", "_") for p in PACKAGE_DIRS}
 
@@ -48,16 +50,6 @@ DATASET_ARGV: dict[str, list[str]] = {
     "sr-cis": ["train", "--config", "cifar100_10t", "data.root={missing}", "--out", "{out}"],
     "t-switch": ["run", "--config", "vit_b32", "pretrained={missing}", "--out", "{out}"],
 }
-
-
-class _Evil:
-    """Unpickling this creates ``target`` (stands for arbitrary code)."""
-
-    def __init__(self, target: Path) -> None:
-        self.target = target
-
-    def __reduce__(self):
-        return (Path.touch, (self.target,))
 
 
 def _main(pkg: str):
@@ -135,7 +127,7 @@ def test_damaged_and_crafted_checkpoints_are_one_line(pkg, capsys, tmp_path):
     _one_line_error(code, err, str(damaged))
     marker = tmp_path / "code_ran"
     crafted = tmp_path / "crafted.pt"
-    torch.save({"state": torch.zeros(1), "x": _Evil(marker)}, crafted)
+    torch.save({"state": torch.zeros(1), "x": CodeRunningPickle(marker)}, crafted)
     code, _, err = _run(pkg, _fill(CHECKPOINT_ARGV[pkg], ckpt=crafted, out=tmp_path / "o2"), capsys)
     _one_line_error(code, err, str(crafted))
     assert not marker.exists(), "loading the crafted file ran code"

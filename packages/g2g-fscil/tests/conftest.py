@@ -3,6 +3,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from papers_shared.testing import CodeRunningPickle
+
 torch.set_num_threads(1)
 
 
@@ -31,23 +33,13 @@ def digits():
     return digits_data(base=6, ways=2, shots=5, seed=0)
 
 
-class _Evil:
-    """A pickle that, when loaded with full unpickling, creates a file (stands for arbitrary code)."""
-
-    def __init__(self, target: Path) -> None:
-        self.target = target
-
-    def __reduce__(self):
-        return (Path.touch, (self.target,))
-
-
 @pytest.fixture
 def crafted_pickle(tmp_path):
     """``write(path) -> target``: a torch file at ``path`` whose unpickling would create ``target``."""
 
     def write(path: Path) -> Path:
         target = tmp_path / f"pwned-{Path(path).name}"
-        torch.save({"w": torch.zeros(1), "x": _Evil(target)}, path)
+        torch.save({"w": torch.zeros(1), "x": CodeRunningPickle(target)}, path)
         return target
 
     return write

@@ -6,6 +6,7 @@ import torch
 from papers_shared.checkpoints import save_safetensors
 from papers_shared.cli import list_configs, resolve_config
 from papers_shared.config import ConfigError, load_config
+from papers_shared.testing import CodeRunningPickle
 from t_switch.cli import main
 from t_switch.config import DigitsConfig, ExperimentConfig
 from t_switch.quick import build_claims, load_quick_config, quick_reproduction
@@ -59,20 +60,10 @@ def test_missing_local_checkpoint_is_file_not_found(tmp_path, tiny, capsys):
     _one_line_error(capsys, rc, "HF hub model 'nobody/not-cached'")
 
 
-class _Evil:
-    def __init__(self, target):
-        self.target = target
-
-    def __reduce__(self):
-        from pathlib import Path
-
-        return (Path.touch, (self.target,))
-
-
 def test_bad_inputs_exit_2_with_one_line(tmp_path, tiny, capsys):
     pre, args = _files(tmp_path, tiny)
     target = tmp_path / "pwned"
-    torch.save({"w": torch.zeros(1), "x": _Evil(target)}, tmp_path / "evil.pt")
+    torch.save({"w": torch.zeros(1), "x": CodeRunningPickle(target)}, tmp_path / "evil.pt")
     rc = main(
         [
             "compress",

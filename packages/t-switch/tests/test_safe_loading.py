@@ -1,13 +1,12 @@
 """Every loader of the package refuses a crafted pickle (which would create a file) with a one-line
 CheckpointError naming the file, and the file is not created; damaged caches are rebuilt with a warning."""
 
-from pathlib import Path
-
 import pytest
 import torch
 from torch import nn
 
 from papers_shared.errors import CheckpointError
+from papers_shared.testing import CodeRunningPickle
 from t_switch import (
     BinarySwitch,
     load_switches,
@@ -21,19 +20,11 @@ from t_switch.data import load_state
 from t_switch.trainer import train_lora
 
 
-class _Evil:
-    def __init__(self, target: Path) -> None:
-        self.target = target
-
-    def __reduce__(self):
-        return (Path.touch, (self.target,))
-
-
 @pytest.fixture
 def evil(tmp_path):
     target = tmp_path / "pwned"
     path = tmp_path / "evil.pt"
-    torch.save({"w": torch.zeros(1), "x": _Evil(target)}, path)
+    torch.save({"w": torch.zeros(1), "x": CodeRunningPickle(target)}, path)
     return path, target
 
 
