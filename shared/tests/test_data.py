@@ -107,6 +107,22 @@ def test_missing_data_errors_name_path(tmp_path):
         cifar(tmp_path, "cifar7")
 
 
+def test_missing_cifar_names_the_callers_download_key(tmp_path):
+    """The error names the config key the caller uses for ``download`` (default ``data.download``)."""
+    with pytest.raises(DatasetNotFoundError) as err:
+        cifar(tmp_path, "cifar100")
+    assert "the config key data.download=true" in str(err.value)
+    with pytest.raises(DatasetNotFoundError) as err:
+        cifar(tmp_path, "cifar100", download_key="download")
+    msg = str(err.value)
+    assert "the config key download=true" in msg and "data.download" not in msg
+    assert "\n" not in msg
+    with pytest.raises(DatasetNotFoundError) as err:
+        cifar(tmp_path, "cifar10", download_key=None)
+    msg = str(err.value)
+    assert "config key" not in msg and "download=True" in msg and "cifar-10-batches-py" in msg
+
+
 def test_hub_model_missing_is_clear(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path))

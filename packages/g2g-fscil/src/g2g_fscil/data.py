@@ -70,9 +70,9 @@ def _cifar100(cfg) -> FSCILData:
 
     aug = T.Compose([T.RandomCrop(32, padding=4), T.RandomHorizontalFlip(), T.ToTensor()])
     plain = T.ToTensor()
-    tr = cifar(cfg.data_root, "cifar100", True, aug, cfg.download)
-    tr_plain = cifar(cfg.data_root, "cifar100", True, plain, False)
-    te = cifar(cfg.data_root, "cifar100", False, plain, False)
+    tr = cifar(cfg.data_root, "cifar100", True, aug, cfg.download, download_key="download")
+    tr_plain = cifar(cfg.data_root, "cifar100", True, plain, False, download_key="download")
+    te = cifar(cfg.data_root, "cifar100", False, plain, False, download_key="download")
     ytr, yte = torch.as_tensor(tr.targets), torch.as_tensor(te.targets)
     split = _split(cfg, ytr, yte, [str(i) for i in range(len(ytr))])
     return FSCILData("cifar100", tr, tr_plain, te, ytr, yte, split, 3, 32, "cifar")

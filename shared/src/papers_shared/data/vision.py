@@ -53,8 +53,14 @@ def cifar(
     train: bool = True,
     transform: Callable | None = None,
     download: bool = False,
+    *,
+    download_key: str | None = "data.download",
 ) -> Dataset:
-    """torchvision CIFAR-10/100 from ``root``; clear error if absent and ``download`` is False."""
+    """torchvision CIFAR-10/100 from ``root``; clear error if absent and ``download`` is False.
+
+    ``download_key`` is the caller's config key that sets ``download``: the error tells the user to set it
+    (``None``: the caller has no such key, and the error only says how to download the files).
+    """
     from torchvision import datasets, transforms
 
     name = name.lower()
@@ -67,12 +73,12 @@ def cifar(
     except RuntimeError as exc:
         if "not found" in str(exc).lower() or "corrupted" in str(exc).lower():
             folder = "cifar-10-batches-py" if name == "cifar10" else "cifar-100-python"
-            raise DatasetNotFoundError(
-                name.upper(),
-                root / folder,
+            how = (
                 f"Download it once on a machine with internet (torchvision.datasets.{cls.__name__}"
-                f"(root={str(root)!r}, download=True)), or allow the download (the config key data.download=true).",
-            ) from exc
+                f"(root={str(root)!r}, download=True))"
+            )
+            allow = f", or allow the download (the config key {download_key}=true)" if download_key else ""
+            raise DatasetNotFoundError(name.upper(), root / folder, how + allow + ".") from exc
         raise
 
 

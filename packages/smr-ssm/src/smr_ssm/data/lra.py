@@ -174,7 +174,7 @@ def _image(root: Path, split: str, val_fraction: float, split_seed: int) -> LRAD
     from papers_shared.data import cifar
 
     tf = transforms.Compose([transforms.Grayscale(), transforms.ToTensor()])
-    ds = cifar(root, "cifar10", train=split != "test", transform=tf)
+    ds = cifar(root, "cifar10", train=split != "test", transform=tf, download_key=None)
     images = torch.stack([ds[i][0] for i in range(len(ds))])  # (N, 1, 32, 32)
     labels = torch.tensor(ds.targets)
     x = (images.flatten(1) * 2 - 1).unsqueeze(-1)
