@@ -213,6 +213,9 @@ class MetaGradientOptimizer(torch.optim.Optimizer, metaclass=abc.ABCMeta):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        from fsg_bnn.distributed import average_meta_signals
+
+        average_meta_signals(self)  # g and the meta nets' grads: the mean over processes (torchrun)
         captured = {}
         for name, layer in self.layers:
             g, wt = layer.quantized_grad, layer.pre_quantized
