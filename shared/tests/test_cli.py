@@ -14,9 +14,9 @@ from typing import Literal
 import pytest
 import yaml
 
-from papers_shared.cli import CLI, arg, check_output_dir, error_boundary
+from papers_shared.cli import CLI, arg, check_output_dir, error_boundary, list_configs, resolve_config
 from papers_shared.config import Config, field
-from papers_shared.errors import CheckpointError, OutputPathError
+from papers_shared.errors import CheckpointError, ConfigError, OutputPathError
 
 
 @dataclass
@@ -159,3 +159,24 @@ def test_a_failing_command_leaves_no_empty_output_folder(capsys, tmp_path):
     kept.mkdir()
     assert cli.main(["fail", "--out", str(kept)]) == 2
     assert kept.is_dir()  # a folder that existed before is never removed
+
+
+def test_base_configs_are_not_listed_but_still_included_and_resolved(tmp_path, monkeypatch, capsys):
+    """A shipped YAML whose name starts with ``_`` is a base that tables include, not a table to run."""
+    pkg = tmp_path / "toy_configs_pkg"
+    (pkg / "configs").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "configs" / "_base_paper.yaml").write_text("# shared settings\ntrain:\n  lr: 0.01\n")
+    (pkg / "configs" / "table1.yaml").write_text("# table 1\n_base_: _base_paper.yaml\nmode: b\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert list(list_configs("toy_configs_pkg")) == ["table1"]
+    assert list(list_configs("toy_configs_pkg", include_bases=True)) == ["_base_paper", "table1"]
+    assert resolve_config("toy_configs_pkg", "_base_paper") == pkg / "configs" / "_base_paper.yaml"
+    with pytest.raises(ConfigError, match=r"\(shipped: table1\)"):
+        resolve_config("toy_configs_pkg", "nope")
+    cli = CLI("toy", ToyCfg, package="toy_configs_pkg")
+    assert cli.main(["list-configs"]) == 0
+    assert capsys.readouterr().out.splitlines() == [f"{'table1':<32} table 1"]
+    assert cli.main(["show-config", "--config", "table1"]) == 0
+    shown = yaml.safe_load(capsys.readouterr().out)
+    assert shown["mode"] == "b" and shown["train"]["lr"] == 0.01

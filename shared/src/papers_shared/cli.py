@@ -94,12 +94,17 @@ def config_dir(package: str) -> Path | None:
     return source if source.is_dir() else None
 
 
-def list_configs(package: str) -> dict[str, Path]:
-    """Shipped config names (file stems) -> paths, sorted by name."""
+def list_configs(package: str, include_bases: bool = False) -> dict[str, Path]:
+    """Shipped config names (file stems) -> paths, sorted by name.
+
+    A name starting with ``_`` is a base file that other configs include (``_base_: _base_paper.yaml``),
+    not a runnable table: it is left out unless ``include_bases`` (it still resolves by name).
+    """
     folder = config_dir(package)
     if folder is None:
         return {}
-    return {p.stem: p for p in sorted(folder.glob("*.yaml"))}
+    paths = sorted(folder.glob("*.yaml"))
+    return {p.stem: p for p in paths if include_bases or not p.stem.startswith("_")}
 
 
 def resolve_config(package: str, name: str | os.PathLike | None) -> Path | None:
@@ -109,13 +114,14 @@ def resolve_config(package: str, name: str | os.PathLike | None) -> Path | None:
     path = Path(name)
     if path.is_file():
         return path
-    shipped = list_configs(package)
+    shipped = list_configs(package, include_bases=True)
     stem = path.name.removesuffix(".yaml").removesuffix(".yml")
     if stem in shipped and len(path.parts) == 1:
         return shipped[stem]
+    runnable = [n for n in shipped if not n.startswith("_")]
     raise ConfigError(
         f"config {str(name)!r} not found: neither a file nor a shipped config "
-        f"(shipped: {', '.join(shipped) or 'none'})"
+        f"(shipped: {', '.join(runnable) or 'none'})"
     )
 
 
