@@ -182,7 +182,7 @@ def test_state_dict_resume_is_exact(make):
 
 def test_layer_batching_modes_agree():
     results = []
-    for mode in ("exact", "pad", "none"):
+    for mode in ("packed", "exact", "pad", "none"):
         model = make_mlp()
         torch.manual_seed(1)
         opt = fsg(model, layer_batching=mode, update_mode="combined")
@@ -190,6 +190,7 @@ def test_layer_batching_modes_agree():
         results.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
     assert torch.allclose(results[0], results[1], atol=1e-5)
     assert torch.allclose(results[0], results[2], atol=1e-5)
+    assert torch.allclose(results[0], results[3], atol=1e-5)
 
 
 @pytest.mark.parametrize(

@@ -123,3 +123,19 @@ def test_cuda_kernel_matches_cpu_scan():
     cuda = Mamba(1, 16, 8, 10, backend="cuda").cuda()
     cuda.load_state_dict(block.state_dict())
     assert torch.allclose(cuda(x.cuda()).cpu(), y_cpu, atol=1e-4)
+
+
+@pytest.mark.parametrize("kind", ["mamba", "s4"])
+def test_forward_packed_equals_per_layer_calls_and_keeps_the_last_outputs(kind):
+    torch.manual_seed(0)
+    net = fb.SlowNet(3, kind, d_state=4, d_conv=4, expand=4, s4_d_model=8)
+    seqs = [torch.randn(70), torch.randn(5), torch.randn(130)]
+    layers, keep = [2, 0, 1], [10, 5, 64]
+    outs = net.forward_packed(seqs, layers, keep)
+    for s, i, k, o in zip(seqs, layers, keep, outs):
+        assert torch.allclose(o, net(s.view(1, -1, 1), i).view(-1)[-k:], atol=1e-5)
+    (outs[0].sum() + outs[2].sum()).backward()  # the LRE tokens of the used layers get a gradient
+    g = net.layer_embedding.weight.grad.view(-1)
+    assert g[2] != 0 and g[1] != 0 and g[0] == 0
+    with pytest.raises(ValueError, match="keep_last"):
+        net.forward_packed(seqs, layers, [10, 6, 1])

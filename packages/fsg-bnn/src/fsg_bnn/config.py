@@ -110,10 +110,11 @@ class OptimConfig(Config):
         help="(ours, an approximation for speed) run the slow net every k-th step and reuse its output, "
         "detached, in between; 1 = every step, exact (every paper config)",
     )
-    layer_batching: Literal["exact", "pad", "none"] = field(
-        "exact",
-        help="(ours, speed) exact: one slow-net call per group of equal-length layers; pad: one call, "
-        "right-padded (exact too: the slow net is causal); none: one call per layer",
+    layer_batching: Literal["packed", "exact", "pad", "none"] = field(
+        "packed",
+        help="(ours, speed; all exact: the slow net runs per sequence) packed: every layer's sequence in "
+        "one call, packed end to end (the compiled one-channel Mamba block on CPU); exact: one call per "
+        "group of equal-length layers; pad: one call, right-padded; none: one call per layer",
     )
     max_batch_tokens: int = field(2_000_000, ge=1, help="cap on batch * length of one slow-net call")
     fast_input: Literal["lookahead", "latent"] = field(

@@ -183,6 +183,41 @@ class SlowNet(nn.Module):
         token = self.layer_embedding(idx).unsqueeze(1).to(seq.dtype)  # (batch, 1, 1)
         return self.model(torch.cat([token, seq], dim=1))[:, 1:]
 
+    def forward_packed(
+        self, seqs: list[torch.Tensor], layer_idx: list[int], keep_last: list[int] | None = None
+    ) -> list[torch.Tensor]:
+        """Sequences of different lengths in one call (ours, speed): ``seqs[i]`` of shape ``(L_i,)`` gives
+        ``forward(seqs[i].view(1, -1, 1), layer_idx[i]).view(-1)``, or only its last ``keep_last[i]``
+        outputs. The Mamba slow net runs them packed end to end
+        (:meth:`papers_shared.ssm.modules.Mamba.forward_packed`, one compiled call on CPU) and gathers
+        the kept outputs with one index (one backward pass instead of one per sequence); S4/S5 run one
+        sequence at a time."""
+        if len(seqs) != len(layer_idx) or (keep_last is not None and len(keep_last) != len(seqs)):
+            raise ValueError(f"{len(seqs)} sequences but {len(layer_idx)} layer indices / keep_last entries")
+        keep = [s.numel() for s in seqs] if keep_last is None else list(keep_last)
+        if any(k < 0 or k > s.numel() for k, s in zip(keep, seqs)):
+            raise ValueError("keep_last[i] must be in 0..len(seqs[i])")
+        if self.kind != "mamba" or not seqs:
+            outs = [self(s.view(1, -1, 1), i).view(-1) for s, i in zip(seqs, layer_idx)]
+            return [o[o.numel() - k :] for o, k in zip(outs, keep)]
+        flat = torch.cat([s.reshape(-1) for s in seqs])
+        if not torch.isfinite(flat).all():
+            raise ValueError("SlowNet input contains NaN or inf (a non-finite gradient reached the HGS)")
+        lengths = [s.numel() for s in seqs]
+        if self.use_lre:
+            idx = torch.as_tensor(layer_idx, dtype=torch.long, device=flat.device)
+            if (idx < 0).any() or (idx >= self.num_layers).any():
+                raise IndexError(f"layer index out of range 0..{self.num_layers - 1}: {idx.tolist()}")
+            tokens = self.layer_embedding(idx).reshape(-1).to(flat.dtype)
+            parts = [p for i, s in enumerate(seqs) for p in (tokens[i : i + 1], s.reshape(-1))]
+            flat = torch.cat(parts)
+            lengths = [n + 1 for n in lengths]
+        cu = torch.tensor([0, *lengths], dtype=torch.int64).cumsum(0)
+        out = self.model.forward_packed(flat, cu)
+        ends = cu[1:].tolist()
+        index = torch.cat([torch.arange(e - k, e) for e, k in zip(ends, keep)]).to(out.device)
+        return list(out[index].split(keep))
+
 
 class S4SequenceModel(nn.Module):
     """The official ``meta_network.py:MetaS4History`` layout: ``Linear(1 -> H)``, one S4 layer with a

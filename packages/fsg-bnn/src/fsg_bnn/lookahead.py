@@ -294,7 +294,8 @@ class MetaGradientOptimizer(torch.optim.Optimizer, metaclass=abc.ABCMeta):
     def _sequence_outputs(self, net: SlowNet, hgs: HistoricalGradientStorage) -> dict[str, torch.Tensor]:
         """Push every layer's ``g`` into the HGS and run the sequence net; the outputs aligned with the
         newest gradient, flattened, per layer (official ``helpers.py:meta_fast_slow_gradient_generation``). Layers are batched per
-        ``config.layer_batching`` (exact: the slow net is causal and runs per sequence)."""
+        ``config.layer_batching`` (all exact: the slow net is causal and runs per sequence; ``"packed"``
+        runs every layer in one call)."""
         cfg = self.config
         seqs, idx = {}, {}
         for name, layer in self.layers:
@@ -312,6 +313,11 @@ class MetaGradientOptimizer(torch.optim.Optimizer, metaclass=abc.ABCMeta):
                 out[n] = hgs.current(n, res[start : start + k])
                 start += k
             return out
+        if cfg.layer_batching == "packed":
+            names = list(seqs)
+            newest = [self._captured[n][0].numel() for n in names]  # hgs.current: the last n outputs
+            res = net.forward_packed([seqs[n].reshape(-1) for n in names], [idx[n] for n in names], newest)
+            return dict(zip(names, res))
         groups: list[list[str]] = []
         if cfg.layer_batching == "none":
             groups = [[n] for n in seqs]

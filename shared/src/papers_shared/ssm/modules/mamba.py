@@ -10,8 +10,12 @@ of state-spaces/mamba @ 52f57d6 ``mamba_ssm/modules/mamba_simple.py:Mamba``.
     Delta = softplus(dt_proj(x_proj(x)_dt) + bias) [* tau_k],   B_k, C_k = x_proj(x)_{B, C}
     h_k = exp(Delta_k A) h_{k-1} + Delta_k B_k x_k,   y_k = C_k h_k + D x_k,   out = out_proj(y * SiLU(z))
 
-runs in :func:`papers_shared.ssm.ops.selective_scan` (chunked PyTorch scan on CPU, mamba-ssm's CUDA
-kernel when it imports and every tensor is on CUDA). Relative ``timesteps`` ``tau_k`` multiply
+runs in :func:`papers_shared.ssm.ops.selective_scan` (the fused or chunked scan on CPU, mamba-ssm's CUDA
+kernel when it imports and every tensor is on CUDA). A block with one input channel (``d_model = 1``,
+no modulation, no timesteps, bias-free projections) on CPU runs whole in the compiled
+:func:`papers_shared.ssm.ops.mamba_block.mamba_block_packed` with the ``"auto"``/``"fused"`` backends
+(ours: speed; same values up to rounding); :meth:`Mamba.forward_packed` takes sequences of different
+lengths packed end to end. Relative ``timesteps`` ``tau_k`` multiply
 ``Delta_k`` (ours).
 
 Input modulation (:class:`~papers_shared.ssm.modules.base.ModulatedSSM`) acts on the convolved
@@ -35,6 +39,7 @@ from torch import nn
 from papers_shared.device import kernel_available
 from papers_shared.ssm.modules.base import ModulatedSSM, prepare_input, tag
 from papers_shared.ssm.ops import selective_scan
+from papers_shared.ssm.ops.mamba_block import mamba_block_available, mamba_block_packed
 from papers_shared.ssm.ops.selective_scan import BACKENDS  # ``backend`` values: the scan's own list
 
 __all__ = ["BACKENDS", "Mamba", "MambaCache"]
@@ -146,9 +151,57 @@ class Mamba(ModulatedSSM):
             backend=self.backend, chunk_size=self.chunk_size,
         )  # fmt: skip
 
+    def _block_kernel(self, x: torch.Tensor) -> bool:
+        """Whether the whole block runs in the compiled one-channel kernel (module docstring)."""
+        return (
+            self.d_model == 1
+            and self.modulation is None
+            and self.backend in ("auto", "fused")
+            and x.device.type == "cpu"
+            and x.dtype in (torch.float32, torch.float64)
+            and self.in_proj.bias is None
+            and self.out_proj.bias is None
+            and not self.A_log.is_complex()
+            and mamba_block_available()
+        )
+
+    def _packed_kernel(self, u: torch.Tensor, cu_seqlens: torch.Tensor) -> torch.Tensor:
+        return mamba_block_packed(
+            u, cu_seqlens, self.in_proj.weight, self.conv1d.weight, self.conv1d.bias, self.x_proj.weight,
+            self.dt_proj.weight, self.dt_proj.bias, -torch.exp(_at_least_f32(self.A_log)), self.D,
+            self.out_proj.weight,
+        )  # fmt: skip
+
+    def forward_packed(self, u: torch.Tensor, cu_seqlens: torch.Tensor) -> torch.Tensor:
+        """Sequences of different lengths packed end to end, for ``d_model = 1`` (ours).
+
+        ``u``: ``(total,)``; ``cu_seqlens``: ``(num_seq + 1,)`` offsets (sequence ``i`` is
+        ``u[cu[i]:cu[i+1]]``, each from a zero state). Returns ``(total,)``: per sequence exactly
+        :meth:`forward` of ``u[cu[i]:cu[i+1]].view(1, -1, 1)``, in one kernel call where it runs
+        (module docstring), else one :meth:`forward` per sequence.
+        """
+        if self.d_model != 1:
+            raise ValueError(f"forward_packed needs d_model = 1; this block has d_model = {self.d_model}")
+        if u.ndim != 1:
+            raise ValueError(
+                f"forward_packed expects packed sequences of shape (total,); got {tuple(u.shape)}"
+            )
+        cu = torch.as_tensor(cu_seqlens, dtype=torch.int64, device="cpu")
+        if self._block_kernel(u):
+            return self._packed_kernel(u, cu)
+        bounds = cu.tolist()
+        if bounds[0] != 0 or bounds[-1] != u.numel() or any(a > b for a, b in zip(bounds, bounds[1:])):
+            raise ValueError("cu_seqlens must be non-decreasing offsets from 0 to u.numel()")
+        parts = [self.forward(u[a:b].view(1, -1, 1)).view(-1) for a, b in zip(bounds, bounds[1:]) if b > a]
+        return torch.cat(parts) if parts else u.new_zeros(0)
+
     def forward(self, hidden: torch.Tensor, timesteps: torch.Tensor | None = None) -> torch.Tensor:
         """``hidden``: ``(B, L, d_model)``; ``timesteps``: ``(B, L)`` relative steps scaling ``Delta``."""
         hidden, ts = prepare_input(hidden, self.d_model, False, timesteps)
+        if ts is None and self._block_kernel(hidden) and hidden.shape[1] > 0:
+            b, length = hidden.shape[:2]
+            cu = torch.arange(b + 1, dtype=torch.int64) * length
+            return self._packed_kernel(hidden.reshape(-1), cu).view(b, length, 1)
         x, z = self.in_proj(hidden).transpose(1, 2).chunk(2, dim=1)  # (B, d_inner, L)
         x = self._conv(x)
         x_raw, x_bl = x, x.transpose(1, 2)

@@ -1,6 +1,7 @@
-"""Build-at-first-use loader for the fused CPU scan in ``_scan_cpu.cpp`` (ours).
+"""Build-at-first-use loader for the fused CPU kernels (ours): the selective scan (``_scan_cpu.cpp``)
+and the one-channel Mamba block (``_mamba_cpu.cpp``), with their common helpers (``_cpu_common.h``).
 
-The C++ file has no torch headers: it is compiled with the system C++ compiler (``$CXX``, else ``c++`` /
+The C++ files have no torch headers: they are compiled with the system C++ compiler (``$CXX``, else ``c++`` /
 ``g++``) into a shared library cached under ``$PAPERS_SHARED_KERNEL_CACHE`` (default
 ``~/.cache/papers_shared/kernels``), keyed by the source, the flags, the compiler and the CPU, and called
 through :mod:`ctypes`. Compiling takes about a second, against tens of seconds for a
@@ -23,9 +24,11 @@ import threading
 import warnings
 from pathlib import Path
 
-_SOURCE = Path(__file__).with_name("_scan_cpu.cpp")
+_HERE = Path(__file__).parent
+_SOURCES = [_HERE / "_scan_cpu.cpp", _HERE / "_mamba_cpu.cpp"]
+_HEADERS = [_HERE / "_cpu_common.h"]
 _FLAGS = "-O3 -march=native -fopenmp-simd -fno-math-errno -fno-trapping-math -std=c++17 -shared -fPIC -pthread".split()
-_ABI = 4
+_ABI = 5
 _lock = threading.Lock()
 _state: dict[str, object] = {}
 
@@ -57,7 +60,7 @@ def cache_dir() -> Path:
 
 
 def _build(cxx: str) -> Path:
-    src = _SOURCE.read_bytes()
+    src = b"".join(f.read_bytes() for f in [*_SOURCES, *_HEADERS])
     version = subprocess.run([cxx, "--version"], capture_output=True, text=True, check=False).stdout
     key = hashlib.sha256(src + " ".join(_FLAGS).encode() + version.encode() + _cpu_tag().encode()).hexdigest()
     out = cache_dir() / f"papers_scan_cpu_{key[:16]}.so"
@@ -67,7 +70,7 @@ def _build(cxx: str) -> Path:
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
     os.close(fd)
     try:
-        proc = subprocess.run([cxx, *_FLAGS, str(_SOURCE), "-o", tmp], capture_output=True, text=True)
+        proc = subprocess.run([cxx, *_FLAGS, *map(str, _SOURCES), "-o", tmp], capture_output=True, text=True)
         if proc.returncode != 0:
             raise RuntimeError(f"{Path(cxx).name} failed: {proc.stderr.strip()[-500:]}")
         os.replace(tmp, out)  # atomic: concurrent processes never load a half-written file
@@ -91,6 +94,13 @@ def _load() -> ctypes.CDLL | None:
     lib.papers_scan_fwd.restype = None
     lib.papers_scan_bwd.argtypes = [ci, *[p] * 5, *[i64] * 4, *[p] * 3, ci, *[p] * 6, *[i64] * 3]
     lib.papers_scan_bwd.restype = None
+    lib.papers_mamba1_block_size.restype = i64
+    lib.papers_mamba1_grad_size.argtypes = [i64] * 4
+    lib.papers_mamba1_grad_size.restype = i64
+    lib.papers_mamba1_fwd.argtypes = [ci, p, p, i64, p, *[i64] * 4, p, p, i64]
+    lib.papers_mamba1_fwd.restype = None
+    lib.papers_mamba1_bwd.argtypes = [ci, p, p, i64, p, *[i64] * 4, p, p, p, p, i64]
+    lib.papers_mamba1_bwd.restype = None
     return lib
 
 

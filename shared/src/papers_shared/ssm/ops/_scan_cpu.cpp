@@ -9,54 +9,12 @@
 // The backward pass recomputes the pair's states into a scratch buffer and runs the adjoint scan
 //     g_s = C_s dy_s + exp(dt_{s+1} A) g_{s+1}
 // accumulating dB, dC and dA into per-thread buffers (summed by the caller): no atomics.
-#include <algorithm>
-#include <cmath>
-#include <cstdint>
-#include <cstring>
-#include <thread>
-#include <vector>
+
+#include "_cpu_common.h"
 
 namespace {
 
-inline float fexp(float x) {
-  // Cephes-style expf: exp(x) = 2^k exp(r), |r| <= ln2/2, degree-6 polynomial (about 1 ulp);
-  // branch-free so that the state loop vectorises (needs -fno-trapping-math).
-  x = x > 88.3f ? 88.3f : x;  // with -fno-trapping-math these compares vectorise (max/min)
-  x = x < -87.3f ? -87.3f : x;
-  float k = std::floor(x * 1.44269504088896341f + 0.5f);
-  float r = x - k * 0.693359375f + k * 2.12194440e-4f;
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * r * r + r + 1.0f;
-  int32_t e = (static_cast<int32_t>(k) + 127) << 23;
-  return p * __builtin_bit_cast(float, e);  // 2^k (a memcpy here stops the loop vectorising)
-}
-
-inline double fexp(double x) { return std::exp(x); }
-
-// softplus(x) = max(x, 0) + log1p(e), e = exp(-|x|) in (0, 1]; log1p(e) = 2 atanh(t), t = e / (2 + e)
-// in (0, 1/3], by its odd series to t^15 (relative error below 1e-8): vectorisable, no log call.
-inline float fsoftplus(float x) {
-  float ax = x < 0 ? -x : x;
-  float e = fexp(-ax);
-  float t = e / (2.0f + e), t2 = t * t;
-  float q = 1.0f / 15;
-  q = q * t2 + 1.0f / 13;
-  q = q * t2 + 1.0f / 11;
-  q = q * t2 + 1.0f / 9;
-  q = q * t2 + 1.0f / 7;
-  q = q * t2 + 1.0f / 5;
-  q = q * t2 + 1.0f / 3;
-  q = q * t2 + 1.0f;
-  return (x > 0 ? x : 0.0f) + 2.0f * t * q;
-}
-
-inline double fsoftplus(double x) { return (x > 0 ? x : 0.0) + std::log1p(std::exp(-std::fabs(x))); }
-
+using namespace papers_kernels;
 
 struct Layout {
   int64_t sb, sg, hpg, sl;
@@ -75,23 +33,6 @@ struct Extras {
   const T *delta_bias;
   int softplus;
 };
-
-template <typename F>
-void parallel_pairs(int64_t pairs, int64_t threads, F fn) {
-  threads = std::max<int64_t>(1, std::min(threads, pairs));
-  if (threads == 1) {
-    fn(0, 0, pairs);
-    return;
-  }
-  std::vector<std::thread> pool;
-  int64_t per = (pairs + threads - 1) / threads;
-  for (int64_t t = 0; t < threads; ++t) {
-    int64_t lo = t * per, hi = std::min(pairs, lo + per);
-    if (lo >= hi) break;
-    pool.emplace_back([=] { fn(t, lo, hi); });
-  }
-  for (auto &th : pool) th.join();
-}
 
 // NS > 0: the state count is a compile-time constant (the states stay in registers); 0: runtime a.nn.
 // One position's update of the n states; __restrict on the (inlined) parameters keeps the compiler
@@ -264,7 +205,7 @@ void backward_any(const Args<T> &a, const Extras<T> &x, const T *dy, T *ddt, T *
 
 extern "C" {
 
-int papers_scan_abi_version() { return 4; }
+int papers_scan_abi_version() { return 5; }
 
 // dtype: 0 float32, 1 float64. lb / lc: {batch stride, group stride, channels per group, position stride}.
 // Forward: delta is the raw step (delta_bias, which may be null, and softplus applied inside); y = C h.
