@@ -145,7 +145,9 @@ class ModelConfig(Config):
 class DataConfig(Config):
     dataset: Literal["cifar10", "cifar100", "digits", "synthetic"] = field("cifar10", help="dataset")
     root: str = field("~/data", help="dataset folder (CIFAR: the torchvision layout)")
-    batch_size: int = field(128, ge=1, help="training batch size")
+    batch_size: int = field(
+        128, ge=1, help="training batch size, global: split evenly over the processes of a torchrun run"
+    )
     test_batch_size: int = field(100, ge=1, help="evaluation batch size")
     num_workers: int = field(2, ge=0, help="DataLoader workers")
     augment: bool = field(True, help="RandomCrop(32, 4) + HFlip for CIFAR (the official transforms)")
@@ -174,6 +176,11 @@ class TrainConfig(Config):
     checkpoint_every: int = field(1, ge=1, help="checkpoint period in epochs")
     keep_checkpoints: int = field(2, ge=1, help="checkpoints kept")
     eval_every: int = field(1, ge=1, help="evaluation period in epochs")
+    sync_bn: bool = field(
+        True,
+        help="(ours) several CUDA processes: BatchNorm over the global batch (SyncBatchNorm, as one GPU); "
+        "false: each GPU normalises its own share (faster); CPU processes always normalise their own",
+    )
 
 
 @dataclass

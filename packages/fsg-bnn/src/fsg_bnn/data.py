@@ -1,13 +1,21 @@
 """Data loaders: CIFAR-10/100 through ``papers_shared.data.cifar`` (the official augmentation and
 normalisation; a clear ``DatasetNotFoundError`` when the files are absent), the bundled sklearn digits
-(ours: the quick reproduction) and random tensors for smoke runs and benchmarks."""
+(ours: the quick reproduction) and random tensors for smoke runs and benchmarks.
+
+The loaders serve one process or each process of a ``torchrun`` / ``accelerate launch`` run (ours): the
+training loader draws this process's share of a ``DistributedSampler`` permutation
+(:func:`papers_shared.distributed.make_sampler`, also with one process, so a run's batches do not depend on
+the process count) with ``batch_size / processes`` samples per step, and the test loader holds this
+process's share of the test set (:func:`papers_shared.distributed.shard`; the trainer sums the counts).
+"""
 
 from __future__ import annotations
 
 import torch
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
 from fsg_bnn.config import DataConfig
+from papers_shared import distributed as pd
 from papers_shared.data import cifar, load_digits_tensors, stratified_split
 
 __all__ = ["CIFAR_NORMALIZATION", "digits_split", "make_loaders"]
@@ -40,19 +48,18 @@ def _cifar_transforms(name: str, train: bool, augment: bool):
 
 
 def make_loaders(cfg: DataConfig, num_classes: int = 10, seed: int = 0) -> tuple[DataLoader, DataLoader]:
-    """``(train_loader, test_loader)`` for ``cfg.dataset``."""
-    g = torch.Generator().manual_seed(seed)
+    """``(train_loader, test_loader)`` of this process for ``cfg.dataset`` (``cfg.batch_size`` is the
+    global batch; call ``train_loader.sampler.set_epoch(epoch)`` every epoch, as the trainer does)."""
+    kw = {}
     if cfg.dataset in ("cifar10", "cifar100"):
-        train = cifar(
+        train_ds: Dataset = cifar(
             cfg.root, cfg.dataset, True, _cifar_transforms(cfg.dataset, True, cfg.augment), cfg.download
         )
-        test = cifar(cfg.root, cfg.dataset, False, _cifar_transforms(cfg.dataset, False, False), cfg.download)
-        kw = {"num_workers": cfg.num_workers, "pin_memory": torch.cuda.is_available()}
-        return (
-            DataLoader(train, cfg.batch_size, shuffle=True, drop_last=False, generator=g, **kw),
-            DataLoader(test, cfg.test_batch_size, shuffle=False, **kw),
+        test_ds: Dataset = cifar(
+            cfg.root, cfg.dataset, False, _cifar_transforms(cfg.dataset, False, False), cfg.download
         )
-    if cfg.dataset == "digits":
+        kw = {"num_workers": cfg.num_workers, "pin_memory": torch.cuda.is_available()}
+    elif cfg.dataset == "digits":
         xtr, ytr, xte, yte = digits_split(seed=0)
         train_ds, test_ds = TensorDataset(xtr, ytr), TensorDataset(xte, yte)
     elif cfg.dataset == "synthetic":
@@ -64,7 +71,12 @@ def make_loaders(cfg: DataConfig, num_classes: int = 10, seed: int = 0) -> tuple
         train_ds, test_ds = TensorDataset(x[:cut], y[:cut]), TensorDataset(x[cut:], y[cut:])
     else:
         raise ValueError(f"unknown dataset {cfg.dataset!r}; use cifar10, cifar100, digits or synthetic")
+    sampler = pd.make_sampler(train_ds, shuffle=True, seed=seed)
+    # the augmentation streams of the workers: from the seed, different on every process
+    g = torch.Generator().manual_seed(seed * 1009 + pd.rank())
+    if pd.world_size() > 1:
+        test_ds = Subset(test_ds, pd.shard(range(len(test_ds))))
     return (
-        DataLoader(train_ds, cfg.batch_size, shuffle=True, generator=g),
-        DataLoader(test_ds, cfg.test_batch_size, shuffle=False),
+        DataLoader(train_ds, pd.per_rank_batch_size(cfg.batch_size), sampler=sampler, generator=g, **kw),
+        DataLoader(test_ds, cfg.test_batch_size, shuffle=False, **kw),
     )

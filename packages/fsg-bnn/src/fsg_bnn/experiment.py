@@ -3,7 +3,13 @@ checkpoint), binarization, then binarized training with the configured method, a
 ``full_precision.py`` then ``meta-quantize.py`` (two-tiger/FSG @ 9559b30); and the evaluation of trained
 weights. Both stages are checkpointed atomically under ``train.out_dir`` and resume with
 ``resume=True``; the trained weights are written as safetensors (``fp/model.safetensors``,
-``model.safetensors``), training state as ``ckpt/ckpt-*.pt`` (read back with ``weights_only=True``)."""
+``model.safetensors``), training state as ``ckpt/ckpt-*.pt`` (read back with ``weights_only=True``).
+
+Under ``torchrun`` / ``accelerate launch`` every process runs the same functions (ours): they join the
+process group (:func:`papers_shared.distributed.init_distributed`, one GPU per process), train together
+(:class:`~fsg_bnn.trainer.Trainer`), rank 0 writes every file (weights, checkpoints, ``result.json``) and
+the others wait for it before reading; ``train.out_dir`` must be a folder every process sees (on several
+nodes: a shared filesystem)."""
 
 from __future__ import annotations
 
@@ -20,6 +26,7 @@ from fsg_bnn.data import make_loaders
 from fsg_bnn.fsg import build_optimizer
 from fsg_bnn.models import build_model, load_fp_checkpoint
 from fsg_bnn.trainer import Trainer, pretrain_fp
+from papers_shared import distributed as pd
 from papers_shared.checkpoints import (
     CheckpointManager,
     atomic_write_text,
@@ -28,7 +35,7 @@ from papers_shared.checkpoints import (
     save_safetensors,
 )
 from papers_shared.config import config_to_dict
-from papers_shared.device import get_device, seed_everything
+from papers_shared.device import seed_everything
 from papers_shared.errors import CheckpointError
 
 __all__ = ["build_experiment_model", "evaluate_checkpoint", "run_experiment", "run_pretrain"]
@@ -44,9 +51,9 @@ def _fp_path(cfg: ExperimentConfig) -> Path:
 
 
 def run_pretrain(cfg: ExperimentConfig, resume: bool = False, progress: bool = True) -> Path:
-    """Full-precision pretraining; returns the path of the saved FP state dict."""
+    """Full-precision pretraining; returns the path of the saved FP state dict (written by rank 0)."""
     t = cfg.train
-    device = get_device(t.device)
+    device = pd.init_distributed(t.device).device
     seed_everything(t.seed)
     model = build_experiment_model(cfg).to(device)
     train_loader, test_loader = make_loaders(cfg.data, cfg.model.num_classes, t.seed)
@@ -64,19 +71,23 @@ def run_pretrain(cfg: ExperimentConfig, resume: bool = False, progress: bool = T
         ckpt,
         resume=resume,
         progress=progress,
+        sync_bn=t.sync_bn,
     )
     path = _fp_path(cfg)
-    save_safetensors(model.state_dict(), path, metadata={"arch": cfg.model.arch, "stage": "full-precision"})
-    atomic_write_text(path.with_name("history.json"), json.dumps(history, indent=2))
+    if pd.is_main_process():
+        meta = {"arch": cfg.model.arch, "stage": "full-precision"}
+        save_safetensors(model.state_dict(), path, metadata=meta)
+        atomic_write_text(path.with_name("history.json"), json.dumps(history, indent=2))
+    pd.barrier()  # the weights are on disk before any process reads them
     return path
 
 
 def run_experiment(cfg: ExperimentConfig, resume: bool = False, progress: bool = True) -> dict[str, Any]:
     """FP weights (``train.pretrained``, a previous pretraining in ``out_dir``, or a new pretraining),
-    then binarized training; writes ``out_dir/result.json`` and returns it."""
+    then binarized training; writes ``out_dir/result.json`` (rank 0) and returns it (every process)."""
     t = cfg.train
     out = Path(t.out_dir).expanduser()
-    device = get_device(t.device)
+    device = pd.init_distributed(t.device).device
     fp = Path(t.pretrained).expanduser() if t.pretrained else _fp_path(cfg)
     if not fp.is_file():
         if t.pretrained:
@@ -99,7 +110,7 @@ def run_experiment(cfg: ExperimentConfig, resume: bool = False, progress: bool =
     model.to(device)
     optimizer = build_optimizer(model, cfg.optim)
     train_loader, test_loader = make_loaders(cfg.data, cfg.model.num_classes, t.seed)
-    trainer = Trainer(model, optimizer, device, t.lr_step, t.lr_gamma, t.min_lr, t.max_steps)
+    trainer = Trainer(model, optimizer, device, t.lr_step, t.lr_gamma, t.min_lr, t.max_steps, t.sync_bn)
     ckpt = CheckpointManager(out / "ckpt", keep=t.keep_checkpoints)
     history = trainer.fit(
         train_loader,
@@ -119,17 +130,20 @@ def run_experiment(cfg: ExperimentConfig, resume: bool = False, progress: bool =
         "final_train_loss": history[-1]["train_loss"] if history else None,
         "history": history,
     }
-    save_safetensors(model.state_dict(), out / "model.safetensors", metadata={"config": cfg.name})
-    atomic_write_text(out / "result.json", json.dumps(result, indent=2, default=str))
+    if pd.is_main_process():
+        save_safetensors(model.state_dict(), out / "model.safetensors", metadata={"config": cfg.name})
+        atomic_write_text(out / "result.json", json.dumps(result, indent=2, default=str))
+    pd.barrier()
     return result
 
 
 def evaluate_checkpoint(cfg: ExperimentConfig, path: str | Path) -> dict[str, Any]:
     """Test accuracy of binarized weights: a ``model.safetensors`` or a training checkpoint
     ``ckpt/ckpt-*.pt`` of :func:`run_experiment`. A damaged, foreign or code-carrying file raises
-    :class:`~papers_shared.errors.CheckpointError` naming it (nothing is unpickled)."""
+    :class:`~papers_shared.errors.CheckpointError` naming it (nothing is unpickled). Under ``torchrun``
+    each process evaluates its share of the test set."""
     path = Path(path)
-    device = get_device(cfg.train.device)
+    device = pd.init_distributed(cfg.train.device).device
     if path.suffix == ".safetensors":
         state, _ = load_safetensors(path)
     else:
