@@ -54,16 +54,18 @@ GradLayout grad_layout(int64_t di, int64_t dc, int64_t R, int64_t N) {
 // Scratch of one block: rows of kBlock positions per channel ([feature][t] layout).
 template <typename T>
 struct Work {
-  std::vector<T> cs, pre, xc, draw, dt, y, proj, hs, as, dy, dxc, ddt, dproj;
+  std::vector<T> cs, pre, xc, draw, dt, y, proj, dec, inp, hs, dy, dxc, ddt, dproj, gk, sgb;
   Work(int64_t di, int64_t N, int64_t P, bool backward)
       : cs(di * kBlock), pre(di * kBlock), xc(di * kBlock), draw(di * kBlock), dt(di * kBlock),
-        y(di * kBlock), proj(P * kBlock), hs(backward ? (kBlock + 1) * di * N : 0),
-        as(backward ? kBlock * di * N : 0), dy(backward ? di * kBlock : 0), dxc(backward ? di * kBlock : 0),
-        ddt(backward ? di * kBlock : 0), dproj(backward ? P * kBlock : 0) {}
+        y(di * kBlock), proj(P * kBlock), dec(di * N * kBlock), inp(di * N * kBlock),
+        hs(backward ? (kBlock + 1) * di * N : 0), dy(backward ? di * kBlock : 0), dxc(backward ? di * kBlock : 0),
+        ddt(backward ? di * kBlock : 0), dproj(backward ? P * kBlock : 0),
+        gk(backward ? di * N * kBlock : 0), sgb(backward ? kBlock : 0) {}
 };
 
 // Positions s0 .. s0+len-1 of one sequence u (t indexes the block). h: the state before the block
-// (di x N), updated in place. keep: store the states (hs[t+1], hs[0] = state before) and decays.
+// (di x N), updated in place. keep: store the states (hs[t+1], hs[0] = state before); the decays of
+// the block stay in w.dec.
 // out (nullable): write out_{s0+t}.
 template <typename T, int NS>
 void block_forward(const Params<T> &p, const T *__restrict u, int64_t s0, int64_t len, T *__restrict h,
@@ -111,38 +113,39 @@ void block_forward(const Params<T> &p, const T *__restrict u, int64_t s0, int64_
 #pragma omp simd
     for (int64_t t = 0; t < len; ++t) dt[t] = fsoftplus(dr[t]);
   }
-  if (keep) std::memcpy(w.hs.data(), h, di * N * sizeof(T));
-  T bv[NS > 0 ? NS : 64], cv[NS > 0 ? NS : 64];
-  std::vector<T> bdyn, cdyn;
-  T *bp = bv, *cp = cv;
-  if (NS == 0 && N > 64) {
-    bdyn.resize(N), cdyn.resize(N);
-    bp = bdyn.data(), cp = cdyn.data();
-  }
-  for (int64_t t = 0; t < len; ++t) {
+  // decays exp(dt A) and inputs dt x B of every (channel, state) pair for the whole block: loops over
+  // positions that vectorise and keep the exp latency off the sequential recurrence below
+  for (int64_t c = 0; c < di; ++c) {
+    const T *dtc = w.dt.data() + c * kBlock, *xcc = w.xc.data() + c * kBlock;
     for (int64_t n = 0; n < N; ++n) {
-      bp[n] = w.proj[(R + n) * kBlock + t];
-      cp[n] = w.proj[(R + N + n) * kBlock + t];
-    }
-    for (int64_t c = 0; c < di; ++c) {
-      const T d = w.dt[c * kBlock + t], x = w.xc[c * kBlock + t], xu = d * x;
-      const T *A = p.A + c * N;
-      T *hc = h + c * N;
-      T *hk = keep ? w.hs.data() + (t + 1) * di * N + c * N : nullptr;
-      T *ak = keep ? w.as.data() + t * di * N + c * N : nullptr;
-      T acc = 0;
-#pragma omp simd reduction(+ : acc)
-      for (int64_t n = 0; n < N; ++n) {
-        const T a = fexp(d * A[n]);
-        const T hn = a * hc[n] + xu * bp[n];
-        hc[n] = hn;
-        acc += cp[n] * hn;
-        if (keep) {
-          hk[n] = hn;
-          ak[n] = a;
-        }
+      const int64_t j = c * N + n;
+      const T Aj = p.A[j];
+      const T *Bn = w.proj.data() + (R + n) * kBlock;
+      T *dj = w.dec.data() + j * kBlock, *ij = w.inp.data() + j * kBlock;
+#pragma omp simd
+      for (int64_t t = 0; t < len; ++t) {
+        dj[t] = fexp(dtc[t] * Aj);
+        ij[t] = dtc[t] * xcc[t] * Bn[t];
       }
-      w.y[c * kBlock + t] = acc + p.D[c] * x;
+    }
+  }
+  const int64_t S = di * N;
+  constexpr int64_t H = kBlock + 1;  // hs: per pair j a row of the block's states, hs[j * H] = before
+  if (keep)
+    for (int64_t j = 0; j < S; ++j) w.hs[j * H] = h[j];
+  const T *dec = w.dec.data(), *inp = w.inp.data(), *Cm = w.proj.data() + (R + N) * kBlock;
+  for (int64_t t = 0; t < len; ++t) {
+    T *hk = keep ? w.hs.data() + t + 1 : nullptr;
+    for (int64_t c = 0; c < di; ++c) {
+      T acc = 0;
+      for (int64_t n = 0; n < N; ++n) {
+        const int64_t j = c * N + n;
+        const T hn = dec[j * kBlock + t] * h[j] + inp[j * kBlock + t];
+        h[j] = hn;
+        acc += Cm[n * kBlock + t] * hn;
+        if (keep) hk[j * H] = hn;
+      }
+      w.y[c * kBlock + t] = acc + p.D[c] * w.xc[c * kBlock + t];
     }
   }
   if (out) {
@@ -190,30 +193,58 @@ void block_backward(const Params<T> &p, const T *__restrict u, const T *__restri
     G[L.wz + c] += swz;
     G[L.D + c] += sD;
   }
-  // adjoint scan, positions in reverse; g (di x N) carries dL/dh across positions and blocks
-  T *gA = G + L.A;
+  // adjoint scan: the sequential part is only g_t = g_{t+1} a_{t+1} + dy_t C_t per (channel, state)
+  // pair (g carries dL/dh across positions and blocks); everything else is a vectorised loop over the
+  // block's positions afterwards
+  constexpr int64_t H = kBlock + 1;
+  const T *Cm = w.proj.data() + (R + N) * kBlock, *dec = w.dec.data();
+  T *gk = w.gk.data();
   for (int64_t t = len - 1; t >= 0; --t) {
-    T *dBt = w.dproj.data() + R * kBlock, *dCt = w.dproj.data() + (R + N) * kBlock;
-    for (int64_t n = 0; n < N; ++n) dBt[n * kBlock + t] = dCt[n * kBlock + t] = T(0);
     for (int64_t c = 0; c < di; ++c) {
-      const T d = w.dt[c * kBlock + t], x = w.xc[c * kBlock + t], xu = d * x, gy = w.dy[c * kBlock + t];
-      const T *A = p.A + c * N, *hcur = w.hs.data() + (t + 1) * di * N + c * N;
-      const T *hprev = w.hs.data() + t * di * N + c * N, *a = w.as.data() + t * di * N + c * N;
-      T *gc = g + c * N, *gAc = gA + c * N;
-      T sdt = 0, sgb = 0;
+      const T gy = w.dy[c * kBlock + t];
       for (int64_t n = 0; n < N; ++n) {
-        const T bn = w.proj[(R + n) * kBlock + t], cn = w.proj[(R + N + n) * kBlock + t];
-        const T gk = gc[n] + gy * cn;
-        dCt[n * kBlock + t] += gy * hcur[n];
-        const T ga = gk * hprev[n] * a[n];
-        sdt += ga * A[n];
-        gAc[n] += ga * d;
-        dBt[n * kBlock + t] += gk * xu;
-        sgb += gk * bn;
-        gc[n] = gk * a[n];
+        const int64_t j = c * N + n;
+        const T gj = g[j] + gy * Cm[n * kBlock + t];
+        gk[j * kBlock + t] = gj;
+        g[j] = gj * dec[j * kBlock + t];
       }
-      w.ddt[c * kBlock + t] = sdt + sgb * x;
-      w.dxc[c * kBlock + t] += sgb * d;
+    }
+  }
+  for (int64_t k = R; k < P; ++k) std::fill(w.dproj.data() + k * kBlock, w.dproj.data() + k * kBlock + len, T(0));
+  T *sgb = w.sgb.data();
+  for (int64_t c = 0; c < di; ++c) {
+    const T *__restrict dtc = w.dt.data() + c * kBlock;
+    const T *__restrict xcc = w.xc.data() + c * kBlock;
+    const T *__restrict dyc = w.dy.data() + c * kBlock;
+    T *__restrict ddt = w.ddt.data() + c * kBlock;
+    std::fill(ddt, ddt + len, T(0));
+    std::fill(sgb, sgb + len, T(0));
+    for (int64_t n = 0; n < N; ++n) {
+      const int64_t j = c * N + n;
+      const T Aj = p.A[j];
+      const T *__restrict gj = gk + j * kBlock;
+      const T *__restrict hj = w.hs.data() + j * H;
+      const T *__restrict aj = dec + j * kBlock;
+      const T *__restrict Bn = w.proj.data() + (R + n) * kBlock;
+      T *__restrict dB = w.dproj.data() + (R + n) * kBlock;
+      T *__restrict dC = w.dproj.data() + (R + N + n) * kBlock;
+      T sA = 0;
+#pragma omp simd reduction(+ : sA)
+      for (int64_t t = 0; t < len; ++t) {
+        dC[t] += dyc[t] * hj[t + 1];
+        const T ga = gj[t] * hj[t] * aj[t];
+        ddt[t] += ga * Aj;
+        sA += ga * dtc[t];
+        dB[t] += gj[t] * dtc[t] * xcc[t];
+        sgb[t] += gj[t] * Bn[t];
+      }
+      G[L.A + j] += sA;
+    }
+    T *__restrict dxc = w.dxc.data() + c * kBlock;
+#pragma omp simd
+    for (int64_t t = 0; t < len; ++t) {
+      ddt[t] += sgb[t] * xcc[t];
+      dxc[t] += sgb[t] * dtc[t];
     }
   }
   // softplus and dt_proj
@@ -280,7 +311,8 @@ void block_backward(const Params<T> &p, const T *__restrict u, const T *__restri
       const T *uo = u + off;
       T *duo = du + off;
       T sk = 0;
-      for (int64_t t = t0; t < len; ++t) {  // scatter to earlier positions: not vectorised
+#pragma omp simd reduction(+ : sk)
+      for (int64_t t = t0; t < len; ++t) {  // du of earlier positions (du and the scratch dp are distinct)
         sk += dp[t] * uo[t];
         duo[t] += dp[t] * kw;
       }
