@@ -7,7 +7,10 @@ interleaved (one call of every variant per round) after a warm-up, medians over 
 * ``mifgsm``: MI-FGSM, 10 steps, fp32 (the baseline of every ratio); ``mifgsm_bf16``: the same under
   bf16 autocast (a same-precision reference, not the issue's baseline);
 * ``esma_fp32`` / ``esma_bf16``: ``EsmaAttack`` (generator + smoothing + projection), fp32 or bf16
-  (CPU autocast; CUDA bf16 weights); ``*_compile``: the generator through ``torch.compile`` (inductor;
+  (``bf16_mode="auto"``: CPU autocast, CUDA bf16 weights); ``esma_bf16_weights``: bf16 from the cached
+  bf16 weight copy on every device (``bf16_mode="weights"``: no per-call weight casts, normalisations in
+  bf16 too); ``esma_bf16_weights_cl``: the same with the copy and the input in ``channels_last``;
+  ``*_compile``: the generator through ``torch.compile`` (inductor;
   timed by default on CUDA only: on a 2-core CPU inductor compiled for 11.6 minutes and ran at 0.6x
   eager, README; ``--compile on`` times it anyway);
 * ``resnet50_fwd`` / ``resnet50_fwd_bwd``: one forward (no grad) and one forward + input-gradient
@@ -22,6 +25,8 @@ PyTorch's slow reference path) the bf16 variants would take minutes per call: th
 ``--force-bf16``, and ``bf16_probe`` records the slowdown of one generator pass at 64x64 instead.
 
     uv run --no-sync python packages/esma/benchmarks/bench_speed_storage.py --threads 2 --batch 4
+    uv run --no-sync python packages/esma/benchmarks/bench_speed_storage.py --threads 2 --batch 4 \
+        --repeats 5 --variants mifgsm esma_fp32 esma_bf16 esma_bf16_weights esma_bf16_weights_cl resnet50_fwd
     uv run --no-sync python packages/esma/benchmarks/bench_speed_storage.py --device cuda --batch 64
 """
 
@@ -40,8 +45,8 @@ from esma.attack import cpu_has_native_bf16
 from papers_shared.attacks import MIFGSM, load_model
 from papers_shared.results import environment_info, write_json
 
-VARIANTS = ("mifgsm", "mifgsm_bf16", "esma_fp32", "esma_bf16", "esma_fp32_compile", "esma_bf16_compile",
-            "resnet50_fwd", "resnet50_fwd_bwd")  # fmt: skip
+VARIANTS = ("mifgsm", "mifgsm_bf16", "esma_fp32", "esma_bf16", "esma_bf16_weights", "esma_bf16_weights_cl",
+            "esma_fp32_compile", "esma_bf16_compile", "resnet50_fwd", "resnet50_fwd_bwd")  # fmt: skip
 
 
 def _build(args, dev: torch.device) -> dict[str, Callable[[], object]]:
@@ -55,8 +60,11 @@ def _build(args, dev: torch.device) -> dict[str, Callable[[], object]]:
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     backend = "inductor"
 
-    def esma(precision: str, compile: bool) -> Callable[[], object]:
-        atk = EsmaAttack(gen, class_ids, precision=precision, compile=compile, compile_backend=backend)
+    def esma(
+        precision: str, compile: bool, bf16_mode: str = "auto", cl: bool = False
+    ) -> Callable[[], object]:
+        atk = EsmaAttack(gen, class_ids, precision=precision, compile=compile, compile_backend=backend,
+                         bf16_mode=bf16_mode, channels_last=cl)  # fmt: skip
         return lambda: (atk(x, t), sync())
 
     def mifgsm_bf16() -> None:
@@ -79,6 +87,8 @@ def _build(args, dev: torch.device) -> dict[str, Callable[[], object]]:
         "mifgsm_bf16": mifgsm_bf16,
         "esma_fp32": esma("fp32", False),
         "esma_bf16": esma("bf16", False),
+        "esma_bf16_weights": esma("bf16", False, "weights"),
+        "esma_bf16_weights_cl": esma("bf16", False, "weights", cl=True),
         "esma_fp32_compile": esma("fp32", True),
         "esma_bf16_compile": esma("bf16", True),
         "resnet50_fwd": fwd,
@@ -88,7 +98,8 @@ def _build(args, dev: torch.device) -> dict[str, Callable[[], object]]:
 
 
 def _bf16_probe(size: int = 64) -> dict[str, float]:
-    """One default-generator pass at ``size`` x ``size``, fp32 vs bf16 autocast (after a warm-up each)."""
+    """One default-generator pass at ``size`` x ``size``, fp32 vs bf16 autocast vs the bf16 weight copy
+    (after a warm-up each)."""
     import warnings
 
     gen = EsmaGenerator(10).eval()
@@ -98,13 +109,15 @@ def _bf16_probe(size: int = 64) -> dict[str, float]:
         warnings.simplefilter("ignore")
         for name, atk in (
             ("fp32", EsmaAttack(gen, range(10))),
-            ("bf16", EsmaAttack(gen, range(10), precision="bf16")),
+            ("bf16", EsmaAttack(gen, range(10), precision="bf16", bf16_mode="autocast")),
+            ("bf16_weights", EsmaAttack(gen, range(10), precision="bf16", bf16_mode="weights")),
         ):
             atk(x, t)
             t0 = time.perf_counter()
             atk(x, t)
             out[f"{name}_s"] = time.perf_counter() - t0
     out["bf16_over_fp32"] = out["bf16_s"] / out["fp32_s"]
+    out["bf16_weights_over_fp32"] = out["bf16_weights_s"] / out["fp32_s"]
     return out
 
 

@@ -59,6 +59,8 @@ def test_paper_configs_normalise_once_and_keep_the_official_quirks():
         ("screening.q=0", "screening.q=0"),
         ("screening.kind=medium", "not one of"),
         ("eval.precision=fp16", "not one of"),
+        ("eval.bf16_mode=weight", "not one of"),
+        ("eval.channels_last=maybe", "channels_last"),
         ("class_ids=[24,24]", "distinct"),
         ("class_ids=[24,1000]", r"\[0, 1000\)"),
         ("source=tiny_cnn", "cannot be used with dataset=imagenet"),

@@ -3,8 +3,9 @@
 :class:`EsmaAttack` is ``x_adv = clip(Pi_eps(S(G(x, k)); x))`` with one generator for every target
 (official ``Train_Gen/transfer_test.py:attack``, gjq100/ESMA commit eff2015): one forward pass, the 3x3
 Gaussian smoothing and the projection. Inference options (ours): ``precision="bf16"`` runs the generator
-under CPU autocast, or with bf16 weights on CUDA (smoothing and projection stay fp32), and
-``compile=True`` runs it through ``torch.compile``.
+under autocast or from a cached bf16 copy of its weights (``bf16_mode``; by default autocast on CPU, the
+copy on CUDA; smoothing and projection stay fp32), ``channels_last=True`` runs it in channels-last memory
+format, and ``compile=True`` runs it through ``torch.compile``.
 
 :class:`EasySampleMatchingLoss` turns an iterative attack into its "+ES" variant (the paper's claim that
 moving towards easy samples helps existing attacks; the construction is ours).
@@ -29,6 +30,8 @@ from .screening import EasySampleBank
 __all__ = ["EasySampleMatchingLoss", "EsmaAttack", "InferenceGenerator", "cpu_has_native_bf16"]
 
 PRECISIONS = ("fp32", "bf16")
+BF16_MODES = ("auto", "autocast", "weights")
+Bf16Mode = Literal["auto", "autocast", "weights"]
 
 
 def cpu_has_native_bf16() -> bool:
@@ -42,10 +45,23 @@ def cpu_has_native_bf16() -> bool:
 
 
 class InferenceGenerator(nn.Module):
-    """``G(x, k)`` for inference at a chosen precision, optionally compiled; returns fp32 images.
+    """``G(x, k)`` for inference at a chosen precision, optionally compiled; returns fp32 images (ours).
 
-    ``precision="bf16"``: CPU autocast (convolutions and matrix products in bf16, normalisations in
-    fp32), or on CUDA a bf16 copy of the weights fed bf16 images (refreshed when the weights change).
+    ``precision="bf16"`` runs in one of two ways, chosen by ``bf16_mode``:
+
+    * ``"autocast"``: the fp32 generator under ``torch.autocast(device, bfloat16)``: convolutions and
+      matrix products in bf16, normalisations (GroupNorm, LayerNorm) and softmax in fp32; autocast casts
+      every weight to bf16 on every call;
+    * ``"weights"``: a cached bf16 copy of the generator fed bf16 images: no per-call weight casts, and
+      *everything* runs in bf16, the normalisations included (their statistics are still accumulated in
+      fp32 by PyTorch's kernels, but inputs, affine parameters and outputs are bf16);
+    * ``"auto"`` (default): ``"weights"`` on CUDA, ``"autocast"`` elsewhere.
+
+    The cached copy is rebuilt when a parameter or buffer of the generator changes (an optimiser step,
+    ``load_state_dict``, any in-place update under ``no_grad``, a replaced parameter); an update that
+    bypasses autograd's version counter (``p.data.add_(...)``) is not seen: call :meth:`refresh` then.
+    ``channels_last=True`` runs from a cached copy (fp32 or bf16, as the mode needs) in
+    ``torch.channels_last`` memory format and converts the input to it as well.
     ``compile=True``: the generator body goes through ``torch.compile(backend=compile_backend,
     fullgraph=True)`` (compiled on the first call of each input shape; on CPU the default inductor backend
     needs a C++ compiler and takes minutes on two cores). Input checks run eagerly.
@@ -57,28 +73,50 @@ class InferenceGenerator(nn.Module):
         precision: str = "fp32",
         compile: bool = False,
         compile_backend: str = "inductor",
+        bf16_mode: Bf16Mode = "auto",
+        channels_last: bool = False,
     ) -> None:
         super().__init__()
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        if bf16_mode not in BF16_MODES:
+            raise ValueError(f"bf16_mode must be one of {BF16_MODES}, got {bf16_mode!r}")
         self.generator = generator
         self.precision = precision
+        self.bf16_mode = bf16_mode
+        self.channels_last = bool(channels_last)
         self.compile = bool(compile)
         self.compile_backend = compile_backend
         self._copy: EsmaGenerator | None = None
-        self._copy_version: tuple[int, ...] | None = None
+        self._copy_key: tuple | None = None
         self._compiled: dict[int, Any] = {}
         self._warned = False
 
-    def _versions(self) -> tuple[int, ...]:
-        return tuple(p._version for p in self.generator.parameters())
+    def _state_key(self) -> tuple:
+        tensors = [*self.generator.parameters(), *self.generator.buffers()]
+        return tuple((id(t), t.data_ptr(), t._version, t.device, t.dtype) for t in tensors)
 
-    def _bf16_copy(self) -> EsmaGenerator:
-        version = self._versions()
-        if self._copy is None or version != self._copy_version:
-            self._copy = copy.deepcopy(self.generator).to(torch.bfloat16).eval()
-            self._copy_version = version
-            self._compiled.pop(id(self._copy), None)
+    def refresh(self) -> None:
+        """Drop the cached copy: the next call rebuilds it from the generator's current weights."""
+        self._copy = None
+        self._copy_key = None
+
+    def mode(self, device: torch.device) -> str:
+        """How a call on ``device`` runs: ``"fp32"``, ``"autocast"`` or ``"weights"`` (bf16 copy)."""
+        if self.precision == "fp32":
+            return "fp32"
+        if self.bf16_mode == "auto":
+            return "weights" if device.type == "cuda" else "autocast"
+        return self.bf16_mode
+
+    def _cached_copy(self, dtype: torch.dtype) -> EsmaGenerator:
+        key = (self._state_key(), dtype, self.channels_last)
+        if self._copy is None or key != self._copy_key:
+            gen = copy.deepcopy(self.generator).to(dtype).eval()
+            if self.channels_last:
+                gen = gen.to(memory_format=torch.channels_last)
+            self._copy, self._copy_key = gen, key
+            self._compiled.clear()
         return self._copy
 
     def _body(self, gen: EsmaGenerator):
@@ -92,12 +130,8 @@ class InferenceGenerator(nn.Module):
 
     def forward(self, x: Tensor, target_idx: Tensor) -> Tensor:
         self.generator.check_inputs(x, target_idx)
-        if self.precision == "fp32":
-            return self._body(self.generator)(x, target_idx)
-        if x.device.type == "cuda":
-            gen = self._bf16_copy()
-            return self._body(gen)(x.to(torch.bfloat16), target_idx).float()
-        if x.device.type == "cpu" and not self._warned and not cpu_has_native_bf16():
+        mode = self.mode(x.device)
+        if mode != "fp32" and x.device.type == "cpu" and not self._warned and not cpu_has_native_bf16():
             self._warned = True
             warnings.warn(
                 "precision='bf16' on a CPU without native bf16 (AVX512-BF16 / AMX): convolutions run on "
@@ -105,9 +139,18 @@ class InferenceGenerator(nn.Module):
                 RuntimeWarning,
                 stacklevel=3,
             )
+        fmt = torch.channels_last if self.channels_last else torch.contiguous_format
+        if mode == "weights":
+            gen = self._cached_copy(torch.bfloat16)
+            out = self._body(gen)(x.to(torch.bfloat16, memory_format=fmt), target_idx).float()
+            return out.contiguous()
+        gen = self._cached_copy(torch.float32) if self.channels_last else self.generator
+        x = x.contiguous(memory_format=fmt)
+        if mode == "fp32":
+            return self._body(gen)(x, target_idx).contiguous()
         with torch.autocast(x.device.type, dtype=torch.bfloat16):
-            out = self._body(self.generator)(x, target_idx)
-        return out.float()
+            out = self._body(gen)(x, target_idx)
+        return out.float().contiguous()
 
 
 class EsmaAttack(GenerativeAttack):
@@ -115,8 +158,9 @@ class EsmaAttack(GenerativeAttack):
 
     ``attack(images, target_labels)``: ``target_labels`` are class ids (ImageNet ids for the paper
     setting) mapped to generator indices through ``class_ids``; an id outside ``class_ids`` raises
-    ``ValueError``. Always targeted. ``precision`` / ``compile`` choose how the generator runs at
-    inference (:class:`InferenceGenerator`); :meth:`perturb` (differentiable) always runs it in fp32.
+    ``ValueError``. Always targeted. ``precision`` / ``bf16_mode`` / ``channels_last`` / ``compile``
+    choose how the generator runs at inference (:class:`InferenceGenerator`); :meth:`perturb`
+    (differentiable) always runs the generator itself in fp32.
     """
 
     name = "esma"
@@ -130,6 +174,8 @@ class EsmaAttack(GenerativeAttack):
         precision: Literal["fp32", "bf16"] = "fp32",
         compile: bool = False,
         compile_backend: str = "inductor",
+        bf16_mode: Bf16Mode = "auto",
+        channels_last: bool = False,
     ) -> None:
         class_ids = [int(c) for c in class_ids]
         if len(class_ids) != generator.num_targets:
@@ -141,7 +187,9 @@ class EsmaAttack(GenerativeAttack):
         super().__init__(generator, eps=eps, smoothing=smoothing, targeted=True, conditional=True)
         self.class_ids = class_ids
         self._lookup = {c: i for i, c in enumerate(class_ids)}
-        self.inference = InferenceGenerator(generator, precision, compile, compile_backend)
+        self.inference = InferenceGenerator(
+            generator, precision, compile, compile_backend, bf16_mode=bf16_mode, channels_last=channels_last
+        )
 
     @property
     def precision(self) -> str:
@@ -155,7 +203,8 @@ class EsmaAttack(GenerativeAttack):
         return torch.tensor([self._lookup[int(c)] for c in flat], dtype=torch.long, device=labels.device)
 
     def __call__(self, images: Tensor, labels: Tensor | int | None = None) -> Tensor:
-        if self.inference.precision == "fp32" and not self.inference.compile:
+        inf = self.inference
+        if inf.precision == "fp32" and not inf.compile and not inf.channels_last:
             return super().__call__(images, labels)
         self.inference.train(self.generator.training)  # restored to the generator's mode afterwards
         plain, self.generator = self.generator, self.inference
@@ -172,7 +221,14 @@ class EsmaAttack(GenerativeAttack):
 
     def describe(self) -> dict[str, Any]:
         d = super().describe()
-        d.update(num_targets=len(self.class_ids), precision=self.precision, compile=self.inference.compile)
+        inf = self.inference
+        d.update(
+            num_targets=len(self.class_ids),
+            precision=self.precision,
+            bf16_mode=inf.bf16_mode,
+            channels_last=inf.channels_last,
+            compile=inf.compile,
+        )
         return d
 
 

@@ -164,7 +164,16 @@ class EvalConfig(Config):
     )
     include_white_box: bool = field(True, help="also score the source model on its own examples")
     precision: Literal["fp32", "bf16"] = field(
-        "fp32", help="generator inference precision: bf16 = CPU autocast / CUDA bf16 weights (ours)"
+        "fp32", help="generator inference precision; how bf16 runs: eval.bf16_mode (ours)"
+    )
+    bf16_mode: Literal["auto", "autocast", "weights"] = field(
+        "auto",
+        help="how precision=bf16 runs the generator (ours): autocast = fp32 weights under autocast, cast to "
+        "bf16 on every call, normalisations fp32; weights = a cached bf16 copy of the weights fed bf16 "
+        "images, normalisations in bf16 too; auto = weights on CUDA, autocast elsewhere",
+    )
+    channels_last: bool = field(
+        False, help="run the generator (a cached copy) and its input in channels_last memory format (ours)"
     )
     compile: bool = field(False, help="torch.compile the generator for inference (ours)")
 

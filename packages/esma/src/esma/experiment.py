@@ -274,7 +274,10 @@ def run_eval(
         gen, ids = load_generator(checkpoint, map_location=device)
         _check_ids(checkpoint, ids, cfg)
         e = cfg.eval
-        attacks["esma"] = EsmaAttack(gen, cfg.class_ids, e.eps, cfg.train.smoothing, e.precision, e.compile)
+        attacks["esma"] = EsmaAttack(
+            gen, cfg.class_ids, e.eps, cfg.train.smoothing, e.precision, e.compile,
+            bf16_mode=e.bf16_mode, channels_last=e.channels_last,
+        )  # fmt: skip
     if ttp_checkpoints:
         missing = [c for c in cfg.class_ids if c not in ttp_checkpoints]
         if missing:
@@ -315,7 +318,8 @@ def evaluate(
     compile: bool = False,
 ) -> dict[str, Any]:
     """:func:`run_eval` and its mean-over-targets table: ``{"csv": path, "table": [...]}``;
-    ``precision`` / ``compile`` override ``cfg.eval.precision`` / ``cfg.eval.compile`` (the CLI flags)."""
+    ``precision`` / ``compile`` override ``cfg.eval.precision`` / ``cfg.eval.compile`` (the CLI flags;
+    ``eval.bf16_mode`` and ``eval.channels_last`` are config keys only)."""
     e = dataclasses.replace(
         cfg.eval, precision=precision or cfg.eval.precision, compile=compile or cfg.eval.compile
     )
