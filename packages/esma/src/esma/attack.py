@@ -49,12 +49,13 @@ class InferenceGenerator(nn.Module):
 
     ``precision="bf16"`` runs in one of two ways, chosen by ``bf16_mode``:
 
-    * ``"autocast"``: the fp32 generator under ``torch.autocast(device, bfloat16)``: convolutions and
-      matrix products in bf16, normalisations (GroupNorm, LayerNorm) and softmax in fp32; autocast casts
-      every weight to bf16 on every call;
-    * ``"weights"``: a cached bf16 copy of the generator fed bf16 images: no per-call weight casts, and
-      *everything* runs in bf16, the normalisations included (their statistics are still accumulated in
-      fp32 by PyTorch's kernels, but inputs, affine parameters and outputs are bf16);
+    * ``"autocast"``: the fp32 generator under ``torch.autocast(device, bfloat16)``: convolutions,
+      linear layers and matrix products cast their weights and inputs to bf16 on every call; on CPU the
+      reflection padding is on autocast's fp32 list (each padded activation goes to fp32 and back), and
+      GroupNorm / LayerNorm / softmax / GELU run on the bf16 activations with fp32 affine parameters;
+    * ``"weights"``: a cached bf16 copy of the generator fed bf16 images: no per-call casts, and
+      everything runs in bf16, the normalisations' affine parameters and GCT included (their statistics
+      are still accumulated in fp32 inside PyTorch's kernels);
     * ``"auto"`` (default): ``"weights"`` on CUDA, ``"autocast"`` elsewhere.
 
     The cached copy is rebuilt when a parameter or buffer of the generator changes (an optimiser step,

@@ -169,8 +169,9 @@ class EvalConfig(Config):
     bf16_mode: Literal["auto", "autocast", "weights"] = field(
         "auto",
         help="how precision=bf16 runs the generator (ours): autocast = fp32 weights under autocast, cast to "
-        "bf16 on every call, normalisations fp32; weights = a cached bf16 copy of the weights fed bf16 "
-        "images, normalisations in bf16 too; auto = weights on CUDA, autocast elsewhere",
+        "bf16 on every call (normalisation parameters stay fp32); weights = a cached bf16 copy of the "
+        "weights fed bf16 images, normalisation parameters in bf16 too; auto = weights on CUDA, autocast "
+        "elsewhere",
     )
     channels_last: bool = field(
         False, help="run the generator (a cached copy) and its input in channels_last memory format (ours)"
