@@ -191,12 +191,13 @@ def test_cli_pipeline_on_digits(tmp_path, capsys):
 
     yte = digits_split(8)["test"][1]
     assert all(int(r["n"]) == int((yte != int(r["target"])).sum()) for r in rows)  # sub-source: own class out
-    assert (
-        main(
-            ["eval", *args, "--checkpoint", str(gen), "--precision", "bf16", "--csv", str(tmp_path / "b.csv")]
-        )
-        == 0
-    )
+    bf16 = [
+        "eval.bf16_mode=weights",
+        "eval.channels_last=true",
+        "--precision",
+        "bf16",
+    ]  # overrides follow args
+    assert main(["eval", *args, *bf16, "--checkpoint", str(gen), "--csv", str(tmp_path / "b.csv")]) == 0
     bf16 = {(r["victim"]): r["success"] for r in json.loads(capsys.readouterr().out)["table"]}
     assert all(0 <= v <= 1 for v in bf16.values())
     assert main(["ttp-train", *args, "--target", "3"]) == 0
