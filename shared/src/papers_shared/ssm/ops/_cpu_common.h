@@ -7,8 +7,24 @@
 #include <cstring>
 #include <thread>
 #include <vector>
+#if defined(__SSE2__)
+#include <xmmintrin.h>
+#endif
 
 namespace papers_kernels {
+
+// Flush denormals to zero (FTZ + DAZ) while alive, restoring the caller's mode after. Adjoint states
+// decay over long stretches with zero output gradient (FSG uses only the newest gradient's outputs)
+// and underflow into denormals, which cost on the order of 100 cycles per operation on Intel CPUs
+// (measured: the one-channel Mamba backward 12x its forward on a Xeon, 2.5x on an AMD EPYC). Values
+// below 1.2e-38 (float) become 0.
+struct NoDenormals {
+#if defined(__SSE2__)
+  unsigned int saved;
+  NoDenormals() : saved(_mm_getcsr()) { _mm_setcsr(saved | 0x8040u); }
+  ~NoDenormals() { _mm_setcsr(saved); }
+#endif
+};
 
 inline float fexp(float x) {
   // Cephes-style expf: exp(x) = 2^k exp(r), |r| <= ln2/2, degree-6 polynomial (about 1 ulp);
@@ -53,6 +69,7 @@ template <typename F>
 void parallel_pairs(int64_t pairs, int64_t threads, F fn) {
   threads = std::max<int64_t>(1, std::min(threads, pairs));
   if (threads == 1) {
+    NoDenormals guard;
     fn(0, 0, pairs);
     return;
   }
@@ -61,7 +78,10 @@ void parallel_pairs(int64_t pairs, int64_t threads, F fn) {
   for (int64_t t = 0; t < threads; ++t) {
     int64_t lo = t * per, hi = std::min(pairs, lo + per);
     if (lo >= hi) break;
-    pool.emplace_back([=] { fn(t, lo, hi); });
+    pool.emplace_back([=] {
+      NoDenormals guard;
+      fn(t, lo, hi);
+    });
   }
   for (auto &th : pool) th.join();
 }

@@ -345,11 +345,16 @@ std::vector<std::vector<int64_t>> assign(const int64_t *cu, int64_t nseq, int64_
 template <typename F>
 void run_parts(const std::vector<std::vector<int64_t>> &parts, F fn) {
   if (parts.size() == 1) {
+    NoDenormals guard;
     fn(0, parts[0]);
     return;
   }
   std::vector<std::thread> pool;
-  for (size_t t = 0; t < parts.size(); ++t) pool.emplace_back([&, t] { fn(int64_t(t), parts[t]); });
+  for (size_t t = 0; t < parts.size(); ++t)
+    pool.emplace_back([&, t] {
+      NoDenormals guard;
+      fn(int64_t(t), parts[t]);
+    });
   for (auto &th : pool) th.join();
 }
 
