@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -108,6 +110,17 @@ def profile_fsg(x, y, **kw) -> list[dict]:
     ]
 
 
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return f"{line.split(':', 1)[1].strip()} ({os.cpu_count()} cores)"
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def _scan_path() -> str:
     """Which CPU selective scan ``backend="auto"`` runs here (the shared fused loop when it compiles)."""
     try:
@@ -146,10 +159,11 @@ def main(argv=None) -> int:
     prof_kw = SMALL if not args.full or args.profile_small else {}
     report = {
         "benchmark": f"train-step time over STE, CIFAR ResNet-20, batch {args.batch}, 3x32x32 random tensors",
-        "command": "uv run python packages/fsg-bnn/benchmarks/bench_step.py",
+        "command": "uv run python packages/fsg-bnn/benchmarks/bench_step.py "
+        + " ".join(argv or sys.argv[1:]),
         "device": "cpu",
         "torch_threads": torch.get_num_threads(),
-        "machine": platform.processor() or platform.machine(),
+        "machine": _cpu_model(),
         "target_ratio_fsg_over_ste": 1.5,
         "scan": _scan_path(),
         "ratio_over_ste": ratios,
