@@ -17,6 +17,7 @@ from papers_shared.config import (
     save_config,
 )
 from papers_shared.device import Timer, get_device, kernel_available, seed_everything, tensor_bytes, time_fn
+from papers_shared.testing import CodeRunningPickle
 
 
 def test_atomic_save_roundtrip(tmp_path):
@@ -54,19 +55,9 @@ def test_load_missing_and_corrupt(tmp_path):
         ck.load_checkpoint(tmp_path / "trunc.pt")
 
 
-class _Evil:
-    """A pickle that, when loaded with full unpickling, creates a file (stands for arbitrary code)."""
-
-    def __init__(self, target: Path) -> None:
-        self.target = target
-
-    def __reduce__(self):
-        return (Path.touch, (self.target,))
-
-
 def test_crafted_pickle_is_refused_and_runs_nothing(tmp_path):
     target = tmp_path / "pwned"
-    torch.save({"w": torch.zeros(1), "x": _Evil(target)}, tmp_path / "evil.pt")
+    torch.save({"w": torch.zeros(1), "x": CodeRunningPickle(target)}, tmp_path / "evil.pt")
     with pytest.raises(ck.CheckpointError, match=r"refused to load .*evil\.pt: .*could run code") as err:
         ck.load_checkpoint(tmp_path / "evil.pt")
     assert "\n" not in str(err.value)
