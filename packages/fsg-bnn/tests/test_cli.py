@@ -1,5 +1,4 @@
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -10,20 +9,10 @@ from fsg_bnn.trainer import Trainer
 from papers_shared.cli import list_configs, resolve_config
 from papers_shared.config import ConfigError, load_config
 from papers_shared.errors import CheckpointError
-from papers_shared.testing import run_cli
+from papers_shared.testing import CodeRunningPickle, run_cli
 
 PAPER = ["cifar10_resnet20", "cifar10_resnet20_sgd", "cifar10_resnet32", "cifar10_resnet44"]
 PAPER += ["cifar100_resnet56", "cifar100_resnet56_bwn", "cifar100_resnet110"]
-
-
-class _Evil:
-    """A pickle that, when fully unpickled, creates a file (stands for arbitrary code)."""
-
-    def __init__(self, target: Path) -> None:
-        self.target = target
-
-    def __reduce__(self):
-        return (Path.touch, (self.target,))
 
 
 def test_every_shipped_config_loads_and_describes_itself():
@@ -108,7 +97,7 @@ def test_crafted_pickle_is_refused_by_every_loader(tmp_path, capsys):
 
     target = tmp_path / "pwned"
     evil = tmp_path / "evil.pt"
-    torch.save({"trainer": {"model": {"w": torch.zeros(1)}}, "x": _Evil(target)}, evil)
+    torch.save({"trainer": {"model": {"w": torch.zeros(1)}}, "x": CodeRunningPickle(target)}, evil)
     assert main(["eval", "--config", "smoke", "--checkpoint", str(evil)]) == 2
     text = capsys.readouterr().err.strip()
     assert "evil.pt" in text and "refused" in text and "\n" not in text
@@ -126,7 +115,7 @@ def test_crafted_pickle_is_refused_by_every_loader(tmp_path, capsys):
 
 def test_console_script_crafted_pickle_end_to_end(tmp_path):
     target = tmp_path / "pwned"
-    torch.save({"x": _Evil(target)}, tmp_path / "evil.pt")
+    torch.save({"x": CodeRunningPickle(target)}, tmp_path / "evil.pt")
     res = run_cli("fsg-bnn", ["eval", "--config", "smoke", "--checkpoint", tmp_path / "evil.pt"], timeout=120)
     assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1, res.stderr
     assert "evil.pt" in res.stderr and not target.exists()
