@@ -16,6 +16,7 @@ from papers_shared.cli import list_configs, resolve_config
 from papers_shared.config import ConfigError, load_config
 from papers_shared.data import DatasetNotFoundError
 from papers_shared.errors import CheckpointError, InputError
+from papers_shared.testing import CodeRunningPickle
 
 TINY = [
     "max_images=12",
@@ -24,16 +25,6 @@ TINY = [
     "attacks=[mi,ibta_mi]",
     "attack.steps=2",
 ]
-
-
-class _Evil:
-    """A pickle that, loaded with full unpickling, creates a file (stands for arbitrary code)."""
-
-    def __init__(self, target: Path) -> None:
-        self.target = target
-
-    def __reduce__(self):
-        return (Path.touch, (self.target,))
 
 
 # ------------------------------------------------------------------------------------------ attacks
@@ -158,7 +149,7 @@ def test_weights_round_trip_safetensors_and_torch(tmp_path):
 
 def test_crafted_pickle_weights_are_refused_and_run_nothing(tmp_path):
     target = tmp_path / "pwned"
-    torch.save({"conv.weight": torch.zeros(1), "x": _Evil(target)}, tmp_path / "evil.pt")
+    torch.save({"conv.weight": torch.zeros(1), "x": CodeRunningPickle(target)}, tmp_path / "evil.pt")
     with pytest.raises(CheckpointError, match=r"refused to load .*evil\.pt") as err:
         load_weights(tmp_path / "evil.pt")
     assert "\n" not in str(err.value) and not target.exists()
@@ -190,7 +181,7 @@ def test_damaged_or_foreign_weights_are_one_line_errors(tmp_path):
 
 def test_cli_refuses_crafted_weights_before_any_training(tmp_path, capsys):
     target = tmp_path / "pwned"
-    torch.save({"x": _Evil(target)}, tmp_path / "evil.pt")
+    torch.save({"x": CodeRunningPickle(target)}, tmp_path / "evil.pt")
     code = main(
         [
             "attack",
