@@ -16,20 +16,11 @@ from icl_vmf.trainer import run_stream
 from papers_shared.checkpoints import CheckpointManager, save_safetensors
 from papers_shared.config import load_config
 from papers_shared.errors import CheckpointError
-
-
-class _Evil:
-    """A pickle that, when loaded with full unpickling, creates a file (stands for arbitrary code)."""
-
-    def __init__(self, target: Path) -> None:
-        self.target = target
-
-    def __reduce__(self):
-        return (Path.touch, (self.target,))
+from papers_shared.testing import CodeRunningPickle
 
 
 def _evil(path: Path, target: Path) -> Path:
-    torch.save({"learner": {"module": {}}, "step": 0, "x": _Evil(target)}, path)
+    torch.save({"learner": {"module": {}}, "step": 0, "x": CodeRunningPickle(target)}, path)
     return path
 
 
