@@ -14,21 +14,12 @@ from mecoin.cli import main
 from mecoin.trainer import cache_path
 from papers_shared.checkpoints import save_safetensors
 from papers_shared.errors import CheckpointError
-
-
-class _Evil:
-    """Unpickling this creates a file (it stands for arbitrary code)."""
-
-    def __init__(self, target: Path) -> None:
-        self.target = target
-
-    def __reduce__(self):
-        return (Path.touch, (self.target,))
+from papers_shared.testing import CodeRunningPickle
 
 
 def _evil_file(path: Path, target: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"w": torch.zeros(1), "x": _Evil(target)}, path)
+    torch.save({"w": torch.zeros(1), "x": CodeRunningPickle(target)}, path)
     return path
 
 
