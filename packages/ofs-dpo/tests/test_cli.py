@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -14,6 +13,7 @@ from ofs_dpo.experiment import make_args
 from ofs_dpo.quick import build_claims, quick_config
 from papers_shared.cli import list_configs, resolve_config
 from papers_shared.config import ConfigError, load_config
+from papers_shared.testing import CodeRunningPickle
 
 CONFIGS = list_configs("ofs_dpo")
 
@@ -111,7 +111,7 @@ def test_cli_eval_and_its_errors(tmp_path, capsys, make_trainer):
     assert "adapter_config.json" in capsys.readouterr().err
     target = tmp_path / "pwned"
     (adapter / "adapter_model.safetensors").unlink()
-    torch.save({"x": _Evil(target)}, adapter / "adapter_model.bin")
+    torch.save({"x": CodeRunningPickle(target)}, adapter / "adapter_model.bin")
     assert main([*base, "--adapter", str(adapter)]) == 2
     err = capsys.readouterr().err.strip()
     assert "refused to load" in err and "adapter_model.bin" in err and "\n" not in err
@@ -119,14 +119,6 @@ def test_cli_eval_and_its_errors(tmp_path, capsys, make_trainer):
     (tmp_path / "file").write_text("x")
     assert main(["run", "--config", "quick_in_domain", "--out", str(tmp_path / "file")]) == 2
     assert "is a file" in capsys.readouterr().err
-
-
-class _Evil:
-    def __init__(self, target: Path) -> None:
-        self.target = target
-
-    def __reduce__(self):
-        return (Path.touch, (self.target,))
 
 
 def _fake_seed(loss, acc, chase_end, cofs, dpo):

@@ -14,20 +14,11 @@ from ofs_dpo.data import tiny_gpt2
 from ofs_dpo.trainer import OFS_STATE_NAME
 from papers_shared.checkpoints import save_safetensors
 from papers_shared.errors import CheckpointError
-
-
-class _Evil:
-    """Unpickled with full pickle, this creates a file (stands for arbitrary code)."""
-
-    def __init__(self, target: Path) -> None:
-        self.target = target
-
-    def __reduce__(self):
-        return (Path.touch, (self.target,))
+from papers_shared.testing import CodeRunningPickle
 
 
 def _evil(path: Path, target: Path) -> Path:
-    torch.save({"lora_A.weight": torch.zeros(1), "x": _Evil(target)}, path)
+    torch.save({"lora_A.weight": torch.zeros(1), "x": CodeRunningPickle(target)}, path)
     return path
 
 
