@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from papers_shared.config import ConfigError, load_config
+from papers_shared.testing import CodeRunningPickle
 from sr_cis.cli import main
 from sr_cis.config import ExperimentConfig
 
@@ -79,13 +80,7 @@ def test_cli_user_errors_are_one_line_exit_2(tmp_path, capsys):
 
 
 def test_crafted_pickle_through_the_cli(tmp_path, capsys):
-    from pathlib import Path
-
-    class Evil:
-        def __reduce__(self):
-            return (Path.touch, (tmp_path / "pwned",))
-
-    torch.save({"task": 0, "system": Evil()}, tmp_path / "evil.pt")
+    torch.save({"task": 0, "system": CodeRunningPickle(tmp_path / "pwned")}, tmp_path / "evil.pt")
     assert main(["eval", "--config", "digits_smoke", "--state", str(tmp_path / "evil.pt")]) == 2
     e = capsys.readouterr().err
     assert "refused" in e and "evil.pt" in e and "\n" not in e.strip()

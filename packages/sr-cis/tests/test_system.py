@@ -4,6 +4,7 @@ from torch.utils.data import ConcatDataset
 
 from papers_shared.errors import CheckpointError
 from papers_shared.mllm import ScriptedModel
+from papers_shared.testing import CodeRunningPickle
 from sr_cis.scenario import GaussianPixelGenerator
 from sr_cis.system import SRCIS
 from sr_cis.text_memory import CLASS_NAME_TEMPLATE
@@ -63,13 +64,7 @@ def test_end_to_end_tiny_run_and_safetensors_round_trip(small, tiny_cfg, make_ta
 
 
 def test_crafted_pickle_and_damaged_files_are_refused(small, tiny_cfg, names, tmp_path):
-    from pathlib import Path
-
-    class Evil:
-        def __reduce__(self):
-            return (Path.touch, (tmp_path / "pwned",))
-
-    torch.save({"format": "sr-cis/2", "x": Evil()}, tmp_path / "evil.pt")
+    torch.save({"format": "sr-cis/2", "x": CodeRunningPickle(tmp_path / "pwned")}, tmp_path / "evil.pt")
     s = SRCIS(small, None, None, tiny_cfg, names)
     with pytest.raises(CheckpointError, match=r"evil\.pt") as err:
         s.load(tmp_path / "evil.pt")
