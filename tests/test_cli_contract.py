@@ -19,7 +19,7 @@ import pytest
 import torch
 from _workspace import PACKAGE_DIRS
 
-from papers_shared.testing import CodeRunningPickle
+from papers_shared.testing import CodeRunningPickle, interruptible
 
 IDS = [p.name for p in PACKAGE_DIRS]
 IMPORT = {p.name: p.name.replace("-", "_") for p in PACKAGE_DIRS}
@@ -160,6 +160,7 @@ def test_ctrl_c_exits_130_promptly_without_partial_results(pkg, tmp_path):
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=interruptible,  # Ctrl-C reaches the child even when pytest runs in a background job
     )
     deadline = time.monotonic() + 120
     started = False

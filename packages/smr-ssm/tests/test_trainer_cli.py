@@ -15,7 +15,7 @@ from papers_shared.checkpoints import CheckpointError, save_safetensors
 from papers_shared.cli import list_configs, resolve_config
 from papers_shared.config import ConfigError, load_config
 from papers_shared.results import Claim
-from papers_shared.testing import run_cli
+from papers_shared.testing import interruptible, run_cli
 from smr_ssm.cli import main
 from smr_ssm.config import ExperimentConfig, ModelConfig, NSSConfig, TrainConfig
 from smr_ssm.models import SSMConfig, SSMForCausalLM
@@ -285,7 +285,9 @@ def test_ctrl_c_of_nss_exits_130_within_5_seconds(tmp_path):
         "nss.seeds=[0,1,2,3]",
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(exe, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    proc = subprocess.Popen(
+        exe, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, preexec_fn=interruptible
+    )
     for line in proc.stdout:  # wait until the trainings run
         if line.startswith("[nss] training"):
             break

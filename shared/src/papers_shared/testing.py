@@ -8,12 +8,24 @@ runs a console script in a subprocess and returns its exit code and output.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-__all__ = ["CodeRunningPickle", "run_cli", "torchrun"]
+__all__ = ["CodeRunningPickle", "interruptible", "run_cli", "torchrun"]
+
+
+def interruptible() -> None:
+    """``subprocess.Popen(..., preexec_fn=interruptible)`` for a test that sends the child Ctrl-C.
+
+    A POSIX shell starts ``cmd &`` (without job control) with SIGINT ignored, the ignore is inherited
+    through ``exec``, and Python then installs no ``KeyboardInterrupt`` handler: run from such a
+    background job (``nohup ... &``), a test's child would never see the SIGINT it is sent. This
+    restores the default disposition in the child before it starts.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _env(extra: Mapping[str, str] | None) -> dict[str, str]:
