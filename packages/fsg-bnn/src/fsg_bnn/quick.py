@@ -50,6 +50,7 @@ from fsg_bnn.trainer import Trainer
 from papers_shared.cli import resolve_config
 from papers_shared.config import load_config
 from papers_shared.device import seed_everything
+from papers_shared.pools import stop_pool
 from papers_shared.results import Claim, QuickResult, line_plot
 
 __all__ = [
@@ -223,7 +224,7 @@ def quick_reproduction(out_dir: Path, quick: bool = True, workers: int | None = 
         try:
             runs = list(pool.map(_job, *zip(*jobs)))
         except BaseException:  # Ctrl-C: cancel the queued runs instead of waiting for them
-            pool.shutdown(wait=False, cancel_futures=True)
+            stop_pool(pool)
             raise
         pool.shutdown()
     for r in runs:

@@ -29,6 +29,7 @@ from papers_shared import distributed as dist
 from papers_shared.checkpoints import CheckpointManager, load_checkpoint, load_safetensors, save_safetensors
 from papers_shared.device import seed_everything
 from papers_shared.errors import CheckpointError, ConfigError
+from papers_shared.pools import stop_pool
 from papers_shared.results import write_json
 
 __all__ = [
@@ -192,7 +193,7 @@ def run_experiment(
                 for job in order:
                     finish(*job, futures[job].result())
             except BaseException:
-                pool.shutdown(wait=False, cancel_futures=True)
+                stop_pool(pool)
                 raise
             pool.shutdown()
         else:

@@ -38,6 +38,7 @@ from mecoin.trainer import pretrain_task, run_method
 from papers_shared.cli import resolve_config
 from papers_shared.config import config_to_dict, from_dict, load_config
 from papers_shared.metrics import RunReport
+from papers_shared.pools import stop_pool
 from papers_shared.results import Claim, QuickResult, bar_plot, line_plot
 
 __all__ = [
@@ -103,7 +104,7 @@ def run_variants(
         try:
             per_seed = list(pool.map(_run_seed, [cfg] * len(seeds), seeds, [variants] * len(seeds)))
         except BaseException:  # Ctrl-C or a failure: cancel the rest instead of awaiting it
-            pool.shutdown(wait=False, cancel_futures=True)
+            stop_pool(pool)
             raise
         pool.shutdown()
     else:
